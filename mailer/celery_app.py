@@ -1,0 +1,45 @@
+"""The Celery application: broker from settings, late acks, one beat tick a minute.
+
+Late acks plus reject-on-worker-lost mean a task whose worker died is run
+again; every task is written to be safe to run twice. Nothing waits in the
+broker for long: "later" lives in the database and the tick picks it up.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from mailer.config import Settings, get_settings
+
+TICK_SECONDS = 60.0
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("mailer", broker=settings.broker, include=["mailer.tasks"])
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "tick": {
+                "task": "mailer.tasks.tick",
+                "schedule": TICK_SECONDS,
+                "options": {"queue": settings.queue},
+            },
+        },
+    )
+    if settings.broker.startswith("redis"):
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+    return app
+
+
+app = make_celery()

@@ -1,0 +1,15 @@
+"""The operator CLI. Each command group lives in its own module and registers here."""
+
+from __future__ import annotations
+
+import click
+
+from mailer.cli.base import main
+from mailer.cli.db import db
+from mailer.cli.newsletters import newsletter
+from mailer.cli.run import up, web
+
+for command in (db, newsletter, up, web):
+    main.add_command(command)
+
+__all__ = ["click", "main"]

@@ -1,0 +1,151 @@
+"""Settings from the environment (MAILER_*), one object for the whole process.
+
+The embedded default needs no servers: SQLite, a broker kept in a second
+SQLite file and a built-in SMTP sink. Production mode refuses to start on
+the defaults that are only safe on a laptop (a generated secret, no API token).
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the message says which and what to do."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILER_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    queue: str = "mailer"
+    smtp_url: str = ""
+    smtp_timeout: float = 30.0
+    sink_host: str = "127.0.0.1"
+    sink_port: int = 8025
+    base_url: str = "http://127.0.0.1:8000"
+    secret_key: SecretStr | None = None
+    api_token: SecretStr | None = None
+    check_deliverability: bool = False
+    confirm_max_age: int = Field(7 * 86400, description="seconds a confirm link stays valid")
+    pending_purge_after: int = Field(30 * 86400, description="seconds before unconfirmed go")
+    confirm_resend_interval: int = 600
+    cors_origins: Annotated[list[str], NoDecode] = []
+    subscribe_rate_ip_per_minute: int = 20
+    subscribe_rate_address_per_hour: int = 5
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    templates_dir: Path | None = None
+    send_rate: float = 0.0
+    send_batch_size: int = 200
+    send_lease: int = 300
+    send_max_attempts: int = 6
+    send_retry_base: int = 60
+    digest_max_articles: int = 10
+    summary_length: int = 280
+    feed_poll_interval: int = 900
+    feed_timeout: float = 20.0
+    feed_max_bytes: int = 5 * 1024 * 1024
+    unsubscribe_mailto: str = ""
+    redact_addresses: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    # -- derived values -------------------------------------------------
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'mailer.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def uses_sink(self) -> bool:
+        """No SMTP configured: mail goes to the built-in sink and its outbox."""
+        return not self.smtp_url
+
+    @property
+    def smtp(self) -> str:
+        return self.smtp_url or f"smtp://{self.sink_host}:{self.sink_port}"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def email_templates(self) -> Path:
+        return self.templates_dir or ROOT / "templates" / "email"
+
+    @property
+    def base_host(self) -> str:
+        return urlsplit(self.base_url).hostname or "localhost"
+
+    def secret(self) -> str:
+        """The signing key; generated once and kept in data_dir in development."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value()
+        if self.env == "production":
+            raise ConfigError("MAILER_SECRET_KEY is not set; production mode needs a secret key")
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def api_secret(self) -> str:
+        """The operator API's bearer token; generated once in development."""
+        if self.api_token is not None and self.api_token.get_secret_value():
+            return self.api_token.get_secret_value()
+        if self.env == "production":
+            raise ConfigError("MAILER_API_TOKEN is not set; production mode needs an API token")
+        path = self.data_dir / "api.token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def check(self) -> None:
+        """Fail at start-up, with a message, on settings production can't run with."""
+        self.secret()
+        self.api_secret()
+        if self.env == "production":
+            if self.database.startswith("sqlite"):
+                raise ConfigError("production mode needs MAILER_DATABASE_URL (PostgreSQL)")
+            if not self.smtp_url:
+                raise ConfigError("production mode needs MAILER_SMTP_URL")
+        for url in (self.smtp,):
+            if urlsplit(url).scheme not in ("smtp", "smtps"):
+                raise ConfigError(
+                    f"MAILER_SMTP_URL must start with smtp:// or smtps://, got {url!r}"
+                )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

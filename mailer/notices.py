@@ -1,0 +1,154 @@
+"""Transactional mail (confirm, welcome): rendered per reader, sent once.
+
+These go to one reader at a time, so there is no variant sharing; the row
+in `notification` is claimed with a conditional UPDATE before sending, so a
+task delivered twice by the broker, or a sweep racing a task, sends once.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from mailer.config import Settings
+from mailer.links import Links
+from mailer.messages import MessageTemplate
+from mailer.models import Newsletter, Notification, Status, Subscription, utcnow
+from mailer.rendering import EmailRenderer
+from mailer.subscriptions import is_suppressed
+from mailer.transport import ConnectionLost, Reply, close, connect, send
+
+# Which subscription status a notice still makes sense for.
+VALID_FOR = {"confirm": Status.PENDING, "welcome": Status.ACTIVE}
+
+
+class TemporaryFailure(RuntimeError):
+    """Try again later: the server deferred or the connection broke."""
+
+
+def list_id(newsletter: Newsletter, settings: Settings) -> str:
+    return f"{newsletter.name} <{newsletter.slug}.{settings.base_host}>"
+
+
+def unsubscribe_mailto(newsletter: Newsletter, settings: Settings) -> str:
+    return settings.unsubscribe_mailto or newsletter.sender.rpartition("<")[2].rstrip(">")
+
+
+def build_notice(
+    session: Session, settings: Settings, renderer: EmailRenderer, note: Notification
+) -> tuple[Subscription, bytes, str]:
+    sub = session.get_one(Subscription, note.subscription_id)
+    nl = session.get_one(Newsletter, sub.newsletter_id)
+    links = Links.from_settings(settings)
+    unsubscribe = links.unsubscribe(sub)
+    context = {
+        "newsletter_name": nl.name,
+        "email_placeholder": sub.subscriber.email,
+        "confirm_url": links.confirm(sub),
+        "confirm_days": max(1, settings.confirm_max_age // 86400),
+        "preferences_url": links.preferences(sub),
+        "unsubscribe_url": unsubscribe if note.kind != "confirm" else "",
+        "frequency": sub.frequency.value,
+        "topics": [t.name for t in sub.topics],
+    }
+    rendered = renderer.render(note.kind, context)
+    template = MessageTemplate(
+        sender=nl.sender,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        list_id=list_id(nl, settings),
+        list_unsubscribe_mailto=unsubscribe_mailto(nl, settings),
+    )
+    # A confirm mail goes to someone not yet on the list: no unsubscribe header.
+    data, message_id = template.build(
+        sub.subscriber.email, unsubscribe_url=unsubscribe if note.kind != "confirm" else None
+    )
+    return sub, data, message_id
+
+
+def claim(session: Session, note_id: int, lease: int) -> bool:
+    """Take the notice for sending; False when another sender has it or it is done."""
+    now = utcnow()
+    result = session.execute(
+        update(Notification)
+        .where(
+            Notification.id == note_id,
+            (Notification.status == "queued")
+            | (
+                (Notification.status == "sending")
+                & (Notification.sent_at < now - timedelta(seconds=lease))
+            ),
+        )
+        .values(status="sending", sent_at=now, attempts=Notification.attempts + 1)
+    )
+    session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def send_notice(
+    session: Session,
+    settings: Settings,
+    renderer: EmailRenderer,
+    note_id: int,
+    opener: Callable[[], smtplib.SMTP] | None = None,
+) -> str:
+    """Send one queued notice; returns its final status. Raises TemporaryFailure to retry."""
+    if not claim(session, note_id, settings.send_lease):
+        return "not-claimed"
+    note = session.get_one(Notification, note_id)
+    sub = session.get_one(Subscription, note.subscription_id)
+    if sub.status is not VALID_FOR.get(note.kind) or is_suppressed(session, sub.subscriber.email):
+        note.status = "skipped"
+        session.commit()
+        return note.status
+    sub, data, message_id = build_notice(session, settings, renderer, note)
+    nl = session.get_one(Newsletter, sub.newsletter_id)
+    sender = nl.sender.rpartition("<")[2].rstrip(">")
+    try:
+        conn = opener() if opener else connect(settings.smtp, settings.smtp_timeout)
+        try:
+            reply = send(conn, sender, sub.subscriber.email, data)
+        finally:
+            close(conn)
+    except ConnectionLost as exc:
+        _release(session, note, f"connection: {exc}")
+        raise TemporaryFailure(str(exc)) from exc
+    return _record(session, note, reply, message_id)
+
+
+def _release(session: Session, note: Notification, error: str) -> None:
+    note.status = "queued"
+    note.last_error = error
+    session.commit()
+
+
+def _record(session: Session, note: Notification, reply: Reply, message_id: str) -> str:
+    if reply.ok:
+        note.status, note.message_id, note.sent_at = "sent", message_id, utcnow()
+        note.last_error = None
+    elif reply.temporary:
+        _release(session, note, f"{reply.code} {reply.text}")
+        raise TemporaryFailure(f"{reply.code} {reply.text}")
+    else:
+        note.status, note.last_error = "failed", f"{reply.code} {reply.text}"
+    session.commit()
+    return note.status
+
+
+def due_notices(session: Session, older_than: int, max_attempts: int) -> list[int]:
+    """Notices whose task seems lost: queued a while ago, or stuck sending past the lease."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    return list(
+        session.scalars(
+            select(Notification.id).where(
+                Notification.status.in_(("queued", "sending")),
+                Notification.created_at < cutoff,
+                Notification.attempts < max_attempts,
+            )
+        )
+    )

@@ -1,0 +1,457 @@
+"""Subscribe, confirm, unsubscribe, preferences: the reader's side of the store.
+
+Every status change goes through `change_status`, which refuses transitions
+the lifecycle does not allow and writes the audit row that is our consent
+record. Functions here flush but never commit: the caller owns the unit of
+work, and enqueues any mail only after its commit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.headerregistry import Address as HeaderAddress
+from email.utils import parseaddr
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailer.addresses import InvalidAddress, address_hash, address_key, normalise
+from mailer.models import (
+    Frequency,
+    Newsletter,
+    Notification,
+    Status,
+    Subscriber,
+    Subscription,
+    SubscriptionEvent,
+    Suppression,
+    Topic,
+    utcnow,
+)
+from mailer.tokens import Purpose, TokenError, Tokens
+
+
+class SubscriptionError(ValueError):
+    """Input we refuse; the message is for the person who gave it."""
+
+
+class UnknownNewsletter(SubscriptionError):
+    pass
+
+
+class InvalidTransition(SubscriptionError):
+    pass
+
+
+# Which status may follow which. Anything else is a bug or an attack.
+TRANSITIONS: dict[Status | None, set[Status]] = {
+    None: {Status.PENDING, Status.ACTIVE},
+    Status.PENDING: {Status.ACTIVE, Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED},
+    Status.ACTIVE: {Status.UNSUBSCRIBED, Status.BOUNCED, Status.COMPLAINED},
+    Status.UNSUBSCRIBED: {Status.PENDING, Status.ACTIVE},
+    Status.BOUNCED: {Status.PENDING, Status.ACTIVE, Status.UNSUBSCRIBED},
+    Status.COMPLAINED: {Status.PENDING, Status.UNSUBSCRIBED},
+}
+
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.casefold()).strip("-")
+    return slug[:100] or "topic"
+
+
+# -- newsletters and topics ---------------------------------------------------
+
+
+def parse_sender(sender: str) -> str:
+    """Validate a From value like `Name <addr@host>`; refuse header injection."""
+    if any(ch in sender for ch in "\r\n\0"):
+        raise SubscriptionError("The sender cannot contain line breaks.")
+    name, addr = parseaddr(sender)
+    if not addr:
+        raise SubscriptionError(f"The sender {sender!r} has no address; use 'Name <addr@host>'.")
+    try:
+        valid = normalise(addr)
+    except InvalidAddress as exc:
+        raise SubscriptionError(f"The sender address is not valid: {exc}") from exc
+    local, _, domain = valid.email.rpartition("@")
+    return str(HeaderAddress(display_name=name, username=local, domain=domain))
+
+
+def create_newsletter(
+    session: Session,
+    slug: str,
+    name: str,
+    sender: str,
+    *,
+    default_frequency: Frequency = Frequency.WEEKLY,
+    site_url: str | None = None,
+) -> Newsletter:
+    if not SLUG_RE.match(slug):
+        raise SubscriptionError(
+            "A newsletter slug is 1-63 lower-case letters, digits or dashes, starting with a "
+            f"letter or digit; got {slug!r}."
+        )
+    if any(ch in name for ch in "\r\n\0") or not name.strip():
+        raise SubscriptionError("The newsletter name must be one non-empty line.")
+    if session.scalar(select(Newsletter.id).where(Newsletter.slug == slug)) is not None:
+        raise SubscriptionError(f"A newsletter {slug!r} already exists.")
+    newsletter = Newsletter(
+        slug=slug,
+        name=name.strip(),
+        sender=parse_sender(sender),
+        default_frequency=default_frequency,
+        site_url=site_url,
+    )
+    session.add(newsletter)
+    session.flush()
+    return newsletter
+
+
+def get_newsletter(session: Session, slug: str) -> Newsletter:
+    newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+    if newsletter is None:
+        raise UnknownNewsletter(f"There is no newsletter called {slug!r}.")
+    return newsletter
+
+
+def ensure_topic(session: Session, newsletter: Newsletter, name: str) -> Topic:
+    """The topic of that name or slug, created on first sight."""
+    name = " ".join(name.split())[:200]
+    slug = slugify(name)
+    topic = session.scalar(
+        select(Topic).where(Topic.newsletter_id == newsletter.id, Topic.slug == slug)
+    )
+    if topic is None:
+        topic = Topic(newsletter_id=newsletter.id, slug=slug, name=name)
+        session.add(topic)
+        session.flush()
+    return topic
+
+
+def resolve_topics(session: Session, newsletter: Newsletter, wanted: Iterable[str]) -> list[Topic]:
+    """Topics by slug or name, case-insensitive; an unknown one is an error, not ignored."""
+    wanted = [w.strip() for w in wanted if w and w.strip()]
+    if not wanted:
+        return []
+    topics = session.scalars(select(Topic).where(Topic.newsletter_id == newsletter.id)).all()
+    by_key: dict[str, Topic] = {}
+    for topic in topics:
+        by_key[topic.slug.casefold()] = topic
+        by_key[topic.name.casefold()] = topic
+    found: dict[int, Topic] = {}
+    unknown = []
+    for w in wanted:
+        topic = by_key.get(w.casefold())
+        if topic is None:
+            unknown.append(w)
+        else:
+            found[topic.id] = topic
+    if unknown:
+        raise SubscriptionError(f"Unknown topic(s) for {newsletter.name}: {', '.join(unknown)}.")
+    return list(found.values())
+
+
+def parse_frequency(value: str | None, newsletter: Newsletter) -> Frequency:
+    if value is None or value == "":
+        return newsletter.default_frequency
+    try:
+        return Frequency(value.strip().lower())
+    except ValueError as exc:
+        raise SubscriptionError("Frequency must be 'daily' or 'weekly'.") from exc
+
+
+# -- status changes -------------------------------------------------------------
+
+
+def change_status(
+    session: Session,
+    sub: Subscription,
+    new: Status,
+    *,
+    source: str,
+    ip: str | None = None,
+    detail: str | None = None,
+    now: datetime | None = None,
+) -> None:
+    old: Status | None = sub.status
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"A subscription cannot go from {old} to {new}.")
+    now = now or utcnow()
+    sub.status = new
+    sub.status_changed_at = now
+    if sub.id is None:
+        session.add(sub)
+        session.flush()
+    session.add(
+        SubscriptionEvent(
+            subscription_id=sub.id,
+            old_status=old.value if old else None,
+            new_status=new.value,
+            at=now,
+            source=source,
+            ip=ip,
+            detail=detail,
+        )
+    )
+
+
+# -- suppression ---------------------------------------------------------------
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    return (
+        session.scalar(
+            select(Suppression.id).where(Suppression.address_hash == address_hash(email))
+        )
+        is not None
+    )
+
+
+def suppress(session: Session, email: str, reason: str, source: str | None = None) -> None:
+    digest = address_hash(email)
+    if session.scalar(select(Suppression.id).where(Suppression.address_hash == digest)) is None:
+        session.add(Suppression(address_hash=digest, reason=reason, source=source))
+        session.flush()
+
+
+# -- the reader's journey ----------------------------------------------------------
+
+
+@dataclass
+class SubscribeOutcome:
+    """What happened; the web answer is the same whatever this says."""
+
+    state: str
+    subscription_id: int | None = None
+    notification_ids: list[int] = field(default_factory=list)
+
+
+def _get_or_create_subscriber(session: Session, email: str, key: str) -> Subscriber:
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+    if subscriber is not None:
+        return subscriber
+    try:
+        with session.begin_nested():
+            subscriber = Subscriber(email=email, email_key=key)
+            session.add(subscriber)
+    except IntegrityError:
+        # A concurrent request created it first; use theirs.
+        subscriber = session.scalars(select(Subscriber).where(Subscriber.email_key == key)).one()
+    return subscriber
+
+
+def _queue(session: Session, sub: Subscription, kind: str) -> Notification:
+    note = Notification(subscription_id=sub.id, kind=kind)
+    session.add(note)
+    session.flush()
+    return note
+
+
+def subscribe(
+    session: Session,
+    *,
+    email: str,
+    newsletter: str,
+    topics: Sequence[str] = (),
+    frequency: str | None = None,
+    source: str = "web",
+    ip: str | None = None,
+    confirmed: bool = False,
+    check_deliverability: bool = False,
+    resend_interval: int = 600,
+    now: datetime | None = None,
+) -> SubscribeOutcome:
+    """Start (or restart) a subscription; `confirmed` is for operators' imports only."""
+    now = now or utcnow()
+    nl = get_newsletter(session, newsletter)
+    try:
+        address = normalise(email, check_deliverability=check_deliverability)
+    except InvalidAddress as exc:
+        raise SubscriptionError(str(exc)) from exc
+    chosen = resolve_topics(session, nl, topics)
+    freq = parse_frequency(frequency, nl)
+    if is_suppressed(session, address.email):
+        return SubscribeOutcome("suppressed")
+
+    subscriber = _get_or_create_subscriber(session, address.email, address.key)
+    sub = session.scalar(
+        select(Subscription).where(
+            Subscription.subscriber_id == subscriber.id, Subscription.newsletter_id == nl.id
+        )
+    )
+    target = Status.ACTIVE if confirmed else Status.PENDING
+
+    if sub is None:
+        sub = Subscription(
+            subscriber_id=subscriber.id,
+            newsletter_id=nl.id,
+            frequency=freq,
+            generation=1,
+            created_at=now,
+        )
+        return _start(session, sub, chosen, freq, target, source, ip, now, state="new")
+
+    if sub.status is Status.ACTIVE:
+        return SubscribeOutcome("already-active", sub.id)
+
+    if sub.status is Status.PENDING:
+        if confirmed:
+            return _start(session, sub, chosen, freq, target, source, ip, now, state="confirmed")
+        sub.frequency = freq
+        sub.topics = chosen
+        last = session.scalar(
+            select(func.max(Notification.created_at)).where(
+                Notification.subscription_id == sub.id, Notification.kind == "confirm"
+            )
+        )
+        if last is not None and now - last < timedelta(seconds=resend_interval):
+            return SubscribeOutcome("pending-recently-sent", sub.id)
+        return SubscribeOutcome("pending-resent", sub.id, [_queue(session, sub, "confirm").id])
+
+    # unsubscribed, bounced or complained: a fresh opt-in with a new generation of tokens
+    sub.generation += 1
+    return _start(session, sub, chosen, freq, target, source, ip, now, state="restarted")
+
+
+def _start(
+    session: Session,
+    sub: Subscription,
+    topics: list[Topic],
+    freq: Frequency,
+    target: Status,
+    source: str,
+    ip: str | None,
+    now: datetime,
+    *,
+    state: str,
+) -> SubscribeOutcome:
+    sub.frequency = freq
+    sub.soft_bounces = 0
+    change_status(session, sub, target, source=source, ip=ip, now=now)
+    sub.topics = topics
+    if target is Status.ACTIVE:
+        sub.confirmed_at = now
+        sub.consent_at, sub.consent_source, sub.consent_ip = now, source, ip
+        session.flush()
+        return SubscribeOutcome(state, sub.id)
+    sub.confirmed_at = None
+    session.flush()
+    return SubscribeOutcome(state, sub.id, [_queue(session, sub, "confirm").id])
+
+
+def subscription_for_token(
+    session: Session, tokens: Tokens, purpose: Purpose, token: str
+) -> Subscription:
+    """The subscription a link names; raises TokenError for every kind of bad link."""
+    data = tokens.read(purpose, token)
+    sub = session.get(Subscription, data.subscription_id)
+    if sub is None or sub.generation != data.generation:
+        raise TokenError("This link is no longer valid.")
+    return sub
+
+
+@dataclass
+class ConfirmOutcome:
+    subscription: Subscription
+    changed: bool
+    notification_ids: list[int] = field(default_factory=list)
+
+
+def confirm(
+    session: Session,
+    tokens: Tokens,
+    token: str,
+    *,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> ConfirmOutcome:
+    now = now or utcnow()
+    sub = subscription_for_token(session, tokens, Purpose.CONFIRM, token)
+    if sub.status is Status.ACTIVE:
+        return ConfirmOutcome(sub, changed=False)
+    if sub.status is not Status.PENDING:
+        raise TokenError("This subscription has ended; please subscribe again.")
+    change_status(session, sub, Status.ACTIVE, source="confirm-link", ip=ip, now=now)
+    sub.confirmed_at = now
+    sub.consent_at, sub.consent_source, sub.consent_ip = now, "double-opt-in", ip
+    session.flush()
+    return ConfirmOutcome(sub, changed=True, notification_ids=[_queue(session, sub, "welcome").id])
+
+
+def unsubscribe(
+    session: Session,
+    tokens: Tokens,
+    token: str,
+    *,
+    source: str = "unsubscribe-link",
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> tuple[Subscription, bool]:
+    """Unsubscribe the link's subscription; (subscription, whether anything changed)."""
+    sub = subscription_for_token(session, tokens, Purpose.UNSUBSCRIBE, token)
+    if sub.status is Status.UNSUBSCRIBED:
+        return sub, False
+    change_status(session, sub, Status.UNSUBSCRIBED, source=source, ip=ip, now=now)
+    session.flush()
+    return sub, True
+
+
+def update_preferences(
+    session: Session,
+    tokens: Tokens,
+    token: str,
+    *,
+    topics: Sequence[str],
+    frequency: str | None,
+    ip: str | None = None,
+) -> Subscription:
+    sub = subscription_for_token(session, tokens, Purpose.PREFERENCES, token)
+    if sub.status not in (Status.ACTIVE, Status.PENDING):
+        raise SubscriptionError("This subscription has ended; subscribe again to choose topics.")
+    nl = session.get_one(Newsletter, sub.newsletter_id)
+    chosen = resolve_topics(session, nl, topics)
+    sub.frequency = parse_frequency(frequency, nl)
+    sub.topics = chosen
+    session.add(
+        SubscriptionEvent(
+            subscription_id=sub.id,
+            old_status=sub.status.value,
+            new_status=sub.status.value,
+            source="preferences",
+            ip=ip,
+            detail=f"frequency={sub.frequency}; topics={','.join(t.slug for t in chosen) or '*'}",
+        )
+    )
+    session.flush()
+    return sub
+
+
+def purge_pending(session: Session, older_than: timedelta, now: datetime | None = None) -> int:
+    """Forget subscriptions never confirmed, and subscribers left with none."""
+    cutoff = (now or utcnow()) - older_than
+    ids = session.scalars(
+        select(Subscription.id).where(
+            Subscription.status == Status.PENDING, Subscription.status_changed_at < cutoff
+        )
+    ).all()
+    if not ids:
+        return 0
+    session.execute(delete(Subscription).where(Subscription.id.in_(ids)))
+    orphans = select(Subscriber.id).where(
+        ~select(Subscription.id).where(Subscription.subscriber_id == Subscriber.id).exists()
+    )
+    session.execute(delete(Subscriber).where(Subscriber.id.in_(orphans)))
+    session.flush()
+    return len(ids)
+
+
+def subscriber_by_email(session: Session, email: str) -> Subscriber | None:
+    return session.scalar(
+        select(Subscriber).where(Subscriber.email_key == address_key(email.strip()))
+    )

@@ -1,0 +1,61 @@
+"""Celery tasks: thin wrappers that open a session, call one domain function, enqueue.
+
+Follow-up tasks are sent only after the transaction that made their rows
+has committed, so a worker never looks for a row that is not there yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from functools import lru_cache
+
+from celery import Task
+
+from mailer import notices, subscriptions
+from mailer.celery_app import app
+from mailer.config import get_settings
+from mailer.db import session_factory, session_scope
+from mailer.rendering import EmailRenderer
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def renderer() -> EmailRenderer:
+    return EmailRenderer(get_settings().email_templates)
+
+
+@app.task(bind=True, name="mailer.tasks.send_notice", max_retries=8)
+def send_notice(self: Task, note_id: int) -> str:
+    settings = get_settings()
+    session = session_factory(settings.database)()
+    try:
+        return notices.send_notice(session, settings, renderer(), note_id)
+    except notices.TemporaryFailure as exc:
+        raise self.retry(exc=exc, countdown=min(600, 30 * 2**self.request.retries)) from exc
+    finally:
+        session.close()
+
+
+def enqueue_notices(note_ids: list[int]) -> None:
+    """Call after commit. A failure to reach the broker is not fatal: the tick sweeps."""
+    for note_id in note_ids:
+        try:
+            send_notice.delay(note_id)
+        except Exception:  # the row waits in the database; the tick will send it
+            log.warning("could not enqueue notice %s; the next tick will", note_id, exc_info=True)
+
+
+@app.task(name="mailer.tasks.tick")
+def tick() -> None:
+    """Once a minute: everything that is due and waits in the database."""
+    settings = get_settings()
+    with session_scope(settings.database) as session:
+        lost = notices.due_notices(session, older_than=120, max_attempts=settings.send_max_attempts)
+        purged = subscriptions.purge_pending(
+            session, timedelta(seconds=settings.pending_purge_after)
+        )
+    if purged:
+        log.info("purged %d unconfirmed subscriptions", purged)
+    enqueue_notices(lost)

@@ -1,0 +1,64 @@
+"""Signed tokens for the links in our mail.
+
+A token names a subscription by id and generation, never by address, and is
+signed for one purpose: a confirm token cannot unsubscribe and an old
+generation's token stops working once the reader opts in afresh. Confirm links
+expire; unsubscribe and preference links do not, because a reader may use a
+link in a year-old mail and must still be able to leave.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+
+class Purpose(enum.StrEnum):
+    CONFIRM = "confirm"
+    UNSUBSCRIBE = "unsubscribe"
+    PREFERENCES = "preferences"
+    VIEW = "view"
+
+
+class TokenError(ValueError):
+    """A token that can't be used; `reason` is safe to show to the reader."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TokenData:
+    subscription_id: int
+    generation: int
+
+
+class Tokens:
+    def __init__(self, secret: str, confirm_max_age: int) -> None:
+        self._secret = secret
+        self._confirm_max_age = confirm_max_age
+        self._serializers = {
+            p: URLSafeTimedSerializer(secret, salt=f"mailer.{p.value}") for p in Purpose
+        }
+
+    def make(self, purpose: Purpose, subscription_id: int, generation: int) -> str:
+        return str(self._serializers[purpose].dumps([subscription_id, generation]))
+
+    def read(self, purpose: Purpose, token: str) -> TokenData:
+        max_age = self._confirm_max_age if purpose is Purpose.CONFIRM else None
+        try:
+            payload = self._serializers[purpose].loads(token, max_age=max_age)
+        except SignatureExpired as exc:
+            raise TokenError("This link has expired. Please subscribe again.") from exc
+        except BadSignature as exc:
+            raise TokenError("This link is not valid. It may be incomplete or changed.") from exc
+        if (
+            not isinstance(payload, list)
+            or len(payload) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in payload)
+        ):
+            raise TokenError("This link is not valid. It may be incomplete or changed.")
+        return TokenData(subscription_id=payload[0], generation=payload[1])

@@ -1,0 +1,82 @@
+"""The FastAPI application: reader pages, the outbox and the operator API.
+
+Routes stay thin: parse, call one domain function, commit, enqueue. The app
+refuses to start on an un-migrated database, and answers 503 with
+Retry-After, never a stack trace, while the database is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from mailer.config import Settings, get_settings
+from mailer.db import get_engine
+from mailer.links import tokens_for
+from mailer.migrate import require_current
+
+log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' https: data:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+}
+
+
+def create_app(settings: Settings | None = None, *, check_migrations: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    settings.check()
+    engine = get_engine(settings.database)
+    if check_migrations:
+        require_current(engine)
+
+    app = FastAPI(title="mailer", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
+    app.state.settings = settings
+    app.state.tokens = tokens_for(settings)
+    app.state.api_token = settings.api_secret()
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["POST"],
+            allow_headers=["Content-Type"],
+        )
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def database_down(request: Request, exc: Exception) -> Response:
+        log.error("database unavailable: %s", type(exc).__name__)
+        return JSONResponse(
+            {"detail": "The service is briefly unavailable; please try again shortly."},
+            status_code=503,
+            headers={"Retry-After": "10"},
+        )
+
+    from mailer.web import reader
+
+    app.include_router(reader.router)
+    if settings.uses_sink:
+        from mailer.web import outbox
+
+        app.include_router(outbox.router)
+    return app

@@ -1,0 +1,80 @@
+"""Request-scoped pieces shared by the routes: session, settings, caller's IP, API auth."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from mailer.config import Settings
+from mailer.db import session_factory
+from mailer.tokens import Tokens
+
+
+def get_settings_dep(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    session = session_factory(settings.database)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_tokens(request: Request) -> Tokens:
+    tokens: Tokens = request.app.state.tokens
+    return tokens
+
+
+TokensDep = Annotated[Tokens, Depends(get_tokens)]
+
+
+def client_ip(request: Request) -> str | None:
+    """The caller's address; X-Forwarded-For only when the peer is a trusted proxy."""
+    peer = request.client.host if request.client else None
+    settings: Settings = request.app.state.settings
+    forwarded = request.headers.get("x-forwarded-for")
+    if peer and forwarded and peer in settings.trusted_proxies:
+        candidate = forwarded.split(",")[-1].strip()
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            return peer
+    return peer
+
+
+IPDep = Annotated[str | None, Depends(client_ip)]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_api_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Bearer MAILER_API_TOKEN; a wrong or missing token learns nothing but 401."""
+    expected: str = request.app.state.api_token
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status_code=401,
+            detail="missing or wrong API token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+APIAuth = Depends(require_api_token)

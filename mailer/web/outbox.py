@@ -1,0 +1,5 @@
+"""The built-in sink's outbox."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Reader pages (filled in below)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

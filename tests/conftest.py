@@ -1,0 +1,220 @@
+"""Shared fixtures: real PostgreSQL, Redis, SMTP and Celery; no mocks of those layers.
+
+Each test run gets its own PostgreSQL database and its own Celery queue, so
+several runs (or developers) on one machine never take each other's rows or
+tasks. Under CI=true a missing service fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RUN_ID = secrets.token_hex(4)
+PG_ADMIN_URL = os.environ.get(
+    "TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_DATA = Path(tempfile.mkdtemp(prefix="mailer-test-"))
+
+# Settings are read from the environment when mailer modules import: set them first.
+os.environ.update(
+    {
+        "MAILER_ENV": "development",
+        "MAILER_BROKER_URL": REDIS_URL,
+        "MAILER_QUEUE": f"test-{RUN_ID}",
+        "MAILER_SECRET_KEY": "test-secret-key-" + RUN_ID,
+        "MAILER_API_TOKEN": "test-api-token",
+        "MAILER_DATA_DIR": str(_DATA),
+        "MAILER_DATABASE_URL": f"sqlite:///{_DATA}/default.db",
+    }
+)
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from mailer import config, db, migrate  # noqa: E402
+from mailer.models import Base  # noqa: E402
+from mailer.sink import free_port  # noqa: E402
+from tests.smtp import SMTPServer, start_smtp_server  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def service_missing(what: str, error: Exception) -> None:
+    message = f"{what} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(f"{message} (under CI=true a missing service is a failure)")
+    pytest.skip(f"{message}; not under CI, so skipped")  # CI fails above instead
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    name = f"mailer_test_{RUN_ID}"
+    try:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        service_missing("PostgreSQL", exc)
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    migrate.upgrade(url)
+    yield url
+    db.dispose_all()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def truncate_all(url: str) -> None:
+    engine = db.get_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    truncate_all(pg_database)
+    return pg_database
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path}/mailer.db"
+    migrate.upgrade(url)
+    return url
+
+
+# -- Redis --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except Exception as exc:
+        service_missing("Redis", exc)
+    return REDIS_URL
+
+
+# -- SMTP ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SMTPServer]:
+    server = start_smtp_server()
+    yield server
+    server.stop()
+
+
+# -- settings wired to the real services ----------------------------------------------
+
+
+def configure(monkeypatch: pytest.MonkeyPatch, **values: str) -> config.Settings:
+    for key, value in values.items():
+        monkeypatch.setenv(f"MAILER_{key.upper()}", value)
+    config.get_settings.cache_clear()
+    return config.get_settings()
+
+
+@pytest.fixture
+def web_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def settings(
+    monkeypatch: pytest.MonkeyPatch,
+    pg_url: str,
+    smtp_server: SMTPServer,
+    tmp_path: Path,
+    web_port: int,
+) -> Iterator[config.Settings]:
+    """Production-like settings: PostgreSQL, Redis broker, the test SMTP server."""
+    yield configure(
+        monkeypatch,
+        database_url=pg_url,
+        smtp_url=smtp_server.url,
+        data_dir=str(tmp_path),
+        base_url=f"http://127.0.0.1:{web_port}",
+    )
+    config.get_settings.cache_clear()
+
+
+@pytest.fixture
+def session(settings: config.Settings) -> Iterator[Session]:
+    s = db.session_factory(settings.database)()
+    yield s
+    s.close()
+
+
+# -- a real Celery worker on Redis ------------------------------------------------------
+
+
+@pytest.fixture
+def celery_worker(settings: config.Settings, redis_url: str) -> Iterator[object]:
+    from celery.contrib.testing.worker import start_worker
+
+    from mailer.celery_app import app
+
+    app.control.purge()
+    with start_worker(
+        app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30
+    ) as worker:
+        yield worker
+
+
+# -- the web app over real HTTP ----------------------------------------------------------
+
+
+@pytest.fixture
+def live_server(settings: config.Settings, web_port: int) -> Iterator[str]:
+    import uvicorn
+
+    from mailer.web.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=web_port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not _port_open("127.0.0.1", web_port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the web app did not start")
+        time.sleep(0.05)
+    yield settings.base_url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; return its value or fail with the last one."""
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+        value = predicate()
+    return value

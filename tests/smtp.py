@@ -1,0 +1,106 @@
+"""A real SMTP server for tests (aiosmtpd on a free port) that records what it got.
+
+Its replies can be scripted per recipient or per message, so tests can make it
+defer (4xx), refuse (5xx), drop the connection or answer slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailer.sink import free_port
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        msg: Any = message_from_bytes(self.data, policy=policy.default)
+        return msg  # type: ignore[no-any-return]
+
+
+@dataclass
+class Script:
+    """Optional hooks; each returns an SMTP reply string to refuse, or None to accept."""
+
+    on_rcpt: Callable[[str], str | None] | None = None
+    on_data: Callable[[Envelope], str | None] | None = None
+    delay: float = 0.0
+
+
+class RecordingHandler:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.script = Script()
+        self.lock = threading.Lock()
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.script.on_rcpt is not None:
+            reply = self.script.on_rcpt(address)
+            if reply is not None:
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.script.delay:
+            await asyncio.sleep(self.script.delay)
+        if self.script.on_data is not None:
+            reply = self.script.on_data(envelope)
+            if reply is not None:
+                return reply
+        with self.lock:
+            self.received.append(
+                Received(
+                    str(envelope.mail_from),
+                    list(envelope.rcpt_tos),
+                    envelope.original_content or b"",
+                )
+            )
+        return "250 2.0.0 OK queued"
+
+
+@dataclass
+class SMTPServer:
+    host: str
+    port: int
+    handler: RecordingHandler
+    controller: Controller = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    @property
+    def received(self) -> list[Received]:
+        with self.handler.lock:
+            return list(self.handler.received)
+
+    def to(self, address: str) -> list[Received]:
+        return [r for r in self.received if address in r.rcpt_tos]
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def start_smtp_server() -> SMTPServer:
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True)
+    controller.start()
+    return SMTPServer("127.0.0.1", port, handler, controller)
