@@ -43,8 +43,12 @@ def _clean(value: str, name: str) -> str:
 
 
 def _fold(name: str, value: str, utf8: bool = False) -> bytes:
+    """One header line: plain ASCII takes a fast path; the rest is RFC 2047-encoded."""
+    _clean(value, name)
+    if value.isascii() and len(name) + len(value) < 990:
+        return f"{name}: {value}\r\n".encode("ascii")
     pol = policy.SMTPUTF8 if utf8 else policy.SMTP
-    return pol.fold_binary(name, _clean(value, name))
+    return pol.fold_binary(name, pol.header_factory(name, value))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

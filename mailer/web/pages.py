@@ -25,9 +25,17 @@ def message_page(
     action: str | None = None,
     button: str | None = None,
     hidden: dict[str, str] | None = None,
+    method: str = "post",
 ) -> HTMLResponse:
     """A page that says one thing, optionally with one button that POSTs."""
     return page(
-        request, "message.html", status_code, title=title, text=text, action=action, button=button,
+        request,
+        "message.html",
+        status_code,
+        title=title,
+        text=text,
+        action=action,
+        button=button,
         hidden=hidden or {},
+        method=method,
     )

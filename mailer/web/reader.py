@@ -1,5 +1,310 @@
-"""Reader pages (filled in below)."""
+"""Reader pages: subscribe, confirm, unsubscribe, preferences.
 
-from fastapi import APIRouter
+A GET never changes anything: mail scanners open every link in a message,
+so confirming and unsubscribing take a POST. Token-bearing POSTs need
+nothing but the token (no cookie, no CSRF field), which is what RFC 8058
+one-click unsubscribe requires of us. The subscribe answer is the same for a
+new, a pending and an active address, so the form can't be used to learn who
+reads what.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ValidationError, field_validator
+from sqlalchemy.orm import Session
+
+from mailer import subscriptions, throttle
+from mailer.addresses import address_hash
+from mailer.models import Newsletter, Status, Subscription
+from mailer.subscriptions import SubscriptionError, UnknownNewsletter
+from mailer.tasks import enqueue_notices
+from mailer.tokens import Purpose, TokenError
+from mailer.web.deps import IPDep, SessionDep, SettingsDep, TokensDep
+from mailer.web.pages import message_page, page
+
+router = APIRouter(include_in_schema=True, tags=["reader"])
+
+ACCEPTED = (
+    "Thanks! If this address can receive our mail, a message is on its way: "
+    "open it and press the button to confirm your subscription."
+)
+MAX_BODY = 16 * 1024
+
+
+class SubscribeIn(BaseModel):
+    email: str
+    newsletter: str
+    topics: list[str] = []
+    frequency: str | None = None
+    website: str | None = None  # honeypot: people leave it empty, form-filling bots do not
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _topics(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [t for t in (p.strip() for p in value.split(",")) if t]
+        return value
+
+
+def _wants_json(request: Request) -> bool:
+    return request.headers.get("content-type", "").startswith("application/json") or (
+        "application/json" in request.headers.get("accept", "")
+        and "text/html" not in request.headers.get("accept", "")
+    )
+
+
+async def _read_subscribe_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise SubscriptionError("The request is too large.")
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("application/json"):
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SubscriptionError("The request body is not valid JSON.") from exc
+        if not isinstance(data, dict):
+            raise SubscriptionError("The request body must be a JSON object.")
+        return data
+    form = await request.form()
+    data = {k: v for k, v in form.items() if k != "topics" and isinstance(v, str)}
+    data["topics"] = [t for t in form.getlist("topics") if isinstance(t, str)]
+    return data
+
+
+def _error(request: Request, status: int, message: str, field: str | None = None) -> Response:
+    if _wants_json(request):
+        if status == 422:
+            loc = ["body", field] if field else ["body"]
+            return JSONResponse({"detail": [{"loc": loc, "msg": message}]}, status_code=status)
+        return JSONResponse({"detail": message}, status_code=status)
+    return message_page(request, "Something is not right", message, status)
+
+
+def _too_many(request: Request, retry_after: int) -> Response:
+    response = _error(request, 429, "Too many requests; please wait a little and try again.")
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def _newsletter_or_404(session: Session, request: Request, slug: str) -> Newsletter | Response:
+    try:
+        return subscriptions.get_newsletter(session, slug)
+    except UnknownNewsletter as exc:
+        return _error(request, 404, str(exc))
+
+
+@router.get("/subscribe/{newsletter}", response_class=HTMLResponse)
+def subscribe_form(newsletter: str, request: Request, session: SessionDep) -> Response:
+    nl = _newsletter_or_404(session, request, newsletter)
+    if isinstance(nl, Response):
+        return nl
+    return page(request, "subscribe.html", newsletter=nl, topics=nl.topics)
+
+
+@router.post("/subscribe", status_code=202)
+async def subscribe(
+    request: Request, session: SessionDep, settings: SettingsDep, ip: IPDep
+) -> Response:
+    """Start a double opt-in; form-encoded from our page or JSON from a site's own form."""
+    if ip:
+        wait = throttle.hit(session, f"ip:{ip}", settings.subscribe_rate_ip_per_minute, 60)
+        session.commit()
+        if wait:
+            return _too_many(request, wait)
+    try:
+        raw = await _read_subscribe_body(request)
+        data = SubscribeIn.model_validate(raw)
+    except SubscriptionError as exc:
+        return _error(request, 400, str(exc))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else None
+        return _error(request, 422, f"{field}: {first['msg']}", field)
+    if data.website:
+        return _accepted(request)
+    if data.email.strip():
+        key = "addr:" + address_hash(data.email.strip())
+        wait = throttle.hit(session, key, settings.subscribe_rate_address_per_hour, 3600)
+        session.commit()
+        if wait:
+            return _too_many(request, wait)
+    try:
+        outcome = subscriptions.subscribe(
+            session,
+            email=data.email,
+            newsletter=data.newsletter,
+            topics=data.topics,
+            frequency=data.frequency,
+            source="web" if not _wants_json(request) else "api-form",
+            ip=ip,
+            check_deliverability=settings.check_deliverability,
+            resend_interval=settings.confirm_resend_interval,
+        )
+    except UnknownNewsletter as exc:
+        session.rollback()
+        return _error(request, 404, str(exc))
+    except SubscriptionError as exc:
+        session.rollback()
+        field = "email" if "address" in str(exc) else "topics" if "topic" in str(exc) else None
+        field = "frequency" if "Frequency" in str(exc) else field
+        return _error(request, 422, str(exc), field)
+    session.commit()
+    enqueue_notices(outcome.notification_ids)
+    return _accepted(request)
+
+
+def _accepted(request: Request) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"status": "accepted", "message": ACCEPTED}, status_code=202)
+    return message_page(request, "Check your inbox", ACCEPTED, 202)
+
+
+def _bad_link(request: Request, exc: TokenError) -> Response:
+    return message_page(request, "This link can't be used", exc.reason, 400)
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_page(token: str, request: Request, session: SessionDep, tokens: TokensDep) -> Response:
+    try:
+        sub = subscriptions.subscription_for_token(session, tokens, Purpose.CONFIRM, token)
+    except TokenError as exc:
+        return _bad_link(request, exc)
+    name = sub.newsletter.name
+    if sub.status is Status.ACTIVE:
+        return message_page(request, "Already confirmed", f"You are subscribed to {name}.")
+    if sub.status is not Status.PENDING:
+        return _bad_link(
+            request, TokenError("This subscription has ended; please subscribe again.")
+        )
+    return message_page(
+        request,
+        f"Confirm your subscription to {name}",
+        "Press the button to start receiving it.",
+        action=f"/confirm/{token}",
+        button="Confirm",
+    )
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse)
+def confirm(
+    token: str, request: Request, session: SessionDep, tokens: TokensDep, ip: IPDep
+) -> Response:
+    try:
+        outcome = subscriptions.confirm(session, tokens, token, ip=ip)
+    except TokenError as exc:
+        session.rollback()
+        return _bad_link(request, exc)
+    name = outcome.subscription.newsletter.name
+    session.commit()
+    enqueue_notices(outcome.notification_ids)
+    if not outcome.changed:
+        return message_page(request, "Already confirmed", f"You are subscribed to {name}.")
+    return message_page(
+        request, "You're subscribed", f"Thanks for confirming: {name} is on its way."
+    )
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe_page(
+    token: str, request: Request, session: SessionDep, tokens: TokensDep
+) -> Response:
+    try:
+        sub = subscriptions.subscription_for_token(session, tokens, Purpose.UNSUBSCRIBE, token)
+    except TokenError as exc:
+        return _bad_link(request, exc)
+    if sub.status is Status.UNSUBSCRIBED:
+        return _unsubscribed_page(request, sub)
+    return message_page(
+        request,
+        f"Unsubscribe from {sub.newsletter.name}?",
+        "Press the button and you will receive no more mail from this newsletter.",
+        action=f"/unsubscribe/{token}",
+        button="Unsubscribe",
+        hidden={"List-Unsubscribe": "One-Click"},
+    )
+
+
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+def unsubscribe(
+    token: str, request: Request, session: SessionDep, tokens: TokensDep, ip: IPDep
+) -> Response:
+    """RFC 8058 one-click: the mail client POSTs `List-Unsubscribe=One-Click`, nothing else."""
+    try:
+        sub, _changed = subscriptions.unsubscribe(session, tokens, token, ip=ip)
+    except TokenError as exc:
+        session.rollback()
+        return _bad_link(request, exc)
+    session.commit()
+    return _unsubscribed_page(request, sub)
+
+
+def _unsubscribed_page(request: Request, sub: Subscription) -> Response:
+    return message_page(
+        request,
+        "You're unsubscribed",
+        f"You will receive no more mail from {sub.newsletter.name}. "
+        "Changed your mind? You can subscribe again at any time.",
+        action=f"/subscribe/{sub.newsletter.slug}",
+        button="Subscribe again",
+        method="get",
+    )
+
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+def preferences_page(
+    token: str, request: Request, session: SessionDep, tokens: TokensDep
+) -> Response:
+    try:
+        sub = subscriptions.subscription_for_token(session, tokens, Purpose.PREFERENCES, token)
+    except TokenError as exc:
+        return _bad_link(request, exc)
+    return _preferences(request, sub, token)
+
+
+def _preferences(
+    request: Request, sub: Subscription, token: str, notice: str | None = None, status: int = 200
+) -> Response:
+    return page(
+        request,
+        "preferences.html",
+        status,
+        sub=sub,
+        newsletter=sub.newsletter,
+        chosen={t.id for t in sub.topics},
+        token=token,
+        notice=notice,
+        active=sub.status in (Status.ACTIVE, Status.PENDING),
+    )
+
+
+@router.post("/preferences/{token}", response_class=HTMLResponse)
+def save_preferences(
+    token: str,
+    request: Request,
+    session: SessionDep,
+    tokens: TokensDep,
+    ip: IPDep,
+    topics: Annotated[list[str] | None, Form()] = None,
+    frequency: Annotated[str | None, Form()] = None,
+) -> Response:
+    try:
+        sub = subscriptions.update_preferences(
+            session, tokens, token, topics=topics or [], frequency=frequency, ip=ip
+        )
+    except TokenError as exc:
+        session.rollback()
+        return _bad_link(request, exc)
+    except SubscriptionError as exc:
+        session.rollback()
+        sub = subscriptions.subscription_for_token(session, tokens, Purpose.PREFERENCES, token)
+        return _preferences(request, sub, token, notice=str(exc), status=400)
+    session.commit()
+    return _preferences(request, sub, token, notice="Your preferences are saved.")

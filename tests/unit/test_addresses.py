@@ -1,0 +1,43 @@
+import pytest
+
+from mailer.addresses import InvalidAddress, address_hash, normalise
+
+
+def test_domain_is_lowercased_and_local_part_kept_as_typed():
+    address = normalise("  Jane.Doe@Example.COM ")
+    assert address.email == "Jane.Doe@example.com"
+    assert address.key == "jane.doe@example.com"
+
+
+def test_case_variants_share_one_key_and_hash():
+    assert normalise("A@x.org").key == normalise("a@X.ORG").key
+    assert address_hash("A@x.org") == address_hash("a@x.org")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "   ",
+        "plainaddress",
+        "a@b",
+        "a@@b.com",
+        "a b@c.com",
+        "x@y.com\r\nBcc: v@z.com",
+        "x@y.com\nBcc: v@z.com",
+        "a" * 300 + "@x.com",
+        '"quoted"@x.com',
+    ],
+)
+def test_malformed_addresses_are_refused_with_a_message(raw):
+    with pytest.raises(InvalidAddress) as info:
+        normalise(raw)
+    assert str(info.value)
+
+
+def test_internationalised_domain_is_accepted():
+    assert normalise("user@bücher.de").email == "user@bücher.de"
+
+
+def test_internationalised_local_part_is_accepted():
+    assert normalise("пользователь@пример.рф").email == "пользователь@пример.рф"
