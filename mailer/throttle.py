@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 from mailer.models import RateCounter
 
 
-def hit(session: Session, key: str, limit: int, window: int, now: float | None = None) -> int | None:
+def hit(
+    session: Session, key: str, limit: int, window: int, now: float | None = None
+) -> int | None:
     """Count one request; None when allowed, else the seconds until the window resets."""
     if limit <= 0:
         return None
