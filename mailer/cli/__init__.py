@@ -7,9 +7,9 @@ import click
 from mailer.cli.base import main
 from mailer.cli.db import db
 from mailer.cli.newsletters import newsletter
-from mailer.cli.run import up, web
+from mailer.cli.run import beat, up, web, worker
 
-for command in (db, newsletter, up, web):
+for command in (db, newsletter, up, web, worker, beat):
     main.add_command(command)
 
 __all__ = ["click", "main"]
