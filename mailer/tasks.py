@@ -7,12 +7,13 @@ has committed, so a worker never looks for a row that is not there yet.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from functools import lru_cache
 
 from celery import Task
 
-from mailer import notices, subscriptions
+from mailer import notices, subscriptions, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
@@ -56,6 +57,7 @@ def tick() -> None:
         purged = subscriptions.purge_pending(
             session, timedelta(seconds=settings.pending_purge_after)
         )
+        throttle.forget_before(session, time.time() - 86400)
     if purged:
         log.info("purged %d unconfirmed subscriptions", purged)
     enqueue_notices(lost)

@@ -1,0 +1,69 @@
+"""Start-up refuses what production can't run with, and says what to do."""
+
+import pytest
+from click.testing import CliRunner
+
+from mailer.cli import main
+from mailer.config import ConfigError, Settings
+from mailer.migrate import NotMigrated
+from mailer.web.app import create_app
+
+
+@pytest.fixture(autouse=True)
+def no_secrets_in_environment(monkeypatch):
+    monkeypatch.delenv("MAILER_SECRET_KEY", raising=False)
+    monkeypatch.delenv("MAILER_API_TOKEN", raising=False)
+
+
+def test_production_without_secret_key_is_a_startup_error(tmp_path):
+    settings = Settings(env="production", data_dir=tmp_path, api_token="t",
+                        database_url="postgresql+psycopg://x@127.0.0.1/x", smtp_url="smtp://h:25")
+    with pytest.raises(ConfigError, match="MAILER_SECRET_KEY"):
+        create_app(settings)
+    assert not (tmp_path / "secret.key").exists()
+
+
+def test_production_without_api_token_is_a_startup_error(tmp_path):
+    settings = Settings(env="production", data_dir=tmp_path, secret_key="s",
+                        database_url="postgresql+psycopg://x@127.0.0.1/x", smtp_url="smtp://h:25")
+    with pytest.raises(ConfigError, match="MAILER_API_TOKEN"):
+        settings.check()
+
+
+def test_production_on_the_embedded_database_is_refused(tmp_path):
+    settings = Settings(env="production", data_dir=tmp_path, secret_key="s", api_token="t",
+                        smtp_url="smtp://h:25")
+    with pytest.raises(ConfigError, match="MAILER_DATABASE_URL"):
+        settings.check()
+
+
+def test_development_generates_and_keeps_a_secret(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    first = settings.secret()
+    assert len(first) >= 32 and Settings(data_dir=tmp_path).secret() == first
+    assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0
+
+
+def test_bad_smtp_url_scheme_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="smtp://"):
+        Settings(data_dir=tmp_path, smtp_url="http://mail.example:25").check()
+
+
+def test_web_app_refuses_an_unmigrated_database(tmp_path):
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path}/empty.db")
+    with pytest.raises(NotMigrated, match="mailer db upgrade"):
+        create_app(settings)
+
+
+def test_cli_on_an_unmigrated_database_says_what_to_run(tmp_path, monkeypatch):
+    from mailer import config
+
+    monkeypatch.setenv("MAILER_DATABASE_URL", f"sqlite:///{tmp_path}/empty.db")
+    config.get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main, ["newsletter", "list"])
+        assert result.exit_code == 1 and "mailer db upgrade" in result.output
+        assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+        assert CliRunner().invoke(main, ["newsletter", "list"]).exit_code == 0
+    finally:
+        config.get_settings.cache_clear()
