@@ -28,8 +28,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class OutboxHandler:
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        # Maildir(create=True) makes tmp/new/cur only when the directory itself is new.
+        directory.parent.mkdir(parents=True, exist_ok=True)
         self.maildir = mailbox.Maildir(str(directory), create=True)
+        for sub in ("tmp", "new", "cur"):
+            (directory / sub).mkdir(exist_ok=True)
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
