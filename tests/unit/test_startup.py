@@ -16,23 +16,34 @@ def no_secrets_in_environment(monkeypatch):
 
 
 def test_production_without_secret_key_is_a_startup_error(tmp_path):
-    settings = Settings(env="production", data_dir=tmp_path, api_token="t",
-                        database_url="postgresql+psycopg://x@127.0.0.1/x", smtp_url="smtp://h:25")
+    settings = Settings(
+        env="production",
+        data_dir=tmp_path,
+        api_token="t",
+        database_url="postgresql+psycopg://x@127.0.0.1/x",
+        smtp_url="smtp://h:25",
+    )
     with pytest.raises(ConfigError, match="MAILER_SECRET_KEY"):
         create_app(settings)
     assert not (tmp_path / "secret.key").exists()
 
 
 def test_production_without_api_token_is_a_startup_error(tmp_path):
-    settings = Settings(env="production", data_dir=tmp_path, secret_key="s",
-                        database_url="postgresql+psycopg://x@127.0.0.1/x", smtp_url="smtp://h:25")
+    settings = Settings(
+        env="production",
+        data_dir=tmp_path,
+        secret_key="s",
+        database_url="postgresql+psycopg://x@127.0.0.1/x",
+        smtp_url="smtp://h:25",
+    )
     with pytest.raises(ConfigError, match="MAILER_API_TOKEN"):
         settings.check()
 
 
 def test_production_on_the_embedded_database_is_refused(tmp_path):
-    settings = Settings(env="production", data_dir=tmp_path, secret_key="s", api_token="t",
-                        smtp_url="smtp://h:25")
+    settings = Settings(
+        env="production", data_dir=tmp_path, secret_key="s", api_token="t", smtp_url="smtp://h:25"
+    )
     with pytest.raises(ConfigError, match="MAILER_DATABASE_URL"):
         settings.check()
 

@@ -1,0 +1,98 @@
+"""Confirm and welcome mails against a real SMTP server: replies decide the record."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from mailer import notices
+from mailer import subscriptions as subs
+from mailer.models import Notification, Status, Subscription
+from mailer.rendering import EmailRenderer
+
+
+@pytest.fixture
+def renderer(settings):
+    return EmailRenderer(settings.email_templates)
+
+
+def queue_confirm(session, email):
+    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    out = subs.subscribe(session, email=email, newsletter="n")
+    session.commit()
+    return out.notification_ids[0]
+
+
+def test_unicode_address_is_delivered_with_smtputf8(session, settings, renderer, smtp_server):
+    note_id = queue_confirm(session, "читатель@пример.рф")
+    assert notices.send_notice(session, settings, renderer, note_id) == "sent"
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["читатель@пример.рф"]
+    assert received.message["To"] == "читатель@пример.рф"
+
+
+def test_unicode_domain_is_sent_as_punycode(session, settings, renderer, smtp_server):
+    note_id = queue_confirm(session, "reader@bücher.de")
+    assert notices.send_notice(session, settings, renderer, note_id) == "sent"
+    assert smtp_server.received[0].rcpt_tos == ["reader@xn--bcher-kva.de"]
+
+
+def test_temporary_refusal_keeps_the_notice_queued_for_retry(
+    session, settings, renderer, smtp_server
+):
+    note_id = queue_confirm(session, "later@example.org")
+    smtp_server.handler.script.on_rcpt = lambda addr: "451 4.7.1 try again later"
+    with pytest.raises(notices.TemporaryFailure, match="451"):
+        notices.send_notice(session, settings, renderer, note_id)
+    session.expire_all()
+    note = session.get(Notification, note_id)
+    assert (note.status, note.attempts) == ("queued", 1) and "451" in note.last_error
+    smtp_server.handler.script.on_rcpt = None
+    assert notices.send_notice(session, settings, renderer, note_id) == "sent"
+    assert len(smtp_server.received) == 1
+
+
+def test_permanent_refusal_marks_the_notice_failed(session, settings, renderer, smtp_server):
+    note_id = queue_confirm(session, "nobody@example.org")
+    smtp_server.handler.script.on_rcpt = lambda addr: "550 5.1.1 no such user"
+    assert notices.send_notice(session, settings, renderer, note_id) == "failed"
+    assert "550" in session.get(Notification, note_id).last_error
+    assert smtp_server.received == []
+
+
+def test_unreachable_server_keeps_the_notice_queued(session, settings, renderer, smtp_server):
+    note_id = queue_confirm(session, "a@example.org")
+    smtp_server.stop()
+    with pytest.raises(notices.TemporaryFailure):
+        notices.send_notice(session, settings, renderer, note_id)
+    session.expire_all()
+    assert session.get(Notification, note_id).status == "queued"
+
+
+def test_notice_sent_once_even_when_its_task_runs_twice(session, settings, renderer, smtp_server):
+    note_id = queue_confirm(session, "twice@example.org")
+    assert notices.send_notice(session, settings, renderer, note_id) == "sent"
+    assert notices.send_notice(session, settings, renderer, note_id) == "not-claimed"
+    assert len(smtp_server.received) == 1
+
+
+def test_confirm_for_a_reader_who_unsubscribed_meanwhile_is_not_sent(
+    session, settings, renderer, smtp_server
+):
+    note_id = queue_confirm(session, "gone@example.org")
+    sub = session.scalars(select(Subscription)).one()
+    subs.change_status(session, sub, Status.UNSUBSCRIBED, source="test")
+    session.commit()
+    assert notices.send_notice(session, settings, renderer, note_id) == "skipped"
+    assert smtp_server.received == []
+
+
+def test_lost_notice_is_found_by_the_sweep(session, settings):
+    from datetime import timedelta
+
+    note_id = queue_confirm(session, "lost@example.org")
+    note = session.get(Notification, note_id)
+    assert notices.due_notices(session, older_than=120, max_attempts=6) == []
+    note.created_at -= timedelta(minutes=5)
+    session.commit()
+    assert notices.due_notices(session, older_than=120, max_attempts=6) == [note_id]
