@@ -48,7 +48,7 @@ def _fold(name: str, value: str, utf8: bool = False) -> bytes:
     if value.isascii() and len(name) + len(value) < 990:
         return f"{name}: {value}\r\n".encode("ascii")
     pol = policy.SMTPUTF8 if utf8 else policy.SMTP
-    return pol.fold_binary(name, pol.header_factory(name, value))  # type: ignore[arg-type]
+    return pol.fold_binary(name, pol.header_factory(name, value))
 
 
 @dataclass(frozen=True)

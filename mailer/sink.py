@@ -70,7 +70,7 @@ class OutboxItem:
 
     def body(self, subtype: str) -> str:
         part = self.message.get_body(preferencelist=(subtype,))
-        return "" if part is None else str(part.get_content())  # type: ignore[attr-defined]
+        return "" if part is None else str(part.get_content())
 
 
 class Outbox:

@@ -145,13 +145,13 @@ def resolve_topics(session: Session, newsletter: Newsletter, wanted: Iterable[st
         by_key[topic.slug.casefold()] = topic
         by_key[topic.name.casefold()] = topic
     found: dict[int, Topic] = {}
-    unknown = []
+    unknown: list[str] = []
     for w in wanted:
-        topic = by_key.get(w.casefold())
-        if topic is None:
+        match = by_key.get(w.casefold())
+        if match is None:
             unknown.append(w)
         else:
-            found[topic.id] = topic
+            found[match.id] = match
     if unknown:
         raise SubscriptionError(f"Unknown topic(s) for {newsletter.name}: {', '.join(unknown)}.")
     return list(found.values())

@@ -27,8 +27,8 @@ def hit(
     start = int(now // window * window)
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(RateCounter).values(key=key, window_start=start, count=1)
-    stmt = stmt.on_conflict_do_update(
+    upsert = insert(RateCounter).values(key=key, window_start=start, count=1)
+    stmt = upsert.on_conflict_do_update(
         index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1}
     ).returning(RateCounter.count)
     count = int(session.execute(stmt).scalar_one())
