@@ -1,0 +1,538 @@
+"""Article ingest: every source (feed, API, page) ends in `upsert_article` here.
+
+Whatever arrives from outside is untrusted. Before anything is stored:
+titles, authors and topic names become plain text; article HTML goes
+through nh3 with a small allow-list, links and images made absolute
+against the document they came from and anything but http(s)/mailto
+dropped; dates become timezone-aware UTC, fetch time when missing and
+clamped when in the future; the summary is plain text cut at a sentence
+boundary near `summary_length`.
+
+An article is unique per (source, guid). The source says where it came
+from (`feed:<id>`, `api:<newsletter id>`, `page:<newsletter id>`) so two
+newsletters never overwrite each other's guids; the guid falls back to the
+canonical link. The same story reaching one newsletter from two sources is
+stored twice (each source keeps its own truth) and merged at digest time
+by `dedupe_articles`, keyed on `dedupe_key(url)`.
+
+Functions here flush but never commit: the caller owns the unit of work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import nh3
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailer.models import Article, Newsletter, Topic, utcnow
+from mailer.subscriptions import ensure_topic, slugify
+
+# Column sizes in models.Article; longer values are refused (API) or cut (feeds).
+MAX_URL = 2000
+MAX_GUID = 2000
+MAX_TITLE = 1000
+MAX_AUTHOR = 300
+MAX_TOPIC = 200
+MAX_TOPICS = 20
+MAX_CONTENT = 500_000
+
+ALLOWED_TAGS = {
+    "a",
+    "b",
+    "blockquote",
+    "br",
+    "code",
+    "em",
+    "figcaption",
+    "figure",
+    "h2",
+    "h3",
+    "h4",
+    "i",
+    "img",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "strong",
+    "ul",
+}
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height"}}
+URL_SCHEMES = {"http", "https", "mailto"}
+# Removed together with everything inside them, not just unwrapped.
+DROP_WITH_CONTENT = {"script", "style", "noscript", "template", "iframe", "object", "svg", "math"}
+
+# Query parameters that only track clicks; they never change what a page is.
+TRACKING_PARAMS = re.compile(r"^(utm_[a-z]+|fbclid|gclid|mc_cid|mc_eid|ref|ocid|cmpid)$", re.I)
+
+_BLOCK_TAG = re.compile(
+    r"<(?=/?(?:p|br|div|li|ul|ol|h[1-6]|blockquote|tr|td|th|section|article|figure|figcaption|pre)\b)",
+    re.I,
+)
+_SPACE = re.compile(r"\s+")
+_LOOKS_LIKE_TAG = re.compile(r"<[/!a-zA-Z]")
+
+
+class ArticleError(ValueError):
+    """An article we refuse; `field` names the input at fault for API answers."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class Outcome(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass
+class RawArticle:
+    """An article as a source gave it: every field untrusted, HTML allowed where noted."""
+
+    url: str | None
+    title: str | None
+    guid: str | None = None
+    summary_html: str | None = None
+    content_html: str | None = None
+    image_url: str | None = None
+    author: str | None = None
+    published_at: datetime | None = None
+    topics: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CleanArticle:
+    """Safe to store: text is text, HTML is sanitised, URLs absolute, dates UTC."""
+
+    guid: str
+    url: str
+    title: str
+    summary: str
+    content_html: str
+    image_url: str | None
+    author: str | None
+    published_at: datetime
+    topics: tuple[str, ...]
+    # False when the source gave no date (or one in the future) and fetch time stands in.
+    date_given: bool = True
+
+
+# -- text and HTML -------------------------------------------------------------
+
+
+def html_to_text(value: str | None) -> str:
+    """Plain text of an HTML fragment, entities decoded, whitespace collapsed.
+
+    Script and style content goes with the tags. Runs twice so that markup
+    escaped once more than it should be (common in feed titles) is dropped
+    rather than shown to readers as a literal tag.
+    """
+    if not value:
+        return ""
+    text = value
+    for _ in range(2):
+        spaced = _BLOCK_TAG.sub(" <", text)
+        text = html.unescape(nh3.clean(spaced, tags=set(), clean_content_tags=DROP_WITH_CONTENT))
+        if not _LOOKS_LIKE_TAG.search(text):
+            break
+    return _SPACE.sub(" ", text).strip()
+
+
+def _safe_url(value: str | None, base: str | None, schemes: set[str] = URL_SCHEMES) -> str | None:
+    """An absolute URL with an allowed scheme, or None."""
+    if not value:
+        return None
+    value = "".join(ch for ch in value.strip() if ch >= " ")  # no control characters
+    if not value:
+        return None
+    try:
+        absolute = urljoin(base, value) if base else value
+        parts = urlsplit(absolute)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in schemes:
+        return None
+    if parts.scheme.lower() in ("http", "https") and not parts.hostname:
+        return None
+    return absolute
+
+
+def sanitise_html(value: str | None, base_url: str | None) -> str:
+    """The allow-listed HTML of an untrusted fragment with absolute links and images."""
+    if not value:
+        return ""
+
+    def attribute_filter(tag: str, attr: str, val: str) -> str | None:
+        if (tag, attr) in (("a", "href"), ("img", "src")):
+            schemes = URL_SCHEMES if tag == "a" else {"http", "https"}
+            return _safe_url(val, base_url, schemes)
+        return val
+
+    cleaned = nh3.clean(
+        value[:MAX_CONTENT],
+        tags=ALLOWED_TAGS,
+        clean_content_tags=DROP_WITH_CONTENT,
+        attributes=ALLOWED_ATTRIBUTES,
+        attribute_filter=attribute_filter,
+        url_schemes=URL_SCHEMES,
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    )
+    return cleaned.strip()
+
+
+# -- summaries -----------------------------------------------------------------
+
+# A sentence ends at . ! ? or … (plus closing quotes/brackets) followed by space and
+# something that can start a sentence; CJK full stops need no space.
+_SENTENCE_END = re.compile(
+    r"(?:[.!?…]+[\"'”’»)\]]*(?=\s+[\"'“‘«(\[]?[^\W_a-z]|\s*$))|(?:[。！？]+)",
+)
+
+
+def cut_summary(text: str, length: int) -> str:
+    """`text` cut at the sentence end nearest `length`, never inside a word.
+
+    Goes up to a fifth past `length` to finish a sentence. When no sentence
+    ends between half of `length` and that limit, cuts at the last space
+    before `length` and adds an ellipsis. Text is plain: summaries are made
+    from `html_to_text`, so no cut can land inside a tag.
+    """
+    text = _SPACE.sub(" ", text).strip()
+    if length <= 0 or len(text) <= length:
+        return text
+    hard = length + length // 5
+    best = None
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        if end > hard:
+            break
+        if end >= length // 2:
+            best = end
+    if best is not None:
+        return text[:best].strip()
+    cut = text[: length + 1]
+    space = cut.rfind(" ")
+    # One enormous word has no boundary to respect: then cut the characters.
+    cut = cut[:space] if space > 0 else cut[:length]
+    return cut.rstrip(" ,;:-–—") + "…"
+
+
+# -- URLs and dedupe -------------------------------------------------------------
+
+
+def canonical_url(url: str) -> str:
+    """The link as stored: lower-case scheme and host, no credentials, fragment or tracking."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host
+    if port and (scheme, port) not in (("http", 80), ("https", 443)):
+        netloc = f"{netloc}:{port}"
+    query = [
+        (k, v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        if not TRACKING_PARAMS.match(k)
+    ]
+    return urlunsplit((scheme, netloc, parts.path or "/", urlencode(query), ""))
+
+
+def dedupe_key(url: str) -> str:
+    """What makes two links the same story: canonical URL without scheme, www. or end slash.
+
+    http/https and www/no-www variants of one page are one article, as are
+    links that differ only in tracking parameters or fragment.
+    """
+    parts = urlsplit(canonical_url(url))
+    host = parts.netloc.removeprefix("www.")
+    path = parts.path.rstrip("/") or "/"
+    return f"{host}{path}" + (f"?{parts.query}" if parts.query else "")
+
+
+class HasURL(Protocol):
+    url: str
+
+
+A = TypeVar("A", bound=HasURL)
+
+
+def dedupe_articles(articles: Iterable[A]) -> list[A]:
+    """Each story once: the first article per `dedupe_key(url)` wins, order kept.
+
+    For the digest: pass a newsletter's candidate articles ordered by
+    preference (e.g. newest `published_at` first) and the same story
+    reaching the newsletter from two feeds, or a feed and the API, is sent
+    once. Articles are not merged; topics of the dropped copies are ignored.
+    """
+    seen: set[str] = set()
+    kept: list[A] = []
+    for article in articles:
+        key = dedupe_key(article.url)
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(article)
+    return kept
+
+
+# -- normalising -----------------------------------------------------------------
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC; a naive value is taken to be UTC already (feedparser gives UTC tuples)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def clean_topics(names: Iterable[str]) -> tuple[str, ...]:
+    """Topic names as text, one per slug, at most MAX_TOPICS so a feed can't flood them."""
+    seen: dict[str, str] = {}
+    for name in names:
+        text = html_to_text(name)[:MAX_TOPIC].strip()
+        if not text:
+            continue
+        seen.setdefault(slugify(text), text)
+        if len(seen) >= MAX_TOPICS:
+            break
+    return tuple(seen.values())
+
+
+def normalise(
+    raw: RawArticle,
+    *,
+    base_url: str | None,
+    now: datetime | None = None,
+    summary_length: int = 280,
+    strict: bool = False,
+) -> CleanArticle:
+    """Make a raw article safe to store, or raise ArticleError naming the field.
+
+    `strict` is for callers who can fix their input (the API): values too long
+    for the store are refused there, where a feed's are cut.
+    """
+    now = now or utcnow()
+    url = _safe_url(raw.url, base_url, {"http", "https"})
+    if url is None:
+        raise ArticleError("url", "an absolute http(s) link is required")
+    url = canonical_url(url)
+    if len(url) > MAX_URL:
+        raise ArticleError("url", f"longer than {MAX_URL} characters")
+
+    guid = " ".join((raw.guid or "").split())
+    if not guid:
+        guid = url
+    if len(guid) > MAX_GUID:
+        if strict:
+            raise ArticleError("guid", f"longer than {MAX_GUID} characters")
+        guid = "sha256:" + hashlib.sha256(guid.encode()).hexdigest()
+
+    content = sanitise_html(raw.content_html, base_url or url)
+    summary_source = html_to_text(raw.summary_html) or html_to_text(content)
+
+    title = html_to_text(raw.title)
+    if not title:
+        if strict:
+            raise ArticleError("title", "a title is required")
+        title = cut_summary(summary_source, 80) or url
+    if len(title) > MAX_TITLE:
+        if strict:
+            raise ArticleError("title", f"longer than {MAX_TITLE} characters")
+        title = cut_summary(title, MAX_TITLE - 20)
+
+    author = html_to_text(raw.author) or None
+    if author and len(author) > MAX_AUTHOR:
+        if strict:
+            raise ArticleError("author", f"longer than {MAX_AUTHOR} characters")
+        author = author[:MAX_AUTHOR].rsplit(" ", 1)[0]
+
+    image = None
+    if raw.image_url:
+        image = _safe_url(raw.image_url, url, {"http", "https"})
+        if image is None and strict:
+            raise ArticleError("image_url", "must be an http(s) link")
+        if image and len(image) > MAX_URL:
+            if strict:
+                raise ArticleError("image_url", f"longer than {MAX_URL} characters")
+            image = None
+
+    published = utc(raw.published_at) if raw.published_at else now
+    date_given = raw.published_at is not None and published <= now
+    published = min(published, now)
+
+    topics = clean_topics(raw.topics)
+    if strict and len([t for t in raw.topics if t and t.strip()]) > MAX_TOPICS:
+        raise ArticleError("topics", f"at most {MAX_TOPICS} topics")
+
+    return CleanArticle(
+        guid=guid,
+        url=url,
+        title=title,
+        summary=cut_summary(summary_source, summary_length),
+        content_html=content,
+        image_url=image,
+        author=author,
+        published_at=published,
+        topics=topics,
+        date_given=date_given,
+    )
+
+
+# -- topics and storing ------------------------------------------------------------
+
+
+def map_topics(session: Session, newsletter: Newsletter, names: Iterable[str]) -> list[Topic]:
+    """The newsletter's topics for these names: by slug or by (renamed) name, else created.
+
+    Matching the current name as well as the slug means a topic an operator
+    renamed ("tech" shown as "Technology") keeps catching both spellings.
+    """
+    names = [n for n in names if n and n.strip()]
+    if not names:
+        return []
+    existing = session.scalars(select(Topic).where(Topic.newsletter_id == newsletter.id)).all()
+    by_key: dict[str, Topic] = {}
+    for topic in existing:
+        by_key.setdefault(topic.slug, topic)
+        by_key.setdefault(topic.name.casefold(), topic)
+    found: dict[int, Topic] = {}
+    for name in names:
+        known = by_key.get(name.casefold()) or by_key.get(slugify(name))
+        topic = known or ensure_topic(session, newsletter, name)
+        by_key.setdefault(topic.slug, topic)
+        by_key.setdefault(topic.name.casefold(), topic)
+        found[topic.id] = topic
+    return sorted(found.values(), key=lambda t: t.name)
+
+
+def rename_topic(session: Session, newsletter: Newsletter, slug: str, new_name: str) -> Topic:
+    """Change the name readers see; the slug stays, so links and preferences keep working."""
+    name = " ".join(new_name.split())
+    if not name or len(name) > MAX_TOPIC:
+        raise ArticleError("name", f"a topic name is 1-{MAX_TOPIC} characters on one line")
+    topics = session.scalars(select(Topic).where(Topic.newsletter_id == newsletter.id)).all()
+    topic = next((t for t in topics if t.slug == slug), None)
+    if topic is None:
+        raise ArticleError("slug", f"newsletter {newsletter.slug!r} has no topic {slug!r}")
+    for other in topics:
+        if other.id != topic.id and (
+            other.name.casefold() == name.casefold() or other.slug == slugify(name)
+        ):
+            raise ArticleError(
+                "name", f"topic {other.slug!r} is already called or slugged {other.name!r}"
+            )
+    topic.name = name
+    session.flush()
+    return topic
+
+
+_COMPARED = ("url", "title", "summary", "content_html", "image_url", "author", "published_at")
+
+
+def upsert_article(
+    session: Session,
+    newsletter: Newsletter,
+    source: str,
+    clean: CleanArticle,
+    *,
+    extra_topics: Sequence[str] = (),
+) -> tuple[Article, Outcome]:
+    """Insert or update the article for (source, guid); never a second row.
+
+    A re-sent article without a date keeps the date it got when first seen,
+    so an undated item does not look new again on every poll. A race with a
+    concurrent insert of the same guid is settled by the unique constraint:
+    the loser updates the winner's row.
+    """
+    topics = map_topics(session, newsletter, [*extra_topics, *clean.topics])
+    existing = _find(session, source, clean.guid)
+    if existing is None:
+        article = Article(
+            newsletter_id=newsletter.id,
+            source=source,
+            guid=clean.guid,
+            url=clean.url,
+            title=clean.title,
+            summary=clean.summary,
+            content_html=clean.content_html,
+            image_url=clean.image_url,
+            author=clean.author,
+            published_at=clean.published_at,
+            topics=topics,
+        )
+        try:
+            with session.begin_nested():
+                session.add(article)
+                session.flush()
+            return article, Outcome.CREATED
+        except IntegrityError:
+            existing = _find(session, source, clean.guid)
+            if existing is None:
+                raise
+    if existing.newsletter_id != newsletter.id:
+        raise ArticleError("guid", f"{clean.guid!r} belongs to another newsletter's source")
+    changed = False
+    for name in _COMPARED:
+        new = getattr(clean, name)
+        if name == "published_at" and not clean.date_given:
+            continue  # no real date this time: the first-seen date stands
+        if getattr(existing, name) != new:
+            setattr(existing, name, new)
+            changed = True
+    if {t.id for t in existing.topics} != {t.id for t in topics}:
+        existing.topics = topics
+        changed = True
+    if changed:
+        existing.updated_at = utcnow()
+        session.flush()
+    return existing, Outcome.UPDATED if changed else Outcome.UNCHANGED
+
+
+def _find(session: Session, source: str, guid: str) -> Article | None:
+    return session.scalar(select(Article).where(Article.source == source, Article.guid == guid))
+
+
+def ingest(
+    session: Session,
+    newsletter: Newsletter,
+    source: str,
+    items: Iterable[CleanArticle],
+    *,
+    extra_topics: Sequence[str] = (),
+) -> dict[Outcome, int]:
+    """Upsert several articles; counts per outcome, for logs and answers."""
+    counts = dict.fromkeys(Outcome, 0)
+    for item in items:
+        _, outcome = upsert_article(session, newsletter, source, item, extra_topics=extra_topics)
+        counts[outcome] += 1
+    return counts
+
+
+def api_source(newsletter: Newsletter) -> str:
+    return f"api:{newsletter.id}"
+
+
+def page_source(newsletter: Newsletter) -> str:
+    return f"page:{newsletter.id}"
+
+
+def feed_source(feed_id: int) -> str:
+    return f"feed:{feed_id}"
