@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     subscribe_rate_ip_per_minute: int = 20
     subscribe_rate_address_per_hour: int = 5
+    max_body_bytes: int = 5 * 1024 * 1024
     trusted_proxies: Annotated[list[str], NoDecode] = []
     templates_dir: Path | None = None
     send_rate: float = 0.0

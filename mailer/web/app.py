@@ -19,6 +19,7 @@ from mailer.config import Settings, get_settings
 from mailer.db import get_engine
 from mailer.links import tokens_for
 from mailer.migrate import require_current
+from mailer.web.limits import BodyLimit
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.state.tokens = tokens_for(settings)
     app.state.api_token = settings.api_secret()
 
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

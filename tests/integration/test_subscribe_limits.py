@@ -80,3 +80,32 @@ def test_pages_carry_security_headers(settings, newsletter):
     page = client(settings).get("/subscribe/n")
     assert page.headers["x-content-type-options"] == "nosniff"
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+
+
+def test_oversized_body_is_refused_with_413_and_changes_nothing(settings, newsletter, session):
+    from sqlalchemy import func, select
+
+    from mailer.models import Subscriber
+
+    http = client(settings, max_body_bytes=10_000)
+    declared = http.post(
+        "/subscribe", content=b"x" * 20_000, headers={"Content-Type": "application/json"}
+    )
+    assert declared.status_code == 413
+
+    def chunks():
+        for _ in range(30):
+            yield b"a" * 1000
+
+    streamed = http.post(
+        "/subscribe", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    assert session.scalar(select(func.count()).select_from(Subscriber)) == 0
+
+
+def test_non_utf8_json_body_is_a_clear_400(settings, newsletter):
+    answer = client(settings).post(
+        "/subscribe", content=b'{"email": "\xff\xfe"}', headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 400 and "JSON" in answer.json()["detail"]
