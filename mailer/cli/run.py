@@ -322,7 +322,7 @@ def _banner(settings: Settings, env: dict[str, str], sink_port: int) -> None:
     lines = [
         "",
         "[bold green]mailer is up[/bold green]",
-        f"  web           {base}/",
+        f"  web           {base}   (reader pages: {base}/subscribe/<newsletter>)",
         f"  API docs      {base}/docs",
     ]
     if settings.uses_sink:
@@ -334,7 +334,8 @@ def _banner(settings: Settings, env: dict[str, str], sink_port: int) -> None:
         f"  data dir      {settings.data_dir.resolve()}",
         f"  database      {_safe_url(settings.database)}",
         f"  broker        {_safe_url(settings.broker)}",
-        "  create a newsletter:  mailer newsletter create NAME --name ... --from ...",
+        "  first newsletter  mailer newsletter create news --name News"
+        ' --from "News <news@example.org>"',
         "  stop with Ctrl-C",
         "",
     ]
