@@ -536,3 +536,54 @@ def page_source(newsletter: Newsletter) -> str:
 
 def feed_source(feed_id: int) -> str:
     return f"feed:{feed_id}"
+
+
+# -- pushed batches (the API) -------------------------------------------------------
+
+
+class BatchRejected(ValueError):
+    """Some items of a batch are invalid; none was stored. `errors` is (index, field, message)."""
+
+    def __init__(self, errors: list[tuple[int, str, str]]) -> None:
+        super().__init__("; ".join(f"item {i}: {f}: {m}" for i, f, m in errors))
+        self.errors = errors
+
+
+def ingest_batch(
+    session: Session,
+    items: Sequence[tuple[str | None, RawArticle]],
+    *,
+    summary_length: int,
+    now: datetime | None = None,
+) -> list[tuple[Article, Outcome]]:
+    """Store pushed articles, each under its newsletter slug; all of them or none.
+
+    Everything is checked before the first write, so a CMS that sends one bad
+    item among fifty gets every error at once and can simply send the batch
+    again once fixed. A guid sent twice updates the first; never a duplicate.
+    """
+    now = now or utcnow()
+    newsletters: dict[str, Newsletter | None] = {}
+    errors: list[tuple[int, str, str]] = []
+    ready: list[tuple[Newsletter, CleanArticle]] = []
+    for index, (slug, raw) in enumerate(items):
+        if not slug:
+            errors.append((index, "newsletter", "the newsletter's slug is required"))
+            continue
+        if slug not in newsletters:
+            newsletters[slug] = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+        newsletter = newsletters[slug]
+        if newsletter is None:
+            errors.append((index, "newsletter", f"there is no newsletter called {slug!r}"))
+            continue
+        try:
+            clean = normalise(
+                raw, base_url=None, now=now, summary_length=summary_length, strict=True
+            )
+        except ArticleError as exc:
+            errors.append((index, exc.field, exc.message))
+            continue
+        ready.append((newsletter, clean))
+    if errors:
+        raise BatchRejected(errors)
+    return [upsert_article(session, nl, api_source(nl), clean) for nl, clean in ready]

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from celery import Task
 
-from mailer import notices, subscriptions, throttle
+from mailer import feeds, notices, subscriptions, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
@@ -61,3 +61,22 @@ def tick() -> None:
     if purged:
         log.info("purged %d unconfirmed subscriptions", purged)
     enqueue_notices(lost)
+    enqueue_feed_polls()
+
+
+@app.task(name="mailer.tasks.poll_feed")
+def poll_feed(feed_id: int) -> str:
+    """One feed, fetched outside any transaction; its failure is recorded, never raised."""
+    return feeds.poll(get_settings(), feed_id).describe()
+
+
+def enqueue_feed_polls() -> None:
+    """Send a poll for every due feed; each feed's own interval (and backoff) decides."""
+    settings = get_settings()
+    with session_scope(settings.database) as session:
+        due = feeds.claim_due_feeds(session)
+    for feed_id in due:
+        try:
+            poll_feed.delay(feed_id)
+        except Exception:  # the claim lapses after feeds.CLAIM_LEASE; a later tick retries
+            log.warning("could not enqueue a poll of feed %s", feed_id, exc_info=True)

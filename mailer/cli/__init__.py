@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
+from mailer.cli.articles import article, feed, topic
 from mailer.cli.base import main
 from mailer.cli.db import db
 from mailer.cli.newsletters import newsletter
 from mailer.cli.run import beat, up, web, worker
 
 for command in (db, newsletter, up, web, worker, beat):
+    main.add_command(command)
+for command in (feed, article, topic):
     main.add_command(command)
 
 __all__ = ["click", "main"]

@@ -77,6 +77,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import reader
 
     app.include_router(reader.router)
+    from mailer.web import api_articles
+
+    app.include_router(api_articles.router)
     if settings.uses_sink:
         from mailer.web import outbox
 

@@ -1,0 +1,150 @@
+"""`POST /api/articles`: a CMS pushes one article, a list, or a batch for one newsletter.
+
+Accepted bodies, each item `{guid, url, title, summary, content_html,
+image_url, author, published_at, topics}`:
+
+- one object with a `newsletter` field;
+- a list of such objects;
+- `{"newsletter": "slug", "articles": [...]}`, items may override `newsletter`.
+
+Invalid input answers 422 with FastAPI's `detail` list, each `loc` naming
+the field (e.g. `["body", "articles", 3, "url"]`), and stores nothing.
+The same guid again updates the article in place. Answers 200 with counts
+and, per item, the article id and whether it was created, updated or unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from mailer import articles
+from mailer.web.deps import APIAuth, SessionDep, SettingsDep
+
+router = APIRouter(prefix="/api", tags=["articles"], dependencies=[APIAuth])
+
+MAX_ITEMS = 500
+
+
+class ArticleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    newsletter: str | None = Field(None, max_length=64)
+    guid: str | None = Field(None, max_length=articles.MAX_GUID)
+    url: str = Field(min_length=1, max_length=articles.MAX_URL)
+    title: str = Field(min_length=1, max_length=articles.MAX_TITLE)
+    summary: str | None = Field(None, max_length=100_000)
+    content_html: str | None = Field(None, max_length=articles.MAX_CONTENT)
+    image_url: str | None = Field(None, max_length=articles.MAX_URL)
+    author: str | None = Field(None, max_length=articles.MAX_AUTHOR)
+    published_at: AwareDatetime | None = None
+    topics: list[Annotated[str, Field(max_length=articles.MAX_TOPIC)]] = Field(
+        default_factory=list, max_length=articles.MAX_TOPICS
+    )
+
+    def raw(self) -> articles.RawArticle:
+        return articles.RawArticle(
+            url=self.url,
+            title=self.title,
+            guid=self.guid,
+            summary_html=self.summary,
+            content_html=self.content_html,
+            image_url=self.image_url,
+            author=self.author,
+            published_at=self.published_at,
+            topics=self.topics,
+        )
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    newsletter: str | None = Field(None, max_length=64)
+    articles: list[ArticleIn] = Field(min_length=1, max_length=MAX_ITEMS)
+
+
+def _problem(loc: list[str | int], msg: str, kind: str = "value_error") -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "type": kind}
+
+
+def _parse(payload: Any) -> tuple[list[tuple[str | None, ArticleIn]], list[list[str | int]]]:
+    """The items with their newsletter slugs, and each item's `loc` prefix for errors."""
+    if isinstance(payload, list):
+        if not 1 <= len(payload) <= MAX_ITEMS:
+            raise _Invalid([_problem(["body"], f"send 1 to {MAX_ITEMS} articles at a time")])
+        found: list[ArticleIn] = []
+        problems: list[dict[str, Any]] = []
+        for i, item in enumerate(payload):
+            try:
+                found.append(ArticleIn.model_validate(item))
+            except ValidationError as exc:
+                problems += _errors(exc, ["body", i])
+        if problems:
+            raise _Invalid(problems)
+        return [(a.newsletter, a) for a in found], [["body", i] for i in range(len(found))]
+    if isinstance(payload, dict) and "articles" in payload:
+        try:
+            batch = BatchIn.model_validate(payload)
+        except ValidationError as exc:
+            raise _Invalid(_errors(exc, ["body"])) from exc
+        items = [(a.newsletter or batch.newsletter, a) for a in batch.articles]
+        return items, [["body", "articles", i] for i in range(len(items))]
+    if isinstance(payload, dict):
+        try:
+            one = ArticleIn.model_validate(payload)
+        except ValidationError as exc:
+            raise _Invalid(_errors(exc, ["body"])) from exc
+        return [(one.newsletter, one)], [["body"]]
+    raise _Invalid([_problem(["body"], "expected an article object, a list or a batch")])
+
+
+def _errors(exc: ValidationError, prefix: list[str | int]) -> list[dict[str, Any]]:
+    return [
+        _problem([*prefix, *err["loc"]], err["msg"], err["type"])
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+class _Invalid(Exception):
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        self.problems = problems
+
+
+@router.post("/articles")
+def post_articles(
+    session: SessionDep,
+    settings: SettingsDep,
+    payload: Annotated[Any, Body()],
+) -> JSONResponse:
+    """Create or update articles pushed by a CMS."""
+    try:
+        items, locs = _parse(payload)
+    except _Invalid as invalid:
+        return JSONResponse({"detail": invalid.problems}, status_code=422)
+    try:
+        stored = articles.ingest_batch(
+            session,
+            [(slug, item.raw()) for slug, item in items],
+            summary_length=settings.summary_length,
+        )
+    except articles.BatchRejected as rejected:
+        session.rollback()
+        return JSONResponse(
+            {"detail": [_problem([*locs[i], field], msg) for i, field, msg in rejected.errors]},
+            status_code=422,
+        )
+    session.commit()
+    counts = dict.fromkeys((o.value for o in articles.Outcome), 0)
+    for _, outcome in stored:
+        counts[outcome.value] += 1
+    return JSONResponse(
+        {
+            **counts,
+            "articles": [
+                {"id": a.id, "guid": a.guid, "url": a.url, "status": o.value} for a, o in stored
+            ],
+        }
+    )
