@@ -287,13 +287,13 @@ def _prepare_database(settings: Settings) -> None:
 
 
 def _prepare_broker(settings: Settings) -> None:
-    """Create kombu's SQLAlchemy tables once, before worker and beat race to create them."""
+    """Create kombu's SQLAlchemy tables and our queue's row once, before worker and beat race."""
     if not settings.broker.startswith("sqla+"):
         return
     from kombu import Connection
 
     with Connection(settings.broker) as conn:
-        conn.default_channel  # noqa: B018 - opening the channel creates the tables
+        conn.default_channel.queue_declare(queue=settings.queue)
 
 
 def _start_sink(settings: Settings) -> tuple[Controller, int] | None:
