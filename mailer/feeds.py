@@ -31,9 +31,11 @@ from sqlalchemy.orm import Session
 
 from mailer.articles import (
     ArticleError,
+    CleanArticle,
     Outcome,
     RawArticle,
     feed_source,
+    html_to_text,
     map_topics,
     normalise,
     upsert_article,
@@ -179,6 +181,7 @@ def _timed_out(settings: Settings) -> str:
 class ParsedFeed:
     title: str | None
     entries: list[RawArticle] = field(default_factory=list)
+    problem: str | None = None  # what feedparser had to forgive, if anything
 
 
 _IMG_SRC = re.compile(r"<img\b[^>]*?\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
@@ -242,17 +245,23 @@ def parse(body: bytes, url: str, content_type: str = "") -> ParsedFeed:
 
     feedparser is lenient: a feed with recoverable errors (a wrong charset,
     an undefined entity) is still read, since its readers would rather get
-    the articles than nothing.
+    the articles than nothing; `problem` keeps what was wrong. The feed's
+    URL is not given to feedparser as a base, or it would rewrite plain
+    guids ("story-1") into URLs that change whenever the feed moves;
+    relative links are resolved in `articles.normalise` instead (xml:base
+    still applies).
     """
-    headers = {"content-location": url}
+    headers = {}
     if "charset=" in content_type.lower():
         headers["content-type"] = content_type
     parsed = feedparser.parse(body, response_headers=headers, sanitize_html=True)
+    problem = str(parsed.get("bozo_exception") or "") if parsed.bozo else None
     if not parsed.entries and (parsed.bozo or not parsed.version):
-        reason = parsed.get("bozo_exception") or "no RSS or Atom document found"
-        raise FeedError(f"not a readable feed: {reason}")
-    title = str(parsed.feed.get("title", "")).strip() or None
-    return ParsedFeed(title=title, entries=[entry_to_raw(e) for e in parsed.entries])
+        raise FeedError(f"not a readable feed: {problem or 'no RSS or Atom document found'}")
+    title = html_to_text(str(parsed.feed.get("title", ""))) or None
+    return ParsedFeed(
+        title=title, entries=[entry_to_raw(e) for e in parsed.entries], problem=problem
+    )
 
 
 # -- the store -----------------------------------------------------------------------
@@ -353,9 +362,25 @@ def record(
     feed.last_polled_at = now
     report = PollReport(feed.id, feed.url, result.status)
     parsed: ParsedFeed | None = None
+    ready: list[CleanArticle] = []
     if result.status == "ok":
         try:
             parsed = parse(result.body, result.url, result.content_type)
+            for raw in parsed.entries:
+                try:
+                    ready.append(
+                        normalise(
+                            raw,
+                            base_url=result.url,
+                            now=now,
+                            summary_length=settings.summary_length,
+                        )
+                    )
+                except ArticleError as exc:
+                    report.skipped += 1
+                    log.info("feed %s: skipped an entry: %s", feed.id, exc)
+            if parsed.problem and not ready:
+                raise FeedError(f"malformed feed with no usable entry: {parsed.problem}")
         except FeedError as exc:
             report.status, result.error = "error", str(exc)
     if report.status == "error":
@@ -373,15 +398,7 @@ def record(
         newsletter = session.get(Newsletter, feed.newsletter_id)
         assert newsletter is not None  # the FK cascades: a feed never outlives it
         source = feed_source(feed.id)
-        for raw in parsed.entries:
-            try:
-                clean = normalise(
-                    raw, base_url=result.url, now=now, summary_length=settings.summary_length
-                )
-            except ArticleError as exc:
-                report.skipped += 1
-                log.info("feed %s: skipped an entry: %s", feed.id, exc)
-                continue
+        for clean in ready:
             _, outcome = upsert_article(
                 session, newsletter, source, clean, extra_topics=feed.topics or []
             )
