@@ -236,3 +236,29 @@ def test_a_reader_subscribes_confirms_and_unsubscribes_on_the_embedded_default(
     assert code == 0, up.log()
     assert not [pid for pid in family if alive(pid)], up.log()
     assert "stopped" in up.log()
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def test_mailer_up_stops_the_rest_and_fails_when_a_child_dies(embedded: Embedded) -> None:
+    up = embedded
+    family = descendants(up.proc.pid)
+    workers = [
+        pid for pid in family if "celery" in " ".join(cmdline(pid)) and "worker" in cmdline(pid)
+    ]
+    assert workers, f"no celery worker under mailer up: {[cmdline(p) for p in family]}"
+
+    os.kill(workers[0], signal.SIGKILL)
+
+    try:
+        code = up.proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"mailer up kept running after its worker died\n{up.log()}")
+    assert code != 0, up.log()
+    assert "worker exited unexpectedly" in up.log()
+    assert not [pid for pid in family if alive(pid)], up.log()
