@@ -13,10 +13,11 @@ from functools import lru_cache
 
 from celery import Task
 
-from mailer import feeds, notices, subscriptions, throttle
+from mailer import delivery, digests, feeds, notices, subscriptions, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
+from mailer.ratelimit import limiter_for
 from mailer.rendering import EmailRenderer
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def tick() -> None:
     if purged:
         log.info("purged %d unconfirmed subscriptions", purged)
     enqueue_notices(lost)
+    digest_tick()
     enqueue_feed_polls()
 
 
@@ -80,3 +82,68 @@ def enqueue_feed_polls() -> None:
             poll_feed.delay(feed_id)
         except Exception:  # the claim lapses after feeds.CLAIM_LEASE; a later tick retries
             log.warning("could not enqueue a poll of feed %s", feed_id, exc_info=True)
+
+
+# -- digests ---------------------------------------------------------------------------
+
+
+def _enqueue(task: Task, *args: int) -> None:
+    try:
+        task.delay(*args)
+    except Exception:  # the rows wait in the database; the tick will enqueue them again
+        log.warning("could not enqueue %s%s; the next tick will", task.name, args, exc_info=True)
+
+
+def enqueue_prepare(digest_ids: list[int]) -> None:
+    """Call after commit."""
+    for digest_id in digest_ids:
+        _enqueue(prepare_digest, digest_id)
+
+
+def enqueue_sends(ranges: list[tuple[int, int, int]]) -> None:
+    """Call after commit: one send task per (edition, lo, hi) range."""
+    for digest_id, lo, hi in ranges:
+        _enqueue(send_digest_batch, digest_id, lo, hi)
+
+
+@app.task(name="mailer.tasks.prepare_digest")
+def prepare_digest(digest_id: int) -> int:
+    settings = get_settings()
+    with session_scope(settings.database) as session:
+        prepared = digests.prepare(session, settings, renderer(), digest_id)
+        if not prepared.ranges:
+            digests.close_if_done(session, digest_id)
+    enqueue_sends([(digest_id, lo, hi) for lo, hi in prepared.ranges])
+    return prepared.queued
+
+
+@app.task(bind=True, name="mailer.tasks.send_digest_batch", max_retries=5)
+def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
+    settings = get_settings()
+    session = session_factory(settings.database)()
+    try:
+        result = delivery.send_range(
+            session, settings, digest_id, lo, hi, limiter=limiter_for(settings)
+        )
+    except delivery.TemporaryFailure as exc:
+        # A short wait only; anything longer waits in the database for the tick.
+        raise self.retry(exc=exc, countdown=min(60, 5 * 2**self.request.retries)) from exc
+    finally:
+        session.close()
+    with session_scope(settings.database) as session:
+        digests.close_if_done(session, digest_id)
+    return result.sent
+
+
+def digest_tick() -> None:
+    """Due editions, lost prepares, expired leases, due retries, finished editions."""
+    settings = get_settings()
+    lease = timedelta(seconds=settings.send_lease)
+    with session_scope(settings.database) as session:
+        created = digests.create_due(session)
+        created += digests.stale_unprepared(session, older_than=lease)
+        delivery.recover_expired(session, settings)
+        ranges = delivery.due_ranges(session, settings)
+        digests.close_finished(session)
+    enqueue_prepare(sorted(set(created)))
+    enqueue_sends(ranges)

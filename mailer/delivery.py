@@ -1,0 +1,648 @@
+"""Sending an edition: claim rows, send over one connection, record every reply.
+
+Exactly-once is impossible over SMTP (the message may have gone between the
+final "." and the reply), so the aim is: nothing lost, and at most one
+duplicate per connection that dies. That is kept by three rules:
+
+- Rows are claimed with one conditional UPDATE (`FOR UPDATE SKIP LOCKED` on
+  PostgreSQL) that moves them to `sending` with a lease; the subscription's
+  status and the suppression list are checked in the same transaction, so a
+  reader who left after the edition was prepared is not mailed.
+- Before each message its Message-ID is written to the row, in the same
+  commit that records the previous message's reply. A row found in `sending`
+  after its lease ran out is therefore either untouched (no Message-ID: back
+  to `queued`, nobody got it) or the one that was in flight (`unknown`, sent
+  again: the one possible duplicate).
+- Replies drive the state machine: 2xx `sent`; 4xx `deferred` with an
+  exponential `next_attempt_at` until the attempts run out; 5xx `failed`,
+  and a 550-class reply also suppresses the address and marks the
+  subscription bounced. A lost connection puts the in-flight row in
+  `unknown`, hands the rest of the batch back and asks for a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import make_msgid, parseaddr
+from typing import Any
+
+from sqlalchemy import and_, func, literal, or_, select, update
+from sqlalchemy.orm import Session
+
+from mailer import digests
+from mailer.addresses import address_hash
+from mailer.config import Settings
+from mailer.links import Links
+from mailer.messages import MessageTemplate, Placeholder
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestVariant,
+    Newsletter,
+    Status,
+    Subscriber,
+    Subscription,
+    utcnow,
+)
+from mailer.notices import list_id, unsubscribe_mailto
+from mailer.ratelimit import Limiter, Unlimited
+from mailer.rendering import EmailRenderer
+from mailer.subscriptions import TRANSITIONS, change_status, suppress
+from mailer.transport import ConnectionLost, Reply, close, connect, send
+
+log = logging.getLogger(__name__)
+
+# Replies that say the mailbox does not exist or never will: stop mailing it.
+HARD_BOUNCE = frozenset({550, 551, 553})
+MAX_BACKOFF = timedelta(hours=12)
+CLAIM_CHUNK = 50
+
+Opener = Callable[[], smtplib.SMTP]
+
+
+class TemporaryFailure(RuntimeError):
+    """The SMTP connection could not be made or broke: retry the batch later."""
+
+
+class DeliveryError(ValueError):
+    """A send request we refuse; the message says why."""
+
+
+def backoff(attempts: int, base: int) -> timedelta:
+    """Wait before attempt `attempts + 1`: base, 2×base, 4×base… capped at 12 hours."""
+    return min(timedelta(seconds=base * 2 ** max(0, attempts - 1)), MAX_BACKOFF)
+
+
+def envelope_sender(sender: str) -> str:
+    return parseaddr(sender)[1] or sender
+
+
+# -- messages ------------------------------------------------------------------------
+
+
+def message_template(
+    settings: Settings, newsletter: Newsletter, subject: str, html: str, text: str
+) -> MessageTemplate:
+    return MessageTemplate(
+        sender=newsletter.sender,
+        subject=subject,
+        html=html,
+        text=text,
+        list_id=list_id(newsletter, settings),
+        list_unsubscribe_mailto=unsubscribe_mailto(newsletter, settings),
+        extra_headers={"Precedence": "bulk"},
+    )
+
+
+def personalise(
+    template: MessageTemplate, links: Links, sub: Subscription, email: str, message_id: str
+) -> bytes:
+    """The reader's wire bytes: string replacement and QP only, no MIME building."""
+    unsubscribe = links.unsubscribe(sub)
+    data, _ = template.build(
+        email,
+        unsubscribe_url=unsubscribe,
+        values={
+            Placeholder.EMAIL: email,
+            Placeholder.UNSUBSCRIBE_URL: unsubscribe,
+            Placeholder.PREFERENCES_URL: links.preferences(sub),
+        },
+        message_id=message_id,
+    )
+    return data
+
+
+# -- claiming ---------------------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    delivery_id: int
+    variant_id: int
+    attempts: int
+    subscription: Subscription
+    email: str
+
+
+def _claimable(now: datetime) -> Any:
+    return or_(
+        Delivery.status == DeliveryStatus.QUEUED,
+        and_(
+            Delivery.status.in_((DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN)),
+            Delivery.next_attempt_at <= now,
+        ),
+    )
+
+
+def claim(
+    session: Session,
+    digest_id: int,
+    lo: int,
+    hi: int,
+    *,
+    limit: int,
+    lease: int,
+    now: datetime,
+    after: int | None = None,
+) -> tuple[datetime, list[Claimed]]:
+    """Take up to `limit` due rows of the range for this sender; commits.
+
+    Rows whose reader is no longer active or is suppressed are marked
+    `skipped` in the same transaction instead of being handed out.
+    """
+    query = (
+        select(Delivery.id, Delivery.subscription_id, Delivery.variant_id, Delivery.attempts)
+        .where(
+            Delivery.digest_id == digest_id,
+            Delivery.id.between(lo, hi),
+            _claimable(now),
+        )
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(Delivery.id > after)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    picked = session.execute(query).all()
+    lease_until = now + timedelta(seconds=lease)
+    if not picked:
+        session.commit()
+        return lease_until, []
+    subs = {
+        sub.id: (sub, email)
+        for sub, email in session.execute(
+            select(Subscription, Subscriber.email)
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(Subscription.id.in_([p.subscription_id for p in picked]))
+            .execution_options(populate_existing=True)
+        )
+    }
+    blocked = digests.suppressed_hashes(session, (email for _, email in subs.values()))
+    out: list[Claimed] = []
+    skipped: dict[str, list[tuple[int, int]]] = {}
+    for row in picked:
+        sub, email = subs[row.subscription_id]
+        if sub.status is not Status.ACTIVE:
+            skipped.setdefault(f"not mailed: subscription {sub.status.value}", []).append(
+                (row.id, sub.id)
+            )
+        elif address_hash(email) in blocked:
+            skipped.setdefault("not mailed: address suppressed", []).append((row.id, sub.id))
+        elif row.variant_id is None:
+            skipped.setdefault("not mailed: nothing to send", []).append((row.id, sub.id))
+        else:
+            out.append(Claimed(row.id, row.variant_id, row.attempts + 1, sub, email))
+    for reason, pairs in skipped.items():
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([d for d, _ in pairs]))
+            .values(
+                status=DeliveryStatus.SKIPPED, smtp_reply=reason, lease_until=None, updated_at=now
+            )
+        )
+        digests.release_articles(session, digest_id, [s for _, s in pairs])
+    if out:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([c.delivery_id for c in out]))
+            .values(
+                status=DeliveryStatus.SENDING,
+                lease_until=lease_until,
+                attempts=Delivery.attempts + 1,
+                message_id=None,
+                updated_at=now,
+            )
+        )
+    session.commit()
+    return lease_until, out
+
+
+def _ours(delivery_id: int, lease_until: datetime) -> Any:
+    """Only touch a row we still hold: same lease, still sending."""
+    return and_(
+        Delivery.id == delivery_id,
+        Delivery.status == DeliveryStatus.SENDING,
+        Delivery.lease_until == lease_until,
+    )
+
+
+# -- recording replies ----------------------------------------------------------------------
+
+
+@dataclass
+class BatchResult:
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+    bounced: int = 0
+    lost_lease: int = 0
+    replies: list[tuple[int, int]] = field(default_factory=list)
+
+
+def record(
+    session: Session,
+    settings: Settings,
+    digest_id: int,
+    row: Claimed,
+    lease_until: datetime,
+    reply: Reply,
+    message_id: str,
+    result: BatchResult,
+    now: datetime,
+) -> None:
+    """Move the row on by the server's reply (flushes; the caller commits)."""
+    text = f"{reply.code} {reply.text}"[:2000]
+    values: dict[str, Any] = {
+        "smtp_code": reply.code,
+        "smtp_reply": text,
+        "message_id": message_id,
+        "lease_until": None,
+        "updated_at": now,
+    }
+    if reply.ok:
+        values |= {"status": DeliveryStatus.SENT, "sent_at": now, "next_attempt_at": None}
+        result.sent += 1
+    elif reply.temporary and row.attempts < settings.send_max_attempts:
+        values |= {
+            "status": DeliveryStatus.DEFERRED,
+            "next_attempt_at": now + backoff(row.attempts, settings.send_retry_base),
+        }
+        result.deferred += 1
+    else:
+        values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
+        result.failed += 1
+    changed = session.execute(
+        update(Delivery).where(_ours(row.delivery_id, lease_until)).values(**values)
+    ).rowcount  # type: ignore[attr-defined]
+    if not changed:
+        # Our lease ran out and someone else owns the row now; theirs is the record.
+        result.lost_lease += 1
+        log.warning("delivery %s: lease lost before the reply was recorded", row.delivery_id)
+        return
+    result.replies.append((row.delivery_id, reply.code))
+    if values["status"] is DeliveryStatus.FAILED:
+        digests.release_articles(session, digest_id, [row.subscription.id])
+        if reply.code in HARD_BOUNCE:
+            hard_bounce(session, row.subscription, row.email, text)
+            result.bounced += 1
+
+
+def hard_bounce(session: Session, sub: Subscription, email: str, reply: str) -> None:
+    """The address does not exist: never mail it again, from any newsletter."""
+    suppress(session, email, "hard-bounce", source="smtp")
+    session.refresh(sub)
+    if Status.BOUNCED in TRANSITIONS[sub.status]:
+        change_status(session, sub, Status.BOUNCED, source="smtp-bounce", detail=reply)
+    session.flush()
+
+
+def _hand_back(
+    session: Session, rows: Sequence[Claimed], lease_until: datetime, now: datetime
+) -> None:
+    """Rows claimed but never tried go back to the queue, their attempt not counted."""
+    ids = [r.delivery_id for r in rows]
+    if ids:
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id.in_(ids),
+                Delivery.status == DeliveryStatus.SENDING,
+                Delivery.lease_until == lease_until,
+                Delivery.message_id.is_(None),
+            )
+            .values(
+                status=DeliveryStatus.QUEUED,
+                lease_until=None,
+                attempts=Delivery.attempts - 1,
+                updated_at=now,
+            )
+        )
+
+
+def _mark_unknown(
+    session: Session, row: Claimed, lease_until: datetime, why: str, now: datetime
+) -> None:
+    session.execute(
+        update(Delivery)
+        .where(_ours(row.delivery_id, lease_until))
+        .values(
+            status=DeliveryStatus.UNKNOWN,
+            smtp_reply=f"outcome unknown: {why}"[:2000],
+            lease_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    )
+
+
+# -- sending -------------------------------------------------------------------------------------
+
+
+def claim_size(settings: Settings) -> int:
+    """Rows per claim: small enough that the rate limit can't outlast the lease."""
+    size = min(settings.send_batch_size, CLAIM_CHUNK)
+    if settings.send_rate > 0:
+        size = min(size, int(settings.send_rate * settings.send_lease / 4))
+    return max(1, size)
+
+
+def send_range(
+    session: Session,
+    settings: Settings,
+    digest_id: int,
+    lo: int,
+    hi: int,
+    *,
+    limiter: Limiter | None = None,
+    opener: Opener | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> BatchResult:
+    """Send every due row with id in [lo, hi] of the edition over one SMTP connection.
+
+    Raises TemporaryFailure when the server can't be reached or the
+    connection breaks; whatever was not sent is then back in the queue.
+    """
+    limiter = limiter or Unlimited()
+    result = BatchResult()
+    digest = session.get(Digest, digest_id)
+    if digest is None or digest.status != "sending":
+        return result
+    nl = session.get_one(Newsletter, digest.newsletter_id)
+    sender = envelope_sender(nl.sender)
+    links = Links.from_settings(settings)
+    open_conn = opener or (lambda: connect(settings.smtp, settings.smtp_timeout))
+    templates: dict[int, MessageTemplate] = {}
+    cursor: int | None = None
+    conn: smtplib.SMTP | None = None
+    try:
+        while True:
+            if conn is None:
+                try:
+                    conn = open_conn()
+                except ConnectionLost as exc:
+                    raise TemporaryFailure(str(exc)) from exc
+            lease_until, rows = claim(
+                session,
+                digest_id,
+                lo,
+                hi,
+                limit=claim_size(settings),
+                lease=settings.send_lease,
+                now=clock(),
+                after=cursor,
+            )
+            if not rows:
+                break
+            cursor = rows[-1].delivery_id
+            for vid in {r.variant_id for r in rows} - templates.keys():
+                variant = session.get_one(DigestVariant, vid)
+                # Built once per variant per batch; the bodies are shared, not copied.
+                templates[vid] = message_template(
+                    settings, nl, variant.subject, variant.html, variant.text
+                )
+            conn = _send_rows(
+                session, settings, digest_id, rows, lease_until, templates, links, sender,
+                conn, open_conn, limiter, result, clock,
+            )  # fmt: skip
+    finally:
+        if conn is not None:
+            close(conn)
+    return result
+
+
+def _send_rows(
+    session: Session,
+    settings: Settings,
+    digest_id: int,
+    rows: list[Claimed],
+    lease_until: datetime,
+    templates: dict[int, MessageTemplate],
+    links: Links,
+    sender: str,
+    conn: smtplib.SMTP,
+    open_conn: Opener,
+    limiter: Limiter,
+    result: BatchResult,
+    clock: Callable[[], datetime],
+) -> smtplib.SMTP | None:
+    claimed_at = time.monotonic()
+    for index, row in enumerate(rows):
+        if time.monotonic() - claimed_at > settings.send_lease / 2:
+            lease_until = _renew(session, rows[index:], lease_until, settings.send_lease, clock())
+            claimed_at = time.monotonic()
+        template = templates[row.variant_id]
+        message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
+        data = personalise(template, links, row.subscription, row.email, message_id)
+        limiter.acquire()
+        # This commit also carries the previous row's reply (flushed by record()).
+        in_flight = session.execute(
+            update(Delivery)
+            .where(_ours(row.delivery_id, lease_until))
+            .values(message_id=message_id, updated_at=clock())
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+        if not in_flight:
+            result.lost_lease += 1
+            continue
+        try:
+            reply = send(conn, sender, row.email, data)
+        except ConnectionLost as exc:
+            now = clock()
+            _mark_unknown(session, row, lease_until, f"connection lost: {exc}", now)
+            _hand_back(session, rows[index + 1 :], lease_until, now)
+            session.commit()
+            close(conn)
+            raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
+        record(session, settings, digest_id, row, lease_until, reply, message_id, result, clock())
+        if reply.code == 421:
+            # The server is closing the connection (smtplib already has): open another.
+            session.commit()
+            close(conn)
+            try:
+                conn = open_conn()
+            except ConnectionLost as exc:
+                _hand_back(session, rows[index + 1 :], lease_until, clock())
+                session.commit()
+                raise TemporaryFailure(str(exc)) from exc
+    session.commit()
+    return conn
+
+
+def _renew(
+    session: Session, rows: Sequence[Claimed], old: datetime, lease: int, now: datetime
+) -> datetime:
+    new = now + timedelta(seconds=lease)
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_([r.delivery_id for r in rows]),
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.lease_until == old,
+        )
+        .values(lease_until=new)
+    )
+    session.commit()
+    return new
+
+
+# -- sweeping (the tick) ------------------------------------------------------------------------
+
+
+def recover_expired(session: Session, settings: Settings, now: datetime | None = None) -> int:
+    """Rows left in `sending` by a dead worker: untouched ones back to the queue,
+    the one in flight to `unknown` (sent again), or `failed` when out of attempts."""
+    now = now or utcnow()
+    expired = and_(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until < now)
+    untouched = session.execute(
+        update(Delivery)
+        .where(expired, Delivery.message_id.is_(None))
+        .values(
+            status=DeliveryStatus.QUEUED,
+            lease_until=None,
+            attempts=Delivery.attempts - 1,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    note = literal("outcome unknown: worker lost while sending ") + Delivery.message_id
+    in_flight = session.execute(
+        update(Delivery)
+        .where(
+            expired,
+            Delivery.message_id.is_not(None),
+            Delivery.attempts < settings.send_max_attempts,
+        )
+        .values(
+            status=DeliveryStatus.UNKNOWN,
+            smtp_reply=note,
+            lease_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+        )
+    ).rowcount  # type: ignore[attr-defined]
+    exhausted = session.execute(
+        select(Delivery.id, Delivery.digest_id, Delivery.subscription_id).where(
+            expired, Delivery.message_id.is_not(None)
+        )
+    ).all()
+    for row in exhausted:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == row.id)
+            .values(status=DeliveryStatus.FAILED, smtp_reply=note, lease_until=None, updated_at=now)
+        )
+        digests.release_articles(session, row.digest_id, [row.subscription_id])
+    session.flush()
+    return int(untouched) + int(in_flight) + len(exhausted)
+
+
+def due_ranges(
+    session: Session, settings: Settings, now: datetime | None = None
+) -> list[tuple[int, int, int]]:
+    """(edition, lo, hi) ranges with rows to send now whose task may have been lost.
+
+    Retries that came due, rows a sweep handed back, and queued rows of an
+    edition nobody has touched for a whole lease (its tasks were lost). An
+    edition still draining a long queue is left alone, so a big send isn't
+    enqueued again every minute.
+    """
+    now = now or utcnow()
+    stale = now - timedelta(seconds=settings.send_lease)
+    sending = select(Digest.id).where(Digest.status == "sending")
+    due = session.execute(
+        select(Delivery.digest_id, Delivery.id)
+        .where(
+            Delivery.digest_id.in_(sending),
+            or_(
+                and_(
+                    Delivery.status.in_(
+                        (DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN, DeliveryStatus.QUEUED)
+                    ),
+                    Delivery.next_attempt_at <= now,
+                ),
+            ),
+        )
+        .order_by(Delivery.digest_id, Delivery.id)
+    ).all()
+    ids: dict[int, set[int]] = {}
+    for digest_id, delivery_id in due:
+        ids.setdefault(digest_id, set()).add(delivery_id)
+    last_touch = dict(
+        session.execute(
+            select(Delivery.digest_id, func.max(Delivery.updated_at))
+            .where(Delivery.digest_id.in_(sending))
+            .group_by(Delivery.digest_id)
+        ).all()
+    )
+    for digest_id, touched in last_touch.items():
+        if touched is not None and touched < stale:
+            ids.setdefault(digest_id, set()).update(
+                session.scalars(
+                    select(Delivery.id).where(
+                        Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.QUEUED
+                    )
+                )
+            )
+    out = []
+    for digest_id, found in sorted(ids.items()):
+        for lo, hi in digests.chunk_ranges(sorted(found), settings.send_batch_size):
+            out.append((digest_id, lo, hi))
+    return out
+
+
+# -- the operator's test send ---------------------------------------------------------
+
+
+def send_test(
+    session: Session,
+    settings: Settings,
+    renderer: EmailRenderer,
+    newsletter: Newsletter,
+    to: str,
+    *,
+    opener: Opener | None = None,
+    now: datetime | None = None,
+) -> tuple[Reply, str]:
+    """The next edition's mail to one address, marked [TEST], recorded nowhere."""
+    from mailer.addresses import InvalidAddress, normalise
+
+    try:
+        address = normalise(to).email
+    except InvalidAddress as exc:
+        raise DeliveryError(str(exc)) from exc
+    draft = digests.draft(session, settings, renderer, newsletter, now=now)
+    template = message_template(
+        settings,
+        newsletter,
+        f"[TEST] {draft.rendered.subject}",
+        draft.rendered.html,
+        draft.rendered.text,
+    )
+    values = digests.neutral_values(settings, newsletter)
+    values[Placeholder.EMAIL] = address
+    message_id = make_msgid(idstring="test", domain=template.domain)
+    data, _ = template.build(
+        address,
+        unsubscribe_url=values[Placeholder.UNSUBSCRIBE_URL],
+        values=values,
+        message_id=message_id,
+    )
+    try:
+        conn = opener() if opener else connect(settings.smtp, settings.smtp_timeout)
+    except ConnectionLost as exc:
+        raise DeliveryError(str(exc)) from exc
+    try:
+        reply = send(conn, envelope_sender(newsletter.sender), address, data)
+    except ConnectionLost as exc:
+        raise DeliveryError(f"the SMTP connection broke: {exc}") from exc
+    finally:
+        close(conn)
+    return reply, message_id

@@ -1,0 +1,804 @@
+"""Editions: when they are due, which articles each reader gets, shared variants, closing.
+
+An edition covers a window of published time that starts where the previous
+edition of that newsletter and frequency ended, so consecutive editions never
+overlap and never leave a gap. Readers are then grouped by the exact list of
+articles they get: each group is one `DigestVariant`, rendered and inlined
+once, so the per-reader work at send time is string substitution only.
+
+`SentArticle` rows are written when the delivery rows are made (a reservation,
+not a receipt), so an edition prepared while the previous one is still going
+out cannot pick the same article for the same reader; a delivery that finally
+fails gives its reservations back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from mailer.addresses import address_hash
+from mailer.articles import dedupe_articles, dedupe_key
+from mailer.config import Settings
+from mailer.links import Links
+from mailer.messages import Placeholder
+from mailer.models import (
+    Article,
+    ArticleTopic,
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    DigestVariant,
+    Frequency,
+    Newsletter,
+    Schedule,
+    SentArticle,
+    Status,
+    Subscriber,
+    Subscription,
+    SubscriptionTopic,
+    Suppression,
+    Topic,
+    utcnow,
+)
+from mailer.rendering import EmailRenderer, RenderedEmail
+
+log = logging.getLogger(__name__)
+
+PERIOD = {Frequency.DAILY: timedelta(days=1), Frequency.WEEKLY: timedelta(days=7)}
+DEFAULT_CRON = {Frequency.DAILY: "0 8 * * *", Frequency.WEEKLY: "0 8 * * MON"}
+# How late a missed fire time may still be honoured (beat was down, a deploy...).
+# Older fire times are dropped rather than sending yesterday's edition today.
+CATCH_UP = timedelta(hours=1)
+# Deliveries in these states may still change; an edition with none left is done.
+OPEN = (
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.UNKNOWN,
+)
+KIND = "digest"
+
+
+class DigestError(ValueError):
+    """A request about editions we refuse; the message says why."""
+
+
+# -- windows and schedules ------------------------------------------------------------
+
+
+def window(frequency: Frequency, end: datetime, previous_end: datetime | None) -> datetime:
+    """The start of an edition's window: the previous edition's end, or one period back."""
+    if previous_end is not None and previous_end < end:
+        return previous_end
+    return end - PERIOD[frequency]
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise DigestError(
+            f"Unknown time zone {name!r}; use an IANA name like Europe/Berlin."
+        ) from exc
+
+
+def check_schedule(cron: str, timezone: str) -> None:
+    """Refuse a schedule we could not evaluate, before it is stored."""
+    _zone(timezone)
+    if not croniter.is_valid(cron):
+        raise DigestError(f"{cron!r} is not a valid cron expression (five fields).")
+
+
+def last_fire(cron: str, timezone: str, now: datetime) -> datetime:
+    """The most recent fire time at or before `now`, computed in the schedule's own zone.
+
+    Evaluating in local time is what makes "08:00" stay 08:00 for the reader
+    across daylight-saving changes; the result is returned in UTC.
+    """
+    check_schedule(cron, timezone)
+    local_now = now.astimezone(_zone(timezone))
+    it = croniter(cron, local_now + timedelta(seconds=1))
+    prev: datetime = it.get_prev(datetime)
+    return prev.astimezone(now.tzinfo)
+
+
+def due_fire(cron: str, timezone: str, now: datetime, last_end: datetime | None) -> datetime | None:
+    """The fire time an edition is owed for, or None when nothing is due."""
+    fire = last_fire(cron, timezone, now)
+    if now - fire > CATCH_UP:
+        return None
+    if last_end is not None and last_end >= fire:
+        return None
+    return fire
+
+
+@dataclass(frozen=True)
+class Due:
+    newsletter_id: int
+    frequency: Frequency
+    fire: datetime
+    schedule_id: int | None
+
+
+def _insert(session: Session, model: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(model)
+
+
+def due_editions(session: Session, now: datetime) -> list[Due]:
+    """Every (newsletter, frequency) whose schedule has fired and has no edition yet."""
+    out: list[Due] = []
+    newsletters = session.scalars(select(Newsletter).where(Newsletter.paused.is_(False))).all()
+    for nl in newsletters:
+        rows = session.scalars(select(Schedule).where(Schedule.newsletter_id == nl.id)).all()
+        plans: list[tuple[Frequency, str, str, int | None]] = [
+            (s.frequency, s.cron, s.timezone, s.id) for s in rows
+        ]
+        if not rows:
+            active = session.scalars(
+                select(Subscription.frequency)
+                .where(Subscription.newsletter_id == nl.id, Subscription.status == Status.ACTIVE)
+                .distinct()
+            ).all()
+            plans = [(f, DEFAULT_CRON[f], "UTC", None) for f in Frequency if f in set(active)]
+        for frequency, cron, tz, schedule_id in plans:
+            last_end = session.scalar(
+                select(func.max(Digest.window_end)).where(
+                    Digest.newsletter_id == nl.id, Digest.frequency == frequency
+                )
+            )
+            try:
+                fire = due_fire(cron, tz, now, last_end)
+            except DigestError as exc:
+                log.error("newsletter %s: schedule %s skipped: %s", nl.slug, frequency, exc)
+                continue
+            if fire is not None:
+                out.append(Due(nl.id, frequency, fire, schedule_id))
+    return out
+
+
+def create_edition(
+    session: Session, newsletter_id: int, frequency: Frequency, end: datetime
+) -> Digest:
+    """The edition ending at `end`, made if missing; a second call returns the same one."""
+    if end.tzinfo is None:
+        raise DigestError("an edition's end must be a timezone-aware time")
+    previous = session.scalar(
+        select(func.max(Digest.window_end)).where(
+            Digest.newsletter_id == newsletter_id,
+            Digest.frequency == frequency,
+            Digest.window_end < end,
+        )
+    )
+    stmt = (
+        _insert(session, Digest)
+        .values(
+            newsletter_id=newsletter_id,
+            frequency=frequency,
+            window_start=window(frequency, end, previous),
+            window_end=end,
+            status="created",
+            created_at=utcnow(),
+            counts={},
+        )
+        .on_conflict_do_nothing(index_elements=["newsletter_id", "frequency", "window_end"])
+    )
+    session.execute(stmt)
+    return session.scalars(
+        select(Digest).where(
+            Digest.newsletter_id == newsletter_id,
+            Digest.frequency == frequency,
+            Digest.window_end == end,
+        )
+    ).one()
+
+
+def create_now(
+    session: Session, newsletter: Newsletter, frequency: Frequency, now: datetime | None = None
+) -> Digest:
+    """An on-demand edition ending now, to the minute, so a double trigger makes one."""
+    now = now or utcnow()
+    return create_edition(session, newsletter.id, frequency, now.replace(second=0, microsecond=0))
+
+
+def create_due(session: Session, now: datetime | None = None) -> list[int]:
+    """Create every edition that is due; returns their ids (new or already there)."""
+    now = now or utcnow()
+    ids = []
+    for due in due_editions(session, now):
+        digest = create_edition(session, due.newsletter_id, due.frequency, due.fire)
+        if due.schedule_id is not None:
+            schedule = session.get_one(Schedule, due.schedule_id)
+            schedule.last_run_at = now
+        ids.append(digest.id)
+    session.flush()
+    return ids
+
+
+# -- who gets what ----------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """An article as the templates see it."""
+
+    id: int
+    url: str
+    title: str
+    summary: str
+    image_url: str | None
+    author: str | None
+    published_at: datetime
+    topic_ids: frozenset[int]
+    topics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reader:
+    subscription_id: int
+    email: str
+    topic_ids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Selection:
+    article_ids: tuple[int, ...]
+    more: int
+
+    @property
+    def key(self) -> str:
+        raw = ",".join(map(str, self.article_ids)) + f"|{self.more}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _url_key(url: str) -> str:
+    """The same story under another URL spelling (ingest's rule, so both agree)."""
+    return dedupe_key(url)
+
+
+def select_for(
+    items: Sequence[Item],
+    reader_topics: frozenset[int],
+    sent_ids: set[int],
+    sent_urls: set[str],
+    cap: int,
+) -> Selection:
+    """The reader's articles: matching topics (none chosen = all), not sent before, capped.
+
+    `items` are newest first; what passes the cap is counted in `more`.
+    """
+    chosen = [
+        item.id
+        for item in items
+        if item.id not in sent_ids
+        and _url_key(item.url) not in sent_urls
+        and (not reader_topics or item.topic_ids & reader_topics)
+    ]
+    cap = max(1, cap)
+    return Selection(tuple(chosen[:cap]), max(0, len(chosen) - cap))
+
+
+def group_variants(selections: dict[int, Selection]) -> dict[str, list[int]]:
+    """Subscription ids by variant key; readers with nothing new are left out."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for sub_id, selection in selections.items():
+        if selection.article_ids:
+            groups[selection.key].append(sub_id)
+    return dict(groups)
+
+
+def window_items(
+    session: Session, newsletter_id: int, start: datetime, end: datetime
+) -> list[Item]:
+    """Articles published in (start, end], newest first, one per URL."""
+    articles = session.scalars(
+        select(Article)
+        .where(
+            Article.newsletter_id == newsletter_id,
+            Article.published_at > start,
+            Article.published_at <= end,
+        )
+        .order_by(Article.published_at.desc(), Article.id.desc())
+    ).all()
+    topics: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    if articles:
+        for article_id, topic_id, name in session.execute(
+            select(ArticleTopic.article_id, Topic.id, Topic.name)
+            .join(Topic, Topic.id == ArticleTopic.topic_id)
+            .where(ArticleTopic.article_id.in_([a.id for a in articles]))
+            .order_by(Topic.name)
+        ):
+            topics[article_id].append((topic_id, name))
+    return dedupe_articles(
+        Item(
+            id=a.id,
+            url=a.url,
+            title=a.title,
+            summary=a.summary or "",
+            image_url=a.image_url,
+            author=a.author,
+            published_at=a.published_at,
+            topic_ids=frozenset(t for t, _ in topics[a.id]),
+            topics=tuple(n for _, n in topics[a.id]),
+        )
+        for a in articles
+    )
+
+
+def active_readers(session: Session, newsletter_id: int, frequency: Frequency) -> list[Reader]:
+    rows = session.execute(
+        select(Subscription.id, Subscriber.email)
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(
+            Subscription.newsletter_id == newsletter_id,
+            Subscription.frequency == frequency,
+            Subscription.status == Status.ACTIVE,
+        )
+        .order_by(Subscription.id)
+    ).all()
+    topics: dict[int, set[int]] = defaultdict(set)
+    for sub_id, topic_id in session.execute(
+        select(SubscriptionTopic.subscription_id, SubscriptionTopic.topic_id)
+        .join(Subscription, Subscription.id == SubscriptionTopic.subscription_id)
+        .where(Subscription.newsletter_id == newsletter_id)
+    ):
+        topics[sub_id].add(topic_id)
+    return [Reader(sid, email, frozenset(topics[sid])) for sid, email in rows]
+
+
+def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
+    hashes = list({address_hash(e) for e in emails})
+    found: set[str] = set()
+    for i in range(0, len(hashes), 1000):
+        found.update(
+            session.scalars(
+                select(Suppression.address_hash).where(
+                    Suppression.address_hash.in_(hashes[i : i + 1000])
+                )
+            )
+        )
+    return found
+
+
+def already_sent(
+    session: Session, newsletter_id: int, items: Sequence[Item], exclude_digest: int | None
+) -> dict[int, tuple[set[int], set[str]]]:
+    """Per subscription, which of these articles (by id or by URL) it already got."""
+    out: dict[int, tuple[set[int], set[str]]] = defaultdict(lambda: (set(), set()))
+    if not items:
+        return out
+    ids = [i.id for i in items]
+    urls = list({i.url for i in items})
+    query = (
+        select(SentArticle.subscription_id, Article.id, Article.url)
+        .join(Article, Article.id == SentArticle.article_id)
+        .where(
+            Article.newsletter_id == newsletter_id,
+            or_(Article.id.in_(ids), Article.url.in_(urls)),
+        )
+    )
+    if exclude_digest is not None:
+        query = query.where(SentArticle.digest_id != exclude_digest)
+    for sub_id, article_id, url in session.execute(query):
+        got_ids, got_urls = out[sub_id]
+        got_ids.add(article_id)
+        got_urls.add(_url_key(url))
+    return out
+
+
+# -- rendering --------------------------------------------------------------------------
+
+
+def safe_url(url: str | None) -> str:
+    """Only web links go into mail; anything else (javascript:, data:) is dropped."""
+    if url and url.strip().lower().startswith(("http://", "https://")):
+        return url.strip()
+    return ""
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)].rsplit(" ", 1)[0] + "…"
+
+
+def context_for(
+    settings: Settings,
+    newsletter: Newsletter,
+    items: Sequence[Item],
+    more: int,
+    view_url: str,
+    *,
+    window_end: datetime,
+    frequency: Frequency,
+) -> dict[str, Any]:
+    """Everything the digest templates see; reader-specific values are placeholders."""
+    articles: list[dict[str, Any]] = [
+        {
+            "title": " ".join(item.title.split()) or "(untitled)",
+            "url": safe_url(item.url),
+            "summary": _shorten(item.summary, settings.summary_length),
+            "image_url": safe_url(item.image_url),
+            "author": item.author or "",
+            "published": item.published_at.strftime("%d %b %Y"),
+            "topics": list(item.topics),
+        }
+        for item in items
+    ]
+    site = safe_url(newsletter.site_url) or settings.base_url
+    titles = ", ".join(a["title"] for a in articles[:3])
+    return {
+        "newsletter_name": newsletter.name,
+        "frequency": frequency.value,
+        "edition_date": window_end.strftime("%d %B %Y"),
+        "articles": articles,
+        "more_count": more,
+        "more_url": site,
+        "site_url": site,
+        "view_url": view_url,
+        "preheader": _shorten(titles, 140),
+        "email_placeholder": Placeholder.EMAIL,
+        "unsubscribe_url": Placeholder.UNSUBSCRIBE_URL,
+        "preferences_url": Placeholder.PREFERENCES_URL,
+    }
+
+
+def render_selection(
+    session: Session,
+    settings: Settings,
+    renderer: EmailRenderer,
+    newsletter: Newsletter,
+    by_id: dict[int, Item],
+    selection: Selection,
+    view_url: str,
+    *,
+    window_end: datetime,
+    frequency: Frequency,
+) -> RenderedEmail:
+    items = [by_id[i] for i in selection.article_ids]
+    context = context_for(
+        settings,
+        newsletter,
+        items,
+        selection.more,
+        view_url,
+        window_end=window_end,
+        frequency=frequency,
+    )
+    return renderer.render(KIND, context)
+
+
+# -- prepare ------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    digest_id: int
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    queued: int = 0
+    skipped: int = 0
+    variants: int = 0
+
+
+def open_ranges(session: Session, digest_id: int, size: int) -> list[tuple[int, int]]:
+    """Id ranges of about `size` queued rows each: one send task per range."""
+    ids = session.scalars(
+        select(Delivery.id)
+        .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.QUEUED)
+        .order_by(Delivery.id)
+    ).all()
+    return chunk_ranges(ids, size)
+
+
+def chunk_ranges(ids: Sequence[int], size: int) -> list[tuple[int, int]]:
+    size = max(1, size)
+    return [(ids[i], ids[min(i + size, len(ids)) - 1]) for i in range(0, len(ids), size)]
+
+
+def _lock_digest(session: Session, digest_id: int) -> Digest:
+    query = select(Digest).where(Digest.id == digest_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    digest = session.scalars(query).one_or_none()
+    if digest is None:
+        raise DigestError(f"There is no edition {digest_id}.")
+    return digest
+
+
+def prepare(
+    session: Session,
+    settings: Settings,
+    renderer: EmailRenderer,
+    digest_id: int,
+    now: datetime | None = None,
+) -> Prepared:
+    """Choose, group, render once per variant and write every delivery row.
+
+    Safe to run twice (a redelivered task): the edition row is locked and a
+    prepared edition only reports its open ranges again.
+    """
+    now = now or utcnow()
+    digest = _lock_digest(session, digest_id)
+    result = Prepared(digest_id)
+    if digest.status != "created":
+        result.ranges = open_ranges(session, digest_id, settings.send_batch_size)
+        return result
+    nl = session.get_one(Newsletter, digest.newsletter_id)
+    readers = active_readers(session, nl.id, digest.frequency)
+    items = window_items(session, nl.id, digest.window_start, digest.window_end)
+    by_id = {i.id: i for i in items}
+    sent = already_sent(session, nl.id, items, exclude_digest=digest.id)
+    blocked = suppressed_hashes(session, (r.email for r in readers))
+    selections: dict[int, Selection] = {}
+    suppressed: set[int] = set()
+    for reader in readers:
+        if address_hash(reader.email) in blocked:
+            suppressed.add(reader.subscription_id)
+            continue
+        got_ids, got_urls = sent.get(reader.subscription_id, (set(), set()))
+        selections[reader.subscription_id] = select_for(
+            items, reader.topic_ids, got_ids, got_urls, settings.digest_max_articles
+        )
+
+    links = Links.from_settings(settings)
+    variant_ids: dict[str, int] = {}
+    groups = group_variants(selections)
+    keys = {sid: key for key, members in groups.items() for sid in members}
+    for key, members in groups.items():
+        selection = selections[members[0]]
+        rendered = render_selection(
+            session,
+            settings,
+            renderer,
+            nl,
+            by_id,
+            selection,
+            f"{links.digest(digest.id)}?v={key}",
+            window_end=digest.window_end,
+            frequency=digest.frequency,
+        )
+        session.execute(
+            _insert(session, DigestVariant)
+            .values(
+                digest_id=digest.id,
+                key=key,
+                article_ids=list(selection.article_ids),
+                subject=rendered.subject[:998],
+                html=rendered.html,
+                text=rendered.text,
+            )
+            .on_conflict_do_nothing(index_elements=["digest_id", "key"])
+        )
+    for vid, key in session.execute(
+        select(DigestVariant.id, DigestVariant.key).where(DigestVariant.digest_id == digest.id)
+    ):
+        variant_ids[key] = vid
+    result.variants = len(variant_ids)
+
+    rows: list[dict[str, Any]] = []
+    reservations: list[dict[str, Any]] = []
+    for reader in readers:
+        sid = reader.subscription_id
+        base = {"digest_id": digest.id, "subscription_id": sid, "attempts": 0, "updated_at": now}
+        chosen = selections.get(sid)
+        if sid in suppressed or chosen is None:
+            rows.append(base | {"status": DeliveryStatus.SKIPPED, "smtp_reply": "suppressed"})
+        elif not chosen.article_ids:
+            rows.append(base | {"status": DeliveryStatus.SKIPPED, "smtp_reply": "nothing new"})
+        else:
+            rows.append(
+                base | {"status": DeliveryStatus.QUEUED, "variant_id": variant_ids[keys[sid]]}
+            )
+            reservations.extend(
+                {"subscription_id": sid, "article_id": aid, "digest_id": digest.id}
+                for aid in chosen.article_ids
+            )
+    for i in range(0, len(rows), 1000):
+        session.execute(
+            _insert(session, Delivery).on_conflict_do_nothing(
+                index_elements=["digest_id", "subscription_id"]
+            ),
+            rows[i : i + 1000],
+        )
+    for i in range(0, len(reservations), 2000):
+        session.execute(
+            _insert(session, SentArticle).on_conflict_do_nothing(
+                index_elements=["subscription_id", "article_id"]
+            ),
+            reservations[i : i + 2000],
+        )
+    digest.status = "sending"
+    digest.prepared_at = now
+    session.flush()
+    result.ranges = open_ranges(session, digest.id, settings.send_batch_size)
+    result.queued = sum(1 for r in rows if r["status"] is DeliveryStatus.QUEUED)
+    result.skipped = len(rows) - result.queued
+    digest.counts = counts(session, digest.id)
+    session.flush()
+    return result
+
+
+def release_articles(session: Session, digest_id: int, subscription_ids: Iterable[int]) -> None:
+    """Give back the reservations of deliveries that will never arrive."""
+    ids = list(subscription_ids)
+    if ids:
+        session.execute(
+            delete(SentArticle).where(
+                SentArticle.digest_id == digest_id, SentArticle.subscription_id.in_(ids)
+            )
+        )
+
+
+# -- status and close -------------------------------------------------------------------
+
+
+def counts(session: Session, digest_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_id == digest_id)
+        .group_by(Delivery.status)
+    ).all()
+    return {str(status.value if hasattr(status, "value") else status): n for status, n in rows}
+
+
+def close_if_done(session: Session, digest_id: int, now: datetime | None = None) -> bool:
+    """Record the edition's counts; mark it done once no delivery can change any more."""
+    digest = session.get(Digest, digest_id)
+    if digest is None or digest.status not in ("sending", "done"):
+        return False
+    tally = counts(session, digest_id)
+    digest.counts = tally
+    if digest.status == "sending" and not any(tally.get(s.value, 0) for s in OPEN):
+        digest.status = "done"
+        digest.finished_at = now or utcnow()
+    session.flush()
+    return digest.status == "done"
+
+
+def close_finished(session: Session, now: datetime | None = None) -> list[int]:
+    ids = session.scalars(select(Digest.id).where(Digest.status == "sending")).all()
+    return [i for i in ids if close_if_done(session, i, now)]
+
+
+def stale_unprepared(
+    session: Session, older_than: timedelta, now: datetime | None = None
+) -> list[int]:
+    """Editions created but never prepared (their task was lost): prepare them again."""
+    cutoff = (now or utcnow()) - older_than
+    return list(
+        session.scalars(
+            select(Digest.id).where(Digest.status == "created", Digest.created_at < cutoff)
+        )
+    )
+
+
+# -- preview --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What the next edition would hold for one reader, rendered with placeholders."""
+
+    newsletter: Newsletter
+    frequency: Frequency
+    window_start: datetime
+    window_end: datetime
+    article_ids: tuple[int, ...]
+    rendered: RenderedEmail
+    subscription: Subscription | None
+
+
+def draft(
+    session: Session,
+    settings: Settings,
+    renderer: EmailRenderer,
+    newsletter: Newsletter,
+    *,
+    email: str | None = None,
+    frequency: Frequency | None = None,
+    now: datetime | None = None,
+) -> Draft:
+    """The next edition as a reader would get it, written nowhere.
+
+    With an address, that reader's topics and sent history count; without,
+    an all-topics reader who has seen nothing.
+    """
+    now = (now or utcnow()).replace(second=0, microsecond=0)
+    sub: Subscription | None = None
+    topics: frozenset[int] = frozenset()
+    if email:
+        sub = session.scalar(
+            select(Subscription)
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(
+                Subscription.newsletter_id == newsletter.id,
+                Subscriber.email_key == email.strip().casefold(),
+            )
+        )
+        if sub is None:
+            raise DigestError(f"{email} is not subscribed to {newsletter.slug}.")
+        topics = frozenset(t.id for t in sub.topics)
+    freq = frequency or (sub.frequency if sub else newsletter.default_frequency)
+    previous = session.scalar(
+        select(func.max(Digest.window_end)).where(
+            and_(
+                Digest.newsletter_id == newsletter.id,
+                Digest.frequency == freq,
+                Digest.window_end < now,
+            )
+        )
+    )
+    start = window(freq, now, previous)
+    items = window_items(session, newsletter.id, start, now)
+    got_ids: set[int] = set()
+    got_urls: set[str] = set()
+    if sub is not None:
+        got_ids, got_urls = already_sent(session, newsletter.id, items, None).get(
+            sub.id, (set(), set())
+        )
+    selection = select_for(items, topics, got_ids, got_urls, settings.digest_max_articles)
+    if not selection.article_ids:
+        raise DigestError(
+            f"Nothing new for {'that reader' if email else newsletter.slug} since "
+            f"{start:%Y-%m-%d %H:%M} UTC: no mail would be sent."
+        )
+    links = Links.from_settings(settings)
+    rendered = render_selection(
+        session,
+        settings,
+        renderer,
+        newsletter,
+        {i.id: i for i in items},
+        selection,
+        links.subscribe(newsletter.slug),
+        window_end=now,
+        frequency=freq,
+    )
+    return Draft(newsletter, freq, start, now, selection.article_ids, rendered, sub)
+
+
+def neutral_values(settings: Settings, newsletter: Newsletter) -> dict[str, str]:
+    """Stand-ins for the reader's address and links where no reader is known."""
+    subscribe = Links.from_settings(settings).subscribe(newsletter.slug)
+    return {
+        Placeholder.EMAIL: "you",
+        Placeholder.UNSUBSCRIBE_URL: subscribe,
+        Placeholder.PREFERENCES_URL: subscribe,
+        Placeholder.VIEW_URL: subscribe,
+    }
+
+
+def fill(html_or_text: str, values: dict[str, str], *, html: bool) -> str:
+    import html as html_mod
+
+    for key, value in values.items():
+        html_or_text = html_or_text.replace(key, html_mod.escape(value) if html else value)
+    return html_or_text
+
+
+def public_html(session: Session, settings: Settings, digest_id: int, key: str | None) -> str:
+    """An edition's HTML for the browser: a variant with every reader detail neutral."""
+    digest = session.get(Digest, digest_id)
+    if digest is None:
+        raise DigestError("There is no such edition.")
+    query = select(DigestVariant).where(DigestVariant.digest_id == digest_id)
+    if key:
+        query = query.where(DigestVariant.key == key)
+    variant = session.scalars(query.order_by(DigestVariant.id).limit(1)).first()
+    if variant is None:
+        raise DigestError("This edition has no content to show.")
+    nl = session.get_one(Newsletter, digest.newsletter_id)
+    return fill(variant.html, neutral_values(settings, nl), html=True)
