@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     feed_timeout: float = 20.0
     feed_max_bytes: int = 5 * 1024 * 1024
     unsubscribe_mailto: str = ""
+    dkim_selector: str = ""
+    dkim_private_key_path: Path | None = None
+    bounce_address: str = Field("", description="VERP base, e.g. bounces@example.org")
+    bounce_maildir: Path | None = None
+    bounce_imap_url: SecretStr | None = None
+    soft_bounce_limit: int = 3
     redact_addresses: bool = False
     log_level: str = "INFO"
 

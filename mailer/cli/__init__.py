@@ -7,6 +7,7 @@ import click
 from mailer.cli.articles import article, feed, topic
 from mailer.cli.base import main
 from mailer.cli.db import db
+from mailer.cli.dkim import dkim
 from mailer.cli.newsletters import newsletter
 from mailer.cli.run import beat, up, web, worker
 
@@ -14,5 +15,6 @@ for command in (db, newsletter, up, web, worker, beat):
     main.add_command(command)
 for command in (feed, article, topic):
     main.add_command(command)
+main.add_command(dkim)
 
 __all__ = ["click", "main"]
