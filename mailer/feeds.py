@@ -221,10 +221,11 @@ def entry_to_raw(entry: Any) -> RawArticle:
         content = str(entry.content[0].get("value", ""))
     summary = str(entry.get("summary", "") or "")
     content = content or summary
+    # dict.get, not entry.get: feedparser's own get() maps keys with a deprecation warning.
     published = (
-        _struct_to_dt(entry.get("published_parsed"))
-        or _struct_to_dt(entry.get("updated_parsed"))
-        or _struct_to_dt(entry.get("created_parsed"))
+        _struct_to_dt(dict.get(entry, "published_parsed"))
+        or _struct_to_dt(dict.get(entry, "updated_parsed"))
+        or _struct_to_dt(dict.get(entry, "created_parsed"))
     )
     tags = [str(t.get("term") or t.get("label") or "") for t in entry.get("tags", [])]
     return RawArticle(
