@@ -34,7 +34,8 @@ def item(**overrides: Any) -> dict[str, Any]:
         "url": "https://site.example.org/2024/05/strikes?utm_source=cms",
         "title": "Tensions rise as US approves strikes",
         "summary": "<p>Just hours after the warning, the U.S. granted permission. More.</p>",
-        "content_html": '<p onclick="x()">Body with <a href="/rel">a link</a>.</p><script>x</script>',
+        "content_html": '<p onclick="x()">Body with <a href="/rel">a link</a>.</p>'
+        "<script>x</script>",
         "image_url": "https://site.example.org/img.jpg",
         "author": "Amara Okafor",
         "published_at": "2024-05-31T09:15:00+03:00",
