@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer.addresses import InvalidAddress, address_hash, address_key, normalise
+from mailer.addresses import Address, InvalidAddress, address_hash, address_key, normalise
 from mailer.models import (
     Frequency,
     Newsletter,
@@ -36,7 +36,11 @@ from mailer.tokens import Purpose, TokenError, Tokens
 
 
 class SubscriptionError(ValueError):
-    """Input we refuse; the message is for the person who gave it."""
+    """Input we refuse; the message is for the person who gave it, `field` names the input."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownNewsletter(SubscriptionError):
@@ -153,7 +157,9 @@ def resolve_topics(session: Session, newsletter: Newsletter, wanted: Iterable[st
         else:
             found[match.id] = match
     if unknown:
-        raise SubscriptionError(f"Unknown topic(s) for {newsletter.name}: {', '.join(unknown)}.")
+        raise SubscriptionError(
+            f"Unknown topic(s) for {newsletter.name}: {', '.join(unknown)}.", field="topics"
+        )
     return list(found.values())
 
 
@@ -163,7 +169,9 @@ def parse_frequency(value: str | None, newsletter: Newsletter) -> Frequency:
     try:
         return Frequency(value.strip().lower())
     except ValueError as exc:
-        raise SubscriptionError("Frequency must be 'daily' or 'weekly'.") from exc
+        raise SubscriptionError(
+            "Frequency must be 'daily' or 'weekly'.", field="frequency"
+        ) from exc
 
 
 # -- status changes -------------------------------------------------------------
@@ -232,6 +240,38 @@ class SubscribeOutcome:
     notification_ids: list[int] = field(default_factory=list)
 
 
+@dataclass
+class ValidRequest:
+    newsletter: Newsletter
+    address: Address
+    topics: list[Topic]
+    frequency: Frequency
+
+
+def validate_request(
+    session: Session,
+    *,
+    email: str,
+    newsletter: str,
+    topics: Sequence[str] = (),
+    frequency: str | None = None,
+    check_deliverability: bool = False,
+) -> ValidRequest:
+    """Everything about a subscribe request that can be judged without knowing the reader.
+
+    The web answers from this alone, so its reply and timing reveal nothing
+    about whether the address is already subscribed.
+    """
+    nl = get_newsletter(session, newsletter)
+    try:
+        address = normalise(email, check_deliverability=check_deliverability)
+    except InvalidAddress as exc:
+        raise SubscriptionError(str(exc), field="email") from exc
+    return ValidRequest(
+        nl, address, resolve_topics(session, nl, topics), parse_frequency(frequency, nl)
+    )
+
+
 def _get_or_create_subscriber(session: Session, email: str, key: str) -> Subscriber:
     subscriber = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
     if subscriber is not None:
@@ -269,13 +309,20 @@ def subscribe(
 ) -> SubscribeOutcome:
     """Start (or restart) a subscription; `confirmed` is for operators' imports only."""
     now = now or utcnow()
-    nl = get_newsletter(session, newsletter)
-    try:
-        address = normalise(email, check_deliverability=check_deliverability)
-    except InvalidAddress as exc:
-        raise SubscriptionError(str(exc)) from exc
-    chosen = resolve_topics(session, nl, topics)
-    freq = parse_frequency(frequency, nl)
+    request = validate_request(
+        session,
+        email=email,
+        newsletter=newsletter,
+        topics=topics,
+        frequency=frequency,
+        check_deliverability=check_deliverability,
+    )
+    nl, address, chosen, freq = (
+        request.newsletter,
+        request.address,
+        request.topics,
+        request.frequency,
+    )
     if is_suppressed(session, address.email):
         return SubscribeOutcome("suppressed")
 

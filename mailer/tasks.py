@@ -49,6 +49,29 @@ def enqueue_notices(note_ids: list[int]) -> None:
             log.warning("could not enqueue notice %s; the next tick will", note_id, exc_info=True)
 
 
+@app.task(name="mailer.tasks.subscribe")
+def subscribe(request: dict[str, Any]) -> str:
+    """A reader's subscribe request, validated by the web already; done here so the
+    web's answer takes the same time whether or not the address is known."""
+    settings = get_settings()
+    request = dict(request)
+    requested_at = datetime.fromisoformat(request.pop("requested_at"))
+    try:
+        with session_scope(settings.database) as session:
+            outcome = subscriptions.subscribe(
+                session,
+                **request,
+                now=requested_at,
+                check_deliverability=settings.check_deliverability,
+                resend_interval=settings.confirm_resend_interval,
+            )
+    except subscriptions.SubscriptionError as exc:  # changed since the web checked it
+        log.info("subscribe request refused: %s", exc)
+        return "refused"
+    enqueue_notices(outcome.notification_ids)
+    return outcome.state
+
+
 @app.task(name="mailer.tasks.tick")
 def tick() -> None:
     """Once a minute: everything that is due and waits in the database."""
@@ -64,6 +87,7 @@ def tick() -> None:
     enqueue_notices(lost)
     digest_tick()
     enqueue_feed_polls()
+    enqueue_bounce_poll()
 
 
 @app.task(name="mailer.tasks.poll_feed")

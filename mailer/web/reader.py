@@ -11,6 +11,7 @@ reads what.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -18,15 +19,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
-from mailer import subscriptions, throttle
+from mailer import subscriptions, tasks, throttle
 from mailer.addresses import address_hash
-from mailer.models import Newsletter, Status, Subscription
+from mailer.models import Newsletter, Status, Subscription, utcnow
 from mailer.subscriptions import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
 from mailer.tokens import Purpose, TokenError
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, TokensDep
 from mailer.web.pages import message_page, page
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=True, tags=["reader"])
 
 ACCEPTED = (
@@ -137,27 +139,35 @@ async def subscribe(
         if wait:
             return _too_many(request, wait)
     try:
-        outcome = subscriptions.subscribe(
+        valid = subscriptions.validate_request(
             session,
             email=data.email,
             newsletter=data.newsletter,
             topics=data.topics,
             frequency=data.frequency,
-            source="web" if not _wants_json(request) else "api-form",
-            ip=ip,
             check_deliverability=settings.check_deliverability,
-            resend_interval=settings.confirm_resend_interval,
         )
     except UnknownNewsletter as exc:
-        session.rollback()
         return _error(request, 404, str(exc))
     except SubscriptionError as exc:
+        return _error(request, 422, str(exc), exc.field)
+    finally:
         session.rollback()
-        field = "email" if "address" in str(exc) else "topics" if "topic" in str(exc) else None
-        field = "frequency" if "Frequency" in str(exc) else field
-        return _error(request, 422, str(exc), field)
-    session.commit()
-    enqueue_notices(outcome.notification_ids)
+    try:
+        tasks.subscribe.delay(
+            {
+                "email": valid.address.email,
+                "newsletter": valid.newsletter.slug,
+                "topics": [t.slug for t in valid.topics],
+                "frequency": valid.frequency.value,
+                "source": "api-form" if _wants_json(request) else "web",
+                "ip": ip,
+                "requested_at": utcnow().isoformat(),
+            }
+        )
+    except Exception:  # the broker is down: say so rather than drop the request
+        log.exception("could not queue a subscribe request")
+        return _error(request, 503, "We could not take your request just now; please try again.")
     return _accepted(request)
 
 

@@ -128,10 +128,11 @@ def test_json_subscribe_from_another_site_form(
 
 
 def test_subscribe_answers_alike_for_new_pending_and_active_addresses(
-    http, newsletter, session, settings
+    http, newsletter, session, smtp_server, celery_worker
 ):
     payload = {"email": "same@example.org", "newsletter": "weekly-news"}
     new = http.post("/subscribe", json=payload)
+    mails_to(smtp_server, "same@example.org", 1)
     pending = http.post("/subscribe", json=payload)
     sub = subscription(session, "same@example.org")
     subs.change_status(session, sub, Status.ACTIVE, source="test")
@@ -140,6 +141,38 @@ def test_subscribe_answers_alike_for_new_pending_and_active_addresses(
     assert new.status_code == pending.status_code == active.status_code == 202
     assert new.json() == pending.json() == active.json()
     assert set(new.headers) == set(active.headers)
+
+
+def test_subscribe_does_the_same_database_work_for_known_and_unknown_addresses(
+    newsletter, session, settings
+):
+    """No timing side channel: the web's statements can't depend on the reader's state."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import event
+
+    from mailer.db import get_engine
+    from mailer.web.app import create_app
+
+    subs.subscribe(session, email="known@example.org", newsletter="weekly-news", confirmed=True)
+    session.commit()
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    http = TestClient(create_app(settings))
+    engine = get_engine(settings.database)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        runs = []
+        for email in ("known@example.org", "unknown@example.org"):
+            statements.clear()
+            answer = http.post("/subscribe", json={"email": email, "newsletter": "weekly-news"})
+            runs.append((answer.status_code, answer.json(), list(statements)))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert runs[0][2], "the request did no database work at all?"
+    assert runs[0] == runs[1]
 
 
 @pytest.mark.parametrize(
@@ -250,7 +283,7 @@ def test_resubscribe_after_unsubscribe_is_a_fresh_opt_in(
         ).status_code
         == 202
     )
-    assert subscription(session, "r@example.org").status is Status.PENDING
     url = link(mails_to(smtp_server, "r@example.org", 1)[0].message, "confirm")
+    assert subscription(session, "r@example.org").status is Status.PENDING
     assert httpx.post(url).status_code == 200
     assert subscription(session, "r@example.org").status is Status.ACTIVE
