@@ -14,7 +14,9 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from mailer.bounces import reset_soft_bounces, return_paths
 from mailer.config import Settings
+from mailer.dkim_signing import sign_if_configured
 from mailer.links import Links
 from mailer.messages import MessageTemplate
 from mailer.models import Newsletter, Notification, Status, Subscription, utcnow
@@ -108,7 +110,9 @@ def send_notice(
         return note.status
     sub, data, message_id = build_notice(session, settings, renderer, note)
     nl = session.get_one(Newsletter, sub.newsletter_id)
-    sender = nl.sender.rpartition("<")[2].rstrip(">")
+    # A per-notice envelope sender (VERP) so a bounce names this row; DKIM last.
+    sender = return_paths(settings).for_notice(note.id, nl.sender)
+    data = sign_if_configured(settings, data)
     try:
         conn = opener() if opener else connect(settings.smtp, settings.smtp_timeout)
         try:
@@ -131,6 +135,7 @@ def _record(session: Session, note: Notification, reply: Reply, message_id: str)
     if reply.ok:
         note.status, note.message_id, note.sent_at = "sent", message_id, utcnow()
         note.last_error = None
+        reset_soft_bounces(session, [note.subscription_id])
     elif reply.temporary:
         _release(session, note, f"{reply.code} {reply.text}")
         raise TemporaryFailure(f"{reply.code} {reply.text}")

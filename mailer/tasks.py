@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Task
 
-from mailer import delivery, digests, feeds, notices, subscriptions, throttle
+from mailer import bounces, delivery, digests, feeds, notices, subscriptions, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
@@ -172,3 +172,24 @@ def digest_tick() -> None:
         digests.close_finished(session)
     enqueue_prepare(sorted(set(created)))
     enqueue_sends(ranges)
+
+
+# -- bounces ---------------------------------------------------------------------------
+
+
+@app.task(name="mailer.tasks.poll_bounces")
+def poll_bounces() -> dict[str, int]:
+    """Read the bounce mailbox once; each report is its own committed unit of work."""
+    result = bounces.poll(get_settings())
+    return {"seen": result.seen, "applied": result.applied, "ignored": result.ignored}
+
+
+def enqueue_bounce_poll() -> None:
+    """Once a tick, when a bounce mailbox is configured; a poll not started within
+    the minute expires, so a slow mailbox never piles up overlapping polls."""
+    if not bounces.mailbox_configured(get_settings()):
+        return
+    try:
+        poll_bounces.apply_async(expires=55)
+    except Exception:  # the reports wait in the mailbox; the next tick tries again
+        log.warning("could not enqueue a bounce poll; the next tick will", exc_info=True)

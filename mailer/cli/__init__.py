@@ -6,6 +6,7 @@ import click
 
 from mailer.cli.articles import article, feed, topic
 from mailer.cli.base import main
+from mailer.cli.bounces import bounces_group
 from mailer.cli.db import db
 from mailer.cli.dkim import dkim
 from mailer.cli.newsletters import newsletter
@@ -16,5 +17,6 @@ for command in (db, newsletter, up, web, worker, beat):
 for command in (feed, article, topic):
     main.add_command(command)
 main.add_command(dkim)
+main.add_command(bounces_group)
 
 __all__ = ["click", "main"]

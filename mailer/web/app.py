@@ -80,6 +80,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import api_articles
 
     app.include_router(api_articles.router)
+    from mailer.web import api_bounces
+
+    app.include_router(api_bounces.router)
     if settings.uses_sink:
         from mailer.web import outbox
 
