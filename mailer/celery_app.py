@@ -7,8 +7,13 @@ broker for long: "later" lives in the database and the tick picks it up.
 
 from __future__ import annotations
 
-from celery import Celery
+import logging
+from typing import Any
 
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from mailer import logs
 from mailer.config import Settings, get_settings
 
 TICK_SECONDS = 60.0
@@ -43,3 +48,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 
 app = make_celery()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _scrub_logs(logger: logging.Logger, **_: Any) -> None:
+    """Secrets never reach the worker's or beat's logs (see mailer.logs)."""
+    logs.install(get_settings(), logger)

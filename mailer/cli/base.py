@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from sqlalchemy.orm import Session
 
+from mailer import logs
 from mailer.config import ConfigError, Settings, get_settings
 from mailer.db import get_engine, session_scope
 from mailer.migrate import NotMigrated, require_current
@@ -28,6 +29,7 @@ def settings_or_exit() -> Settings:
         settings.check()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    logs.install(settings)
     return settings
 
 

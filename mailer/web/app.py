@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from mailer import logs
 from mailer.config import Settings, get_settings
 from mailer.db import get_engine
 from mailer.links import tokens_for
@@ -37,6 +38,7 @@ SECURITY_HEADERS = {
 def create_app(settings: Settings | None = None, *, check_migrations: bool = True) -> FastAPI:
     settings = settings or get_settings()
     settings.check()
+    logs.install(settings)
     engine = get_engine(settings.database)
     if check_migrations:
         require_current(engine)
