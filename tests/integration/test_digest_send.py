@@ -154,9 +154,7 @@ def test_second_trigger_sends_nothing_new(session, settings, smtp_server, celery
     assert set(statuses(session, later.id).values()) == {DeliveryStatus.SKIPPED}
 
 
-def test_updated_or_reappearing_article_is_not_sent_twice(
-    session, settings, renderer, smtp_server
-):
+def test_updated_or_reappearing_article_is_not_sent_twice(session, settings, renderer, smtp_server):
     nl = make_newsletter(session)
     add_reader(session, nl, "reader@example.org")
     story = add_article(session, nl, "Big story", hours_ago=2)
@@ -211,9 +209,10 @@ def test_reader_who_unsubscribes_after_prepare_is_not_mailed(
         "not mailed: subscription unsubscribed",
     )
     # Its articles are given back: a later resubscription may still get them.
-    assert session.scalars(
-        select(SentArticle).where(SentArticle.subscription_id == leaves.id)
-    ).all() == []
+    assert (
+        session.scalars(select(SentArticle).where(SentArticle.subscription_id == leaves.id)).all()
+        == []
+    )
     assert stays.id != leaves.id
 
 

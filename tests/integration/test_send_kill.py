@@ -1,0 +1,113 @@
+"""A worker killed with SIGKILL in the middle of a send loses nothing.
+
+A real `celery -A worker worker` process sends a 2,000-reader edition to the
+test SMTP server; it is killed while a batch is going out and started again.
+Its claimed rows come back after the lease, so every reader ends up with
+exactly one digest, except at most the one message in flight on the killed
+connection, and no row is left in `sending`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from mailer import digests, tasks
+from mailer.celery_app import app
+from mailer.models import Delivery, DeliveryStatus, Digest, Frequency
+from tests.conftest import RUN_ID, configure, wait_for
+from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
+
+ROOT = Path(__file__).resolve().parents[2]
+READERS = 2000
+
+
+def start_worker(tmp_path: Path, name: str, queue: str) -> subprocess.Popen[bytes]:
+    celery = Path(sys.executable).with_name("celery")
+    log = (tmp_path / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [
+            str(celery),
+            "-A",
+            "worker",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}-{RUN_ID}@%h",
+            "--loglevel=WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=dict(os.environ),  # the test's MAILER_* settings: its database, queue and server
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def open_rows(session, digest_id: int) -> dict[str, int]:
+    session.expire_all()
+    return digests.counts(session, digest_id)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_batch_leaves_each_reader_one_digest_and_nothing_sending(
+    session, settings, smtp_server, redis_url, tmp_path, monkeypatch
+):
+    settings = configure(monkeypatch, send_lease="2", send_batch_size="200")
+    nl = make_newsletter(session)
+    add_readers_bulk(session, nl, READERS)
+    add_article(session, nl, "Everyone gets this")
+    session.commit()
+    edition = digests.create_now(session, nl, Frequency.DAILY)
+    session.commit()
+    app.control.purge()
+    smtp_server.handler.script.delay = 0.002  # slow enough for the kill to land mid-batch
+
+    first = start_worker(tmp_path, "doomed", settings.queue)
+    second = None
+    try:
+        tasks.prepare_digest.delay(edition.id)
+        wait_for(lambda: len(smtp_server.received) >= 523, timeout=60, interval=0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        at_kill = len(smtp_server.received)
+        assert at_kill < READERS, "the kill came too late to test anything"
+        assert session.scalar(
+            select(func.count()).where(
+                Delivery.digest_id == edition.id, Delivery.status == DeliveryStatus.SENDING
+            )
+        ), "the killed worker held no claimed rows"
+
+        second = start_worker(tmp_path, "restarted", settings.queue)
+
+        def finished() -> bool:
+            tasks.digest_tick()  # what beat does every minute: recover leases, re-enqueue
+            tally = open_rows(session, edition.id)
+            return tally.get("sent", 0) == READERS
+
+        wait_for(finished, timeout=90, interval=0.5)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+
+    per_reader = Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert len(per_reader) == READERS
+    duplicates = {a: n for a, n in per_reader.items() if n > 1}
+    assert len(duplicates) <= 1 and set(duplicates.values()) <= {2}, duplicates
+    assert open_rows(session, edition.id) == {"sent": READERS}
+    tasks.digest_tick()
+    session.expire_all()
+    assert session.get(Digest, edition.id).status == "done"
