@@ -5,6 +5,7 @@ from __future__ import annotations
 import html as html_mod
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from mailer import delivery, digests, tasks
@@ -20,6 +21,7 @@ from mailer.models import (
     Status,
     utcnow,
 )
+from mailer.rendering import EmailRenderer
 from mailer.tokens import Purpose
 from tests.integration.test_digest_support import (
     SITE,
@@ -28,10 +30,14 @@ from tests.integration.test_digest_support import (
     hrefs,
     make_newsletter,
     parts,
-    renderer,  # noqa: F401 - fixture
     statuses,
     wait_done,
 )
+
+
+@pytest.fixture
+def renderer(settings):
+    return EmailRenderer(settings.email_templates)
 
 
 def trigger(session, nl) -> int:
@@ -249,7 +255,5 @@ def test_preparing_twice_makes_one_set_of_rows(session, settings, renderer, smtp
 
 
 def test_unknown_edition_is_a_clear_error(session, settings, renderer):
-    import pytest
-
     with pytest.raises(digests.DigestError, match="no edition 999"):
         digests.prepare(session, settings, renderer, 999)

@@ -10,7 +10,6 @@ import re
 from datetime import timedelta
 from email.message import EmailMessage
 
-import pytest
 from sqlalchemy import insert, select
 
 from mailer import subscriptions as subs
@@ -27,16 +26,10 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
-from mailer.rendering import EmailRenderer
 from tests.conftest import wait_for
 
 SENDER = "The News <news@news.example.org>"
 SITE = "https://news.example.org"
-
-
-@pytest.fixture
-def renderer(settings):
-    return EmailRenderer(settings.email_templates)
 
 
 def make_newsletter(session, slug: str = "news") -> Newsletter:

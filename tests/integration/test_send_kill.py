@@ -47,7 +47,7 @@ def start_worker(tmp_path: Path, name: str, queue: str) -> subprocess.Popen[byte
             "--without-mingle",
             "--without-gossip",
             "--without-heartbeat",
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         env=dict(os.environ),  # the test's MAILER_* settings: its database, queue and server
         stdout=log,

@@ -19,6 +19,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
+from mailer.rendering import EmailRenderer
 from mailer.subscriptions import is_suppressed
 from mailer.transport import connect
 from tests.conftest import configure, wait_for
@@ -26,10 +27,14 @@ from tests.integration.test_digest_support import (
     add_article,
     add_reader,
     make_newsletter,
-    renderer,  # noqa: F401 - fixture
     statuses,
     wait_done,
 )
+
+
+@pytest.fixture
+def renderer(settings):
+    return EmailRenderer(settings.email_templates)
 
 
 def prepared_edition(session, settings, renderer, emails):
@@ -202,7 +207,7 @@ def test_connection_lost_mid_batch_marks_the_one_in_flight_unknown_and_hands_bac
 def test_worker_retries_deferred_mail_via_the_tick(
     session, settings, smtp_server, celery_worker, monkeypatch
 ):
-    settings = configure(monkeypatch, send_retry_base="0")
+    configure(monkeypatch, send_retry_base="0")
     nl = make_newsletter(session)
     add_reader(session, nl, "later@example.org")
     add_reader(session, nl, "now@example.org")
