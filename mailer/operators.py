@@ -1,0 +1,759 @@
+"""The operator's side of the store: newsletters, topics, readers, schedules, stats.
+
+One set of functions serves both the JSON API and the CLI, so the two can
+never disagree about a rule. Errors carry what a person needs to fix the
+request: `NotFound` names what is missing, `Conflict` what is already there
+or in the way, `Invalid` the field that is wrong. Like `subscriptions`,
+functions here flush but never commit; the caller owns the unit of work.
+
+Erasure (GDPR art. 17) deletes the subscriber row, and with it, through
+ON DELETE CASCADE, every subscription, topic choice, consent/audit event,
+notification, delivery and sent-article row. The one thing kept is a hashed
+suppression entry, and only when the reader had asked not to be mailed:
+a subscription that ended `unsubscribed` or `complained` (or an entry that
+was already there). Keeping that hash is what stops a later import of an
+old list from mailing them again; it cannot be turned back into the address.
+A reader who was merely pending, active or bounced leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import BaseModel
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from mailer import subscriptions as subs
+from mailer.addresses import address_hash, address_key
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Digest,
+    Frequency,
+    Newsletter,
+    Notification,
+    Schedule,
+    Status,
+    Subscriber,
+    Subscription,
+    SubscriptionEvent,
+    Suppression,
+    Topic,
+    utcnow,
+)
+
+OPERATOR = "operator"
+# Ending states that mean "the reader asked us to stop": kept as a hash after erasure.
+ASKED_TO_STOP = (Status.UNSUBSCRIBED, Status.COMPLAINED)
+
+
+class OperatorError(ValueError):
+    """A request we refuse; the message is for the operator who made it."""
+
+
+class NotFound(OperatorError):
+    pass
+
+
+class Conflict(OperatorError):
+    pass
+
+
+class Invalid(OperatorError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# -- newsletters ----------------------------------------------------------------------
+
+
+def newsletter(session: Session, slug: str) -> Newsletter:
+    found = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+    if found is None:
+        raise NotFound(f"There is no newsletter {slug!r}.")
+    return found
+
+
+def list_newsletters(session: Session) -> Sequence[Newsletter]:
+    return session.scalars(select(Newsletter).order_by(Newsletter.slug)).all()
+
+
+def parse_frequency(value: str, field_name: str = "frequency") -> Frequency:
+    try:
+        return Frequency(value.strip().lower())
+    except ValueError as exc:
+        choices = ", ".join(f.value for f in Frequency)
+        raise Invalid(field_name, f"frequency must be one of {choices}; got {value!r}") from exc
+
+
+def _sender(value: str) -> str:
+    try:
+        return subs.parse_sender(value)
+    except subs.SubscriptionError as exc:
+        raise Invalid("sender", str(exc)) from exc
+
+
+def _name(value: str) -> str:
+    if any(ch in value for ch in "\r\n\0") or not value.strip() or len(value.strip()) > 200:
+        raise Invalid("name", "The newsletter name must be one non-empty line of at most 200.")
+    return value.strip()
+
+
+def create_newsletter(
+    session: Session,
+    slug: str,
+    name: str,
+    sender: str,
+    *,
+    default_frequency: Frequency = Frequency.WEEKLY,
+    site_url: str | None = None,
+) -> Newsletter:
+    """`subscriptions.create_newsletter`, with each refusal tied to its field."""
+    if not subs.SLUG_RE.match(slug):
+        raise Invalid("slug", f"A slug is 1-63 lower-case letters, digits or dashes; got {slug!r}.")
+    if session.scalar(select(Newsletter.id).where(Newsletter.slug == slug)) is not None:
+        raise Conflict(f"A newsletter {slug!r} already exists.")
+    _name(name)
+    _sender(sender)
+    return subs.create_newsletter(
+        session, slug, name, sender, default_frequency=default_frequency, site_url=site_url
+    )
+
+
+def update_newsletter(
+    session: Session,
+    slug: str,
+    *,
+    name: str | None = None,
+    sender: str | None = None,
+    site_url: str | None = None,
+    default_frequency: Frequency | None = None,
+    paused: bool | None = None,
+) -> Newsletter:
+    """Change only what was given; the slug is the newsletter's identity and stays."""
+    nl = newsletter(session, slug)
+    new_name = _name(name) if name is not None else None
+    new_sender = _sender(sender) if sender is not None else None
+    if new_name is not None:
+        nl.name = new_name
+    if new_sender is not None:
+        nl.sender = new_sender
+    if site_url is not None:
+        nl.site_url = site_url or None
+    if default_frequency is not None:
+        nl.default_frequency = default_frequency
+    if paused is not None:
+        nl.paused = paused
+    session.flush()
+    return nl
+
+
+# -- topics ---------------------------------------------------------------------------
+
+
+def list_topics(session: Session, slug: str) -> list[Topic]:
+    return list(newsletter(session, slug).topics)
+
+
+def create_topic(session: Session, slug: str, name: str) -> Topic:
+    nl = newsletter(session, slug)
+    clean = " ".join(name.split())
+    if not clean or len(clean) > 200:
+        raise Invalid("name", "A topic name is 1-200 characters on one line.")
+    key = subs.slugify(clean)
+    for topic in nl.topics:
+        if topic.slug == key or topic.name.casefold() == clean.casefold():
+            raise Conflict(
+                f"Newsletter {slug!r} already has a topic {topic.slug!r} ({topic.name})."
+            )
+    return subs.ensure_topic(session, nl, clean)
+
+
+def rename_topic(session: Session, slug: str, topic_slug: str, new_name: str) -> Topic:
+    """Rename by the articles module's rule: the slug stays, so links and forms still work."""
+    from mailer.articles import ArticleError
+    from mailer.articles import rename_topic as rename
+
+    nl = newsletter(session, slug)
+    if not any(t.slug == topic_slug for t in nl.topics):
+        raise NotFound(f"Newsletter {slug!r} has no topic {topic_slug!r}.")
+    try:
+        return rename(session, nl, topic_slug, new_name)
+    except ArticleError as exc:
+        if "already" in str(exc):
+            raise Conflict(str(exc)) from exc
+        raise Invalid("name", str(exc)) from exc
+
+
+# -- subscribers: find, list, page ----------------------------------------------------------
+
+
+class SubscriptionOut(BaseModel):
+    id: int
+    newsletter: str
+    status: Status
+    frequency: Frequency
+    topics: list[str]
+    created_at: datetime
+    status_changed_at: datetime
+    confirmed_at: datetime | None
+    consent_at: datetime | None
+    consent_source: str | None
+
+
+class SubscriberOut(BaseModel):
+    id: int
+    email: str
+    created_at: datetime
+    subscriptions: list[SubscriptionOut]
+
+
+class SubscriberPage(BaseModel):
+    items: list[SubscriberOut]
+    next_cursor: str | None
+
+
+def _subscription_out(sub: Subscription) -> SubscriptionOut:
+    return SubscriptionOut(
+        id=sub.id,
+        newsletter=sub.newsletter.slug,
+        status=sub.status,
+        frequency=sub.frequency,
+        topics=[t.slug for t in sub.topics],
+        created_at=sub.created_at,
+        status_changed_at=sub.status_changed_at,
+        confirmed_at=sub.confirmed_at,
+        consent_at=sub.consent_at,
+        consent_source=sub.consent_source,
+    )
+
+
+def subscriber_out(subscriber: Subscriber) -> SubscriberOut:
+    return SubscriberOut(
+        id=subscriber.id,
+        email=subscriber.email,
+        created_at=subscriber.created_at,
+        subscriptions=[
+            _subscription_out(s)
+            for s in sorted(subscriber.subscriptions, key=lambda s: s.newsletter_id)
+        ],
+    )
+
+
+def find_subscriber(session: Session, ref: str) -> Subscriber:
+    """By id (all digits) or by address; ids keep addresses out of URLs and access logs."""
+    ref = ref.strip()
+    if ref.isdigit():
+        found = session.get(Subscriber, int(ref))
+    else:
+        found = session.scalar(select(Subscriber).where(Subscriber.email_key == address_key(ref)))
+    if found is None:
+        raise NotFound(f"No subscriber {ref!r}.")
+    return found
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"s1:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "s1" or not number.isdigit():
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Invalid(
+            "cursor", "The cursor is not one this API gave out; start without one."
+        ) from exc
+
+
+@dataclass(frozen=True)
+class SubscriberFilter:
+    newsletter: str | None = None
+    status: Status | None = None
+    contains: str | None = None
+
+
+def _filtered(session: Session, f: SubscriberFilter) -> Select[Subscriber]:
+    query = select(Subscriber)
+    if f.newsletter is not None or f.status is not None:
+        match = select(Subscription.id).where(Subscription.subscriber_id == Subscriber.id)
+        if f.newsletter is not None:
+            match = match.where(Subscription.newsletter_id == newsletter(session, f.newsletter).id)
+        if f.status is not None:
+            match = match.where(Subscription.status == f.status)
+        query = query.where(match.exists())
+    if f.contains:
+        query = query.where(Subscriber.email_key.contains(f.contains.casefold(), autoescape=True))
+    return query
+
+
+def list_subscribers(
+    session: Session, f: SubscriberFilter, *, cursor: str | None = None, limit: int = 50
+) -> SubscriberPage:
+    """One page in id order; the cursor is the last id seen, so pages never shift under inserts."""
+    if not 1 <= limit <= 1000:
+        raise Invalid("limit", "limit must be between 1 and 1000.")
+    query = _filtered(session, f).order_by(Subscriber.id).limit(limit + 1)
+    if cursor:
+        query = query.where(Subscriber.id > decode_cursor(cursor))
+    rows = session.scalars(
+        query.options(
+            selectinload(Subscriber.subscriptions).selectinload(Subscription.topics),
+            selectinload(Subscriber.subscriptions).selectinload(Subscription.newsletter),
+        )
+    ).all()
+    page = rows[:limit]
+    more = len(rows) > limit
+    return SubscriberPage(
+        items=[subscriber_out(s) for s in page],
+        next_cursor=encode_cursor(page[-1].id) if more and page else None,
+    )
+
+
+def iter_subscriptions(
+    session: Session, f: SubscriberFilter, batch: int = 2000
+) -> Iterator[tuple[Subscriber, Subscription]]:
+    """Every matching (subscriber, subscription), streamed in id pages for CSV export."""
+    last = 0
+    while True:
+        page = session.scalars(
+            _filtered(session, f)
+            .where(Subscriber.id > last)
+            .order_by(Subscriber.id)
+            .limit(batch)
+            .options(
+                selectinload(Subscriber.subscriptions).selectinload(Subscription.topics),
+                selectinload(Subscriber.subscriptions).selectinload(Subscription.newsletter),
+            )
+        ).all()
+        if not page:
+            return
+        for subscriber in page:
+            for sub in sorted(subscriber.subscriptions, key=lambda s: s.newsletter_id):
+                if f.newsletter is not None and sub.newsletter.slug != f.newsletter:
+                    continue
+                if f.status is not None and sub.status is not f.status:
+                    continue
+                yield subscriber, sub
+        last = page[-1].id
+        session.expunge_all()
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def set_status(
+    session: Session,
+    ref: str,
+    newsletter_slug: str,
+    status: Status,
+    *,
+    detail: str | None = None,
+) -> Subscription:
+    """An operator's status change, through the same lifecycle and audit as a reader's."""
+    subscriber = find_subscriber(session, ref)
+    nl = newsletter(session, newsletter_slug)
+    sub = next((s for s in subscriber.subscriptions if s.newsletter_id == nl.id), None)
+    if sub is None:
+        raise NotFound(f"Subscriber {ref!r} has no subscription to {newsletter_slug!r}.")
+    if sub.status is status:
+        return sub
+    if status is Status.ACTIVE and subs.is_suppressed(session, subscriber.email):
+        raise Conflict(f"{ref!r} is on the suppression list and cannot be made active.")
+    try:
+        subs.change_status(session, sub, status, source=OPERATOR, detail=detail)
+    except subs.InvalidTransition as exc:
+        raise Conflict(str(exc)) from exc
+    if status is Status.ACTIVE:
+        now = sub.status_changed_at
+        sub.confirmed_at = now
+        sub.consent_at, sub.consent_source, sub.consent_ip = now, OPERATOR, None
+    session.flush()
+    return sub
+
+
+# -- export and erasure -------------------------------------------------------------------------
+
+
+class EventOut(BaseModel):
+    subscription_id: int
+    newsletter: str
+    at: datetime
+    old_status: str | None
+    new_status: str
+    source: str
+    ip: str | None
+    detail: str | None
+
+
+class ConsentOut(BaseModel):
+    newsletter: str
+    consent_at: datetime | None
+    consent_source: str | None
+    consent_ip: str | None
+
+
+class NotificationOut(BaseModel):
+    newsletter: str
+    kind: str
+    status: str
+    created_at: datetime
+    sent_at: datetime | None
+
+
+class DeliveryOut(BaseModel):
+    newsletter: str
+    edition_id: int
+    window_end: datetime
+    status: DeliveryStatus
+    attempts: int
+    sent_at: datetime | None
+    message_id: str | None
+    smtp_code: int | None
+    smtp_reply: str | None
+
+
+class SubscriberExport(BaseModel):
+    """Everything we hold about one reader (GDPR art. 15 / 20)."""
+
+    exported_at: datetime
+    subscriber: SubscriberOut
+    consent: list[ConsentOut]
+    events: list[EventOut]
+    notifications: list[NotificationOut]
+    deliveries: list[DeliveryOut]
+    suppressed: bool
+
+
+def export_subscriber(session: Session, ref: str) -> SubscriberExport:
+    subscriber = find_subscriber(session, ref)
+    subs_by_id = {s.id: s for s in subscriber.subscriptions}
+    slug = {sid: s.newsletter.slug for sid, s in subs_by_id.items()}
+    ids = list(subs_by_id)
+    events = session.scalars(
+        select(SubscriptionEvent)
+        .where(SubscriptionEvent.subscription_id.in_(ids))
+        .order_by(SubscriptionEvent.at, SubscriptionEvent.id)
+    ).all()
+    notes = session.scalars(
+        select(Notification)
+        .where(Notification.subscription_id.in_(ids))
+        .order_by(Notification.created_at, Notification.id)
+    ).all()
+    deliveries = session.execute(
+        select(Delivery, Digest.window_end)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(Delivery.subscription_id.in_(ids))
+        .order_by(Digest.window_end, Delivery.id)
+    ).all()
+    return SubscriberExport(
+        exported_at=utcnow(),
+        subscriber=subscriber_out(subscriber),
+        consent=[
+            ConsentOut(
+                newsletter=slug[s.id],
+                consent_at=s.consent_at,
+                consent_source=s.consent_source,
+                consent_ip=s.consent_ip,
+            )
+            for s in subs_by_id.values()
+        ],
+        events=[
+            EventOut(
+                subscription_id=e.subscription_id,
+                newsletter=slug[e.subscription_id],
+                at=e.at,
+                old_status=e.old_status,
+                new_status=e.new_status,
+                source=e.source,
+                ip=e.ip,
+                detail=e.detail,
+            )
+            for e in events
+        ],
+        notifications=[
+            NotificationOut(
+                newsletter=slug[n.subscription_id],
+                kind=n.kind,
+                status=n.status,
+                created_at=n.created_at,
+                sent_at=n.sent_at,
+            )
+            for n in notes
+        ],
+        deliveries=[
+            DeliveryOut(
+                newsletter=slug[d.subscription_id],
+                edition_id=d.digest_id,
+                window_end=window_end,
+                status=d.status,
+                attempts=d.attempts,
+                sent_at=d.sent_at,
+                message_id=d.message_id,
+                smtp_code=d.smtp_code,
+                smtp_reply=d.smtp_reply,
+            )
+            for d, window_end in deliveries
+        ],
+        suppressed=subs.is_suppressed(session, subscriber.email),
+    )
+
+
+class ErasureReport(BaseModel):
+    erased: bool
+    subscriptions: int
+    suppressed: bool
+
+
+def erase_subscriber(session: Session, ref: str) -> ErasureReport:
+    """Delete every row about the reader; keep only the hash if they had asked us to stop."""
+    subscriber = find_subscriber(session, ref)
+    email = subscriber.email
+    asked_to_stop = any(s.status in ASKED_TO_STOP for s in subscriber.subscriptions)
+    if asked_to_stop:
+        subs.suppress(session, email, reason="unsubscribed-then-erased", source=OPERATOR)
+    count = len(subscriber.subscriptions)
+    subscriber_id = subscriber.id
+    session.expunge(subscriber)
+    # Core delete so the database's ON DELETE CASCADE removes dependants in one statement,
+    # including tables this module does not know of.
+    session.execute(delete(Subscriber).where(Subscriber.id == subscriber_id))
+    session.flush()
+    session.expire_all()
+    return ErasureReport(
+        erased=True,
+        subscriptions=count,
+        suppressed=session.scalar(
+            select(Suppression.id).where(Suppression.address_hash == address_hash(email))
+        )
+        is not None,
+    )
+
+
+# -- schedules ------------------------------------------------------------------------------
+
+
+class ScheduleOut(BaseModel):
+    newsletter: str
+    frequency: Frequency
+    cron: str
+    timezone: str
+    paused: bool
+    next_run_local: datetime | None
+    next_run_utc: datetime | None
+    last_run_at: datetime | None
+
+
+def check_cron(cron: str) -> str:
+    cron = " ".join(cron.split())
+    if len(cron.split(" ")) != 5 or not croniter.is_valid(cron):
+        raise Invalid(
+            "cron",
+            f"{cron!r} is not a five-field cron expression "
+            "(minute hour day-of-month month day-of-week), e.g. '0 8 * * MON'.",
+        )
+    return cron
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise Invalid(
+            "timezone", f"{name!r} is not an IANA time zone; use a name like Europe/Kyiv or UTC."
+        ) from exc
+
+
+def next_run(cron: str, timezone: str, now: datetime | None = None) -> datetime:
+    """The next fire time, evaluated in the schedule's zone so 08:00 stays 08:00 over DST."""
+    local_now = (now or utcnow()).astimezone(check_timezone(timezone))
+    fire: datetime = croniter(cron, local_now).get_next(datetime)
+    return fire
+
+
+def _schedule_out(schedule: Schedule, nl: Newsletter, now: datetime | None) -> ScheduleOut:
+    fire = next_run(schedule.cron, schedule.timezone, now)
+    return ScheduleOut(
+        newsletter=nl.slug,
+        frequency=schedule.frequency,
+        cron=schedule.cron,
+        timezone=schedule.timezone,
+        paused=nl.paused,
+        next_run_local=fire,
+        next_run_utc=fire.astimezone(ZoneInfo("UTC")),
+        last_run_at=schedule.last_run_at,
+    )
+
+
+def set_schedule(
+    session: Session,
+    slug: str,
+    frequency: Frequency,
+    cron: str,
+    timezone: str,
+    now: datetime | None = None,
+) -> ScheduleOut:
+    nl = newsletter(session, slug)
+    cron = check_cron(cron)
+    zone = check_timezone(timezone).key
+    schedule = session.scalar(
+        select(Schedule).where(Schedule.newsletter_id == nl.id, Schedule.frequency == frequency)
+    )
+    if schedule is None:
+        schedule = Schedule(newsletter_id=nl.id, frequency=frequency, cron=cron, timezone=zone)
+        session.add(schedule)
+    else:
+        schedule.cron, schedule.timezone = cron, zone
+    session.flush()
+    return _schedule_out(schedule, nl, now)
+
+
+def list_schedules(
+    session: Session, slug: str | None = None, now: datetime | None = None
+) -> list[ScheduleOut]:
+    query = select(Schedule, Newsletter).join(Newsletter, Newsletter.id == Schedule.newsletter_id)
+    if slug is not None:
+        query = query.where(Newsletter.id == newsletter(session, slug).id)
+    rows = session.execute(query.order_by(Newsletter.slug, Schedule.frequency)).all()
+    return [_schedule_out(s, nl, now) for s, nl in rows]
+
+
+def get_schedule(
+    session: Session, slug: str, frequency: Frequency, now: datetime | None = None
+) -> ScheduleOut:
+    found = [s for s in list_schedules(session, slug, now) if s.frequency is frequency]
+    if not found:
+        raise NotFound(f"Newsletter {slug!r} has no {frequency.value} schedule.")
+    return found[0]
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+
+class EditionStats(BaseModel):
+    id: int
+    frequency: Frequency
+    window_end: datetime
+    status: str
+    counts: dict[str, int]
+    bounce_rate: float | None
+
+
+class NewsletterStats(BaseModel):
+    newsletter: str
+    name: str
+    paused: bool
+    by_status: dict[str, int]
+    new_active_7d: int
+    new_active_30d: int
+    editions: list[EditionStats] = []
+
+
+@dataclass
+class _Growth:
+    week: int = 0
+    month: int = 0
+
+
+def bounce_rate(counts: dict[str, int]) -> float | None:
+    """Hard failures over everything the server answered for (sent + failed)."""
+    answered = counts.get("sent", 0) + counts.get("failed", 0)
+    return counts.get("failed", 0) / answered if answered else None
+
+
+@dataclass
+class _Tally:
+    by_status: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+
+
+def stats(
+    session: Session, slug: str | None = None, *, editions: int = 5, now: datetime | None = None
+) -> list[NewsletterStats]:
+    """Readers by status, growth from the audit table, and the last editions' outcomes.
+
+    Growth counts subscriptions that became active within the window and are
+    still active, read from the consent/audit events rather than created_at,
+    so an import of old readers and a re-subscribe both count when they happen.
+    """
+    now = now or utcnow()
+    nls = [newsletter(session, slug)] if slug is not None else list(list_newsletters(session))
+    ids = [nl.id for nl in nls]
+    tally = _Tally()
+    for nl_id, status, n in session.execute(
+        select(Subscription.newsletter_id, Subscription.status, func.count())
+        .where(Subscription.newsletter_id.in_(ids))
+        .group_by(Subscription.newsletter_id, Subscription.status)
+    ):
+        tally.by_status[nl_id][Status(status).value] = n
+    growth: dict[int, _Growth] = defaultdict(_Growth)
+    month_ago, week_ago = now - timedelta(days=30), now - timedelta(days=7)
+    became_active = (
+        select(
+            Subscription.newsletter_id,
+            SubscriptionEvent.subscription_id,
+            func.max(SubscriptionEvent.at).label("at"),
+        )
+        .join(Subscription, Subscription.id == SubscriptionEvent.subscription_id)
+        .where(
+            Subscription.newsletter_id.in_(ids),
+            Subscription.status == Status.ACTIVE,
+            SubscriptionEvent.new_status == Status.ACTIVE.value,
+            func.coalesce(SubscriptionEvent.old_status, "") != Status.ACTIVE.value,
+            SubscriptionEvent.at >= month_ago,
+        )
+        .group_by(Subscription.newsletter_id, SubscriptionEvent.subscription_id)
+    )
+    for nl_id, _sub_id, at in session.execute(became_active):
+        growth[nl_id].month += 1
+        if at >= week_ago:
+            growth[nl_id].week += 1
+    out = []
+    for nl in nls:
+        recent = session.scalars(
+            select(Digest)
+            .where(Digest.newsletter_id == nl.id)
+            .order_by(Digest.window_end.desc(), Digest.id.desc())
+            .limit(editions)
+        ).all()
+        live: dict[int, dict[str, int]] = defaultdict(dict)
+        if recent:
+            for digest_id, state, n in session.execute(
+                select(Delivery.digest_id, Delivery.status, func.count())
+                .where(Delivery.digest_id.in_([d.id for d in recent]))
+                .group_by(Delivery.digest_id, Delivery.status)
+            ):
+                live[digest_id][DeliveryStatus(state).value] = n
+        out.append(
+            NewsletterStats(
+                newsletter=nl.slug,
+                name=nl.name,
+                paused=nl.paused,
+                by_status={s.value: tally.by_status[nl.id].get(s.value, 0) for s in Status},
+                new_active_7d=growth[nl.id].week,
+                new_active_30d=growth[nl.id].month,
+                editions=[
+                    EditionStats(
+                        id=d.id,
+                        frequency=d.frequency,
+                        window_end=d.window_end,
+                        status=d.status,
+                        counts=live[d.id] or dict(d.counts or {}),
+                        bounce_rate=bounce_rate(live[d.id] or dict(d.counts or {})),
+                    )
+                    for d in recent
+                ],
+            )
+        )
+    return out
