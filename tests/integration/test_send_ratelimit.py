@@ -105,10 +105,9 @@ def test_every_message_of_a_batch_waits_for_its_shared_slot(session, settings, s
     )
     session.commit()
     clock = Clock()
-    limiter = DatabaseLimiter(get_engine(settings.database), f"batch-{RUN_ID}", 10, clock=clock)
-    other_worker = DatabaseLimiter(
-        get_engine(settings.database), f"batch-{RUN_ID}", 10, clock=clock
-    )
+    engine, name = get_engine(settings.database), f"batch-{RUN_ID}"
+    limiter = DatabaseLimiter(engine, name, 10, clock=clock)
+    other_worker = DatabaseLimiter(engine, name, 10, clock=clock)
     assert other_worker.reserve() == 0.0  # another worker took the first slot
     slept: list[float] = []
     limiter._sleep = slept.append
