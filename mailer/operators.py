@@ -222,7 +222,7 @@ class SubscriberPage(BaseModel):
     next_cursor: str | None
 
 
-def _subscription_out(sub: Subscription) -> SubscriptionOut:
+def subscription_out(sub: Subscription) -> SubscriptionOut:
     return SubscriptionOut(
         id=sub.id,
         newsletter=sub.newsletter.slug,
@@ -243,7 +243,7 @@ def subscriber_out(subscriber: Subscriber) -> SubscriberOut:
         email=subscriber.email,
         created_at=subscriber.created_at,
         subscriptions=[
-            _subscription_out(s)
+            subscription_out(s)
             for s in sorted(subscriber.subscriptions, key=lambda s: s.newsletter_id)
         ],
     )

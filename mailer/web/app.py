@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import reader
 
     app.include_router(reader.router)
+    from mailer.web import api
+
+    app.include_router(api.router)
     from mailer.web import api_articles
 
     app.include_router(api_articles.router)

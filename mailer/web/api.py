@@ -1,0 +1,310 @@
+"""The operator JSON API under /api: bearer MAILER_API_TOKEN on every route.
+
+Routes are thin: parse, call one `operators` function, commit. Errors are
+JSON a person can act on: 404 names what was not found, 409 what is in the
+way, 422 names the field (`{"detail": [{"loc": ["body", field], "msg": …}]}`,
+the same shape FastAPI uses for its own validation errors).
+
+The token is checked before anything else, body parsing included, so a
+caller without it learns nothing but 401. Subscribers may be named by id or
+by address; ids keep addresses out of URLs and access logs.
+Editions and deliveries endpoints are not here yet (they come with the digest engine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from mailer import operators as ops
+from mailer.models import Frequency, Status
+from mailer.operators import (
+    ErasureReport,
+    NewsletterStats,
+    ScheduleOut,
+    SubscriberExport,
+    SubscriberOut,
+    SubscriberPage,
+    SubscriptionOut,
+)
+from mailer.web.deps import APIAuth, SessionDep, _bearer, require_api_token
+
+
+def _invalid(field: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}]},
+        status_code=422,
+    )
+
+
+class OperatorRoute(APIRoute):
+    """Token first, then the handler; domain refusals become 404/409/422 JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            require_api_token(request, await _bearer(request))
+            try:
+                return await handler(request)
+            except ops.NotFound as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=404)
+            except ops.Conflict as exc:
+                return JSONResponse({"detail": str(exc)}, status_code=409)
+            except ops.Invalid as exc:
+                return _invalid(exc.field, str(exc))
+
+        return route
+
+
+router = APIRouter(
+    prefix="/api",
+    dependencies=[APIAuth],
+    route_class=OperatorRoute,
+    tags=["operator"],
+    responses={
+        401: {"description": "Missing or wrong API token"},
+        422: {"description": "A field is wrong; `detail[0].loc` names it"},
+    },
+)
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Not found"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "Conflicts with what is there"}}
+
+
+def _done(session: Session) -> None:
+    session.commit()
+
+
+# -- newsletters ----------------------------------------------------------------------------
+
+
+class NewsletterIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", examples=["weekly-news"])
+    name: str = Field(min_length=1, max_length=200)
+    sender: str = Field(min_length=3, max_length=320, examples=["Weekly <news@example.org>"])
+    site_url: str | None = Field(None, max_length=2000)
+    default_frequency: Frequency = Frequency.WEEKLY
+
+
+class NewsletterPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    sender: str | None = Field(None, min_length=3, max_length=320)
+    site_url: str | None = Field(None, max_length=2000)
+    default_frequency: Frequency | None = None
+
+
+class NewsletterOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    slug: str
+    name: str
+    sender: str
+    site_url: str | None
+    default_frequency: Frequency
+    paused: bool
+
+
+@router.get("/newsletters", response_model=list[NewsletterOut])
+def list_newsletters(session: SessionDep) -> Any:
+    return ops.list_newsletters(session)
+
+
+@router.post("/newsletters", status_code=201, response_model=NewsletterOut, responses=CONFLICT)
+def create_newsletter(body: NewsletterIn, session: SessionDep) -> Any:
+    nl = ops.create_newsletter(
+        session,
+        body.slug,
+        body.name,
+        body.sender,
+        default_frequency=body.default_frequency,
+        site_url=body.site_url,
+    )
+    _done(session)
+    return nl
+
+
+@router.get("/newsletters/{slug}", response_model=NewsletterOut, responses=NOT_FOUND)
+def get_newsletter(slug: str, session: SessionDep) -> Any:
+    return ops.newsletter(session, slug)
+
+
+@router.patch("/newsletters/{slug}", response_model=NewsletterOut, responses=NOT_FOUND)
+def update_newsletter(slug: str, body: NewsletterPatch, session: SessionDep) -> Any:
+    nl = ops.update_newsletter(session, slug, **body.model_dump(exclude_unset=True))
+    _done(session)
+    return nl
+
+
+@router.post("/newsletters/{slug}/pause", response_model=NewsletterOut, responses=NOT_FOUND)
+def pause_newsletter(slug: str, session: SessionDep) -> Any:
+    """No editions are made while paused; readers and schedules are kept."""
+    nl = ops.update_newsletter(session, slug, paused=True)
+    _done(session)
+    return nl
+
+
+@router.post("/newsletters/{slug}/resume", response_model=NewsletterOut, responses=NOT_FOUND)
+def resume_newsletter(slug: str, session: SessionDep) -> Any:
+    nl = ops.update_newsletter(session, slug, paused=False)
+    _done(session)
+    return nl
+
+
+@router.get("/newsletters/{slug}/stats", response_model=NewsletterStats, responses=NOT_FOUND)
+def newsletter_stats(slug: str, session: SessionDep) -> Any:
+    return ops.stats(session, slug)[0]
+
+
+# -- topics ---------------------------------------------------------------------------------
+
+
+class TopicIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TopicOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    slug: str
+    name: str
+
+
+@router.get("/newsletters/{slug}/topics", response_model=list[TopicOut], responses=NOT_FOUND)
+def list_topics(slug: str, session: SessionDep) -> Any:
+    return ops.list_topics(session, slug)
+
+
+@router.post(
+    "/newsletters/{slug}/topics",
+    status_code=201,
+    response_model=TopicOut,
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def create_topic(slug: str, body: TopicIn, session: SessionDep) -> Any:
+    topic = ops.create_topic(session, slug, body.name)
+    _done(session)
+    return topic
+
+
+@router.patch(
+    "/newsletters/{slug}/topics/{topic}",
+    response_model=TopicOut,
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def rename_topic(slug: str, topic: str, body: TopicIn, session: SessionDep) -> Any:
+    """Change the name readers see; the slug stays so links and preferences keep working."""
+    renamed = ops.rename_topic(session, slug, topic, body.name)
+    _done(session)
+    return renamed
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+class ScheduleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str = Field(examples=["0 8 * * MON"], description="five fields, in `timezone`")
+    timezone: str = Field("UTC", examples=["Europe/Kyiv"], description="an IANA zone name")
+
+
+@router.get("/newsletters/{slug}/schedules", response_model=list[ScheduleOut], responses=NOT_FOUND)
+def list_schedules(slug: str, session: SessionDep) -> Any:
+    return ops.list_schedules(session, slug)
+
+
+@router.get(
+    "/newsletters/{slug}/schedules/{frequency}",
+    response_model=ScheduleOut,
+    responses=NOT_FOUND,
+)
+def get_schedule(slug: str, frequency: Frequency, session: SessionDep) -> Any:
+    return ops.get_schedule(session, slug, frequency)
+
+
+@router.put(
+    "/newsletters/{slug}/schedules/{frequency}",
+    response_model=ScheduleOut,
+    responses=NOT_FOUND,
+)
+def set_schedule(slug: str, frequency: Frequency, body: ScheduleIn, session: SessionDep) -> Any:
+    out = ops.set_schedule(session, slug, frequency, body.cron, body.timezone)
+    _done(session)
+    return out
+
+
+# -- subscribers --------------------------------------------------------------------------------
+
+
+class StatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    newsletter: str
+    status: Status
+    detail: str | None = Field(None, max_length=500, description="why, for the audit record")
+
+
+@router.get("/subscribers", response_model=SubscriberPage)
+def list_subscribers(
+    session: SessionDep,
+    newsletter: Annotated[str | None, Query(description="newsletter slug")] = None,
+    status: Status | None = None,
+    email: Annotated[str | None, Query(description="part of the address")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> Any:
+    """Readers in a stable id order, filtered; follow `next_cursor` until it is null."""
+    f = ops.SubscriberFilter(newsletter=newsletter, status=status, contains=email)
+    return ops.list_subscribers(session, f, cursor=cursor, limit=limit)
+
+
+@router.get("/subscribers/{ref}", response_model=SubscriberOut, responses=NOT_FOUND)
+def get_subscriber(ref: str, session: SessionDep) -> Any:
+    """`ref` is the subscriber's id or address."""
+    return ops.subscriber_out(ops.find_subscriber(session, ref))
+
+
+@router.get("/subscribers/{ref}/export", response_model=SubscriberExport, responses=NOT_FOUND)
+def export_subscriber(ref: str, session: SessionDep) -> Any:
+    """Everything held about one reader: subscriptions, consent, audit, mail sent."""
+    return ops.export_subscriber(session, ref)
+
+
+@router.post(
+    "/subscribers/{ref}/status",
+    response_model=SubscriptionOut,
+    responses={**NOT_FOUND, 409: {"description": "The lifecycle does not allow that change"}},
+)
+def set_status(ref: str, body: StatusIn, session: SessionDep) -> Any:
+    sub = ops.set_status(session, ref, body.newsletter, body.status, detail=body.detail)
+    out = ops.subscription_out(sub)
+    _done(session)
+    return out
+
+
+@router.delete("/subscribers/{ref}", response_model=ErasureReport, responses=NOT_FOUND)
+def erase_subscriber(ref: str, session: SessionDep) -> Any:
+    """GDPR erasure: every row about the reader goes; a hash stays only if they had opted out."""
+    report = ops.erase_subscriber(session, ref)
+    _done(session)
+    return report
+
+
+@router.get("/stats", response_model=list[NewsletterStats])
+def all_stats(session: SessionDep) -> Any:
+    return ops.stats(session)
