@@ -491,6 +491,7 @@ class Prepared:
     queued: int = 0
     skipped: int = 0
     variants: int = 0
+    already: bool = False
 
 
 def open_ranges(session: Session, digest_id: int, size: int) -> list[tuple[int, int]]:
@@ -534,6 +535,7 @@ def prepare(
     digest = _lock_digest(session, digest_id)
     result = Prepared(digest_id)
     if digest.status != "created":
+        result.already = True
         result.ranges = open_ranges(session, digest_id, settings.send_batch_size)
         return result
     nl = session.get_one(Newsletter, digest.newsletter_id)

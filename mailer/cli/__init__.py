@@ -8,6 +8,7 @@ from mailer.cli.articles import article, feed, topic
 from mailer.cli.base import main
 from mailer.cli.bounces import bounces_group
 from mailer.cli.db import db
+from mailer.cli.digests import digest
 from mailer.cli.dkim import dkim
 from mailer.cli.newsletters import newsletter
 from mailer.cli.run import beat, up, web, worker
@@ -16,7 +17,8 @@ for command in (db, newsletter, up, web, worker, beat):
     main.add_command(command)
 for command in (feed, article, topic):
     main.add_command(command)
-main.add_command(dkim)
+main.add_command(digest)
 main.add_command(bounces_group)
+main.add_command(dkim)
 
 __all__ = ["click", "main"]

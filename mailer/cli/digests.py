@@ -1,0 +1,211 @@
+"""`mailer digest preview|send|status|test`: the operator's handles on editions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from mailer import delivery, digests
+from mailer.cli.base import console, domain_session, settings_or_exit
+from mailer.db import session_scope
+from mailer.links import Links
+from mailer.messages import Placeholder
+from mailer.models import Delivery, DeliveryStatus, Digest, Frequency, Newsletter
+from mailer.rendering import EmailRenderer
+from mailer.subscriptions import get_newsletter
+
+FREQUENCIES = click.Choice([f.value for f in Frequency])
+
+
+@click.group()
+def digest() -> None:
+    """Digest editions: preview, send, watch, test."""
+
+
+def _renderer() -> EmailRenderer:
+    return EmailRenderer(settings_or_exit().email_templates)
+
+
+@digest.command()
+@click.argument("newsletter")
+@click.option("--email", default=None, help="Preview as this subscriber (topics, history).")
+@click.option("--frequency", type=FREQUENCIES, default=None, help="Default: the reader's.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def preview(newsletter: str, email: str | None, frequency: str | None, out: Path | None) -> None:
+    """Write the HTML of the next edition as a reader would get it (nothing is recorded)."""
+    settings = settings_or_exit()
+    with domain_session() as session:
+        nl = get_newsletter(session, newsletter)
+        draft = digests.draft(
+            session,
+            settings,
+            _renderer(),
+            nl,
+            email=email,
+            frequency=Frequency(frequency) if frequency else None,
+        )
+        values = digests.neutral_values(settings, nl)
+        if draft.subscription is not None:
+            links = Links.from_settings(settings)
+            values[Placeholder.EMAIL] = draft.subscription.subscriber.email
+            values[Placeholder.UNSUBSCRIBE_URL] = links.unsubscribe(draft.subscription)
+            values[Placeholder.PREFERENCES_URL] = links.preferences(draft.subscription)
+        page = digests.fill(draft.rendered.html, values, html=True)
+        session.rollback()
+    if out is None:
+        click.echo(page)
+        return
+    out.write_text(page, encoding="utf-8")
+    console.print(
+        f"wrote {out} — {len(draft.article_ids)} article(s), {draft.frequency.value} window "
+        f"{draft.window_start:%Y-%m-%d %H:%M} → {draft.window_end:%Y-%m-%d %H:%M} UTC; "
+        f"subject: {draft.rendered.subject}"
+    )
+
+
+@digest.command()
+@click.argument("newsletter")
+@click.option("--frequency", type=FREQUENCIES, default=None, help="Default: the newsletter's.")
+@click.option("--wait", is_flag=True, help="Show progress until every mail is out.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds --wait waits.")
+def send(newsletter: str, frequency: str | None, wait: bool, timeout: float) -> None:
+    """Create the edition ending now and send it through the workers."""
+    from mailer import tasks
+
+    settings = settings_or_exit()
+    with domain_session() as session:
+        nl = get_newsletter(session, newsletter)
+        freq = Frequency(frequency) if frequency else nl.default_frequency
+        edition = digests.create_now(session, nl, freq)
+        prepared = digests.prepare(session, settings, _renderer(), edition.id)
+        if not prepared.ranges:
+            digests.close_if_done(session, edition.id)
+        digest_id = edition.id
+    if prepared.already:
+        console.print(
+            f"edition {digest_id} of {newsletter} ({freq.value}) was already made this minute; "
+            f"{len(prepared.ranges)} batch(es) still to send"
+        )
+    else:
+        console.print(
+            f"edition {digest_id} of {newsletter} ({freq.value}): {prepared.queued} to send, "
+            f"{prepared.skipped} skipped, {prepared.variants} variant(s)"
+        )
+    try:
+        for lo, hi in prepared.ranges:
+            tasks.send_digest_batch.delay(digest_id, lo, hi)
+    except Exception as exc:
+        raise click.ClickException(
+            f"the edition is prepared but the broker is unreachable ({exc}); a running "
+            "worker's tick will send it once the lease has passed"
+        ) from exc
+    if wait and prepared.ranges:
+        _wait(settings.database, digest_id, prepared.queued, timeout)
+
+
+def _wait(database: str, digest_id: int, total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("[bold]edition {task.fields[id]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn(
+            "sent {task.fields[sent]} · deferred {task.fields[deferred]} · "
+            "failed {task.fields[failed]}"
+        ),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("send", total=total, id=digest_id, sent=0, deferred=0, failed=0)
+        while True:
+            with session_scope(database) as session:
+                tally = digests.counts(session, digest_id)
+            done = sum(
+                tally.get(s.value, 0)
+                for s in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.DEFERRED)
+            )
+            progress.update(
+                bar,
+                completed=min(done, total),
+                sent=tally.get("sent", 0),
+                deferred=tally.get("deferred", 0),
+                failed=tally.get("failed", 0),
+            )
+            busy = sum(tally.get(s, 0) for s in ("queued", "sending", "unknown"))
+            if not busy:
+                break
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"still {busy} to send after {timeout:.0f}s; is a worker running? "
+                    f"(`mailer digest status {digest_id}` shows progress)"
+                )
+            time.sleep(0.3)
+    if tally.get("deferred"):
+        console.print(
+            f"{tally['deferred']} deferred by the server; the worker retries them with backoff"
+        )
+
+
+@digest.command()
+@click.argument("digest_id", required=False, type=int)
+def status(digest_id: int | None) -> None:
+    """Delivery counts of recent editions, or of one."""
+    with domain_session() as session:
+        query = (
+            select(Digest, Newsletter.slug)
+            .join(Newsletter, Newsletter.id == Digest.newsletter_id)
+            .order_by(Digest.id.desc())
+        )
+        if digest_id is not None:
+            query = query.where(Digest.id == digest_id)
+        rows = session.execute(query.limit(20)).all()
+        if digest_id is not None and not rows:
+            raise click.ClickException(f"There is no edition {digest_id}.")
+        table = Table("id", "newsletter", "freq", "window (UTC)", "status", *STATUS_COLUMNS)
+        for edition, slug in rows:
+            tally = digests.counts(session, edition.id)
+            table.add_row(
+                str(edition.id),
+                slug,
+                edition.frequency.value,
+                f"{edition.window_start:%Y-%m-%d %H:%M} → {edition.window_end:%Y-%m-%d %H:%M}",
+                edition.status,
+                *(str(tally.get(c, 0)) for c in STATUS_COLUMNS),
+            )
+        console.print(table)
+        if digest_id is not None:
+            problems = session.execute(
+                select(Delivery.status, Delivery.smtp_reply)
+                .where(
+                    Delivery.digest_id == digest_id,
+                    Delivery.status.in_(
+                        (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN)
+                    ),
+                )
+                .limit(10)
+            ).all()
+            for state, reply in problems:
+                console.print(f"  {state.value}: {reply}")
+
+
+STATUS_COLUMNS = [s.value for s in DeliveryStatus if s is not DeliveryStatus.CANCELLED]
+
+
+@digest.command()
+@click.argument("newsletter")
+@click.option("--to", "to", required=True, help="Send the test to this address only.")
+def test(newsletter: str, to: str) -> None:
+    """Send the next edition's mail to one address as [TEST]; nothing is recorded."""
+    settings = settings_or_exit()
+    with domain_session() as session:
+        nl = get_newsletter(session, newsletter)
+        reply, message_id = delivery.send_test(session, settings, _renderer(), nl, to)
+        session.rollback()
+    if not reply.ok:
+        raise click.ClickException(f"the server refused the test mail: {reply.code} {reply.text}")
+    console.print(f"test mail sent to {to}: {reply.code} {reply.text} ({message_id})")
