@@ -12,6 +12,9 @@ from mailer.cli.digests import digest
 from mailer.cli.dkim import dkim
 from mailer.cli.newsletters import newsletter
 from mailer.cli.run import beat, up, web, worker
+from mailer.cli.schedules import schedule
+from mailer.cli.stats import stats
+from mailer.cli.subscribers import subscribers
 
 for command in (db, newsletter, up, web, worker, beat):
     main.add_command(command)
@@ -20,5 +23,7 @@ for command in (feed, article, topic):
 main.add_command(digest)
 main.add_command(bounces_group)
 main.add_command(dkim)
+for command in (subscribers, schedule, stats):
+    main.add_command(command)
 
 __all__ = ["click", "main"]

@@ -1,0 +1,75 @@
+"""`mailer schedule set|list|pause|resume`: when each newsletter's editions go out."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from mailer import operators as ops
+from mailer.cli.base import console, domain_session
+from mailer.models import Frequency
+
+
+@click.group()
+def schedule() -> None:
+    """Send schedules: cron in the newsletter's own time zone."""
+
+
+@schedule.command("set")
+@click.argument("newsletter")
+@click.option(
+    "--frequency",
+    type=click.Choice([f.value for f in Frequency]),
+    required=True,
+    help="Which edition this schedule makes.",
+)
+@click.option("--cron", required=True, help='Five fields, e.g. "0 8 * * MON".')
+@click.option(
+    "--tz", "timezone", default="UTC", show_default=True, help="IANA zone, e.g. Europe/Kyiv."
+)
+def set_(newsletter: str, frequency: str, cron: str, timezone: str) -> None:
+    """Set (or replace) a newsletter's schedule for one frequency."""
+    with domain_session() as session:
+        out = ops.set_schedule(session, newsletter, Frequency(frequency), cron, timezone)
+    console.print(
+        f"{out.newsletter} {out.frequency.value}: '{out.cron}' in {out.timezone}; "
+        f"next at {out.next_run_local:%Y-%m-%d %H:%M %Z} ({out.next_run_utc:%H:%M} UTC)"
+    )
+
+
+@schedule.command("list")
+@click.argument("newsletter", required=False)
+def list_(newsletter: str | None) -> None:
+    """Every schedule, with its next run in local time and UTC."""
+    with domain_session() as session:
+        rows = ops.list_schedules(session, newsletter)
+    table = Table("newsletter", "frequency", "cron", "time zone", "next (local)", "next (UTC)", "")
+    for s in rows:
+        table.add_row(
+            s.newsletter,
+            s.frequency.value,
+            s.cron,
+            s.timezone,
+            f"{s.next_run_local:%Y-%m-%d %H:%M %Z}",
+            f"{s.next_run_utc:%Y-%m-%d %H:%M}",
+            "paused" if s.paused else "",
+        )
+    console.print(table)
+
+
+@schedule.command("pause")
+@click.argument("newsletter")
+def pause(newsletter: str) -> None:
+    """Stop making editions for a newsletter; readers and schedules are kept."""
+    with domain_session() as session:
+        ops.update_newsletter(session, newsletter, paused=True)
+    console.print(f"{newsletter}: paused")
+
+
+@schedule.command("resume")
+@click.argument("newsletter")
+def resume(newsletter: str) -> None:
+    """Make editions again from the next scheduled time."""
+    with domain_session() as session:
+        ops.update_newsletter(session, newsletter, paused=False)
+    console.print(f"{newsletter}: resumed")

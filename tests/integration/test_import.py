@@ -1,0 +1,190 @@
+"""CSV import on PostgreSQL: bad rows, duplicates, a crash part-way and the rerun, the CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from mailer import subscriptions as subs
+from mailer.cli import main
+from mailer.importer import import_csv
+from mailer.models import (
+    Notification,
+    Status,
+    Subscriber,
+    Subscription,
+    SubscriptionEvent,
+    SubscriptionTopic,
+)
+
+
+@pytest.fixture
+def newsletter(session):
+    nl = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    subs.ensure_topic(session, nl, "Science")
+    subs.ensure_topic(session, nl, "Culture")
+    session.commit()
+    return nl
+
+
+def write(path, rows, header=("email", "name", "topics", "frequency")):
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        out.writerows(rows)
+    return path
+
+
+def count(session, model, *where):
+    session.expire_all()
+    return session.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def rejects(path):
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_import_reports_added_invalid_with_lines_and_writes_rejects(session, newsletter, tmp_path):
+    path = write(
+        tmp_path / "list.csv",
+        [
+            ["Ann@Example.org", "Ann", "science|Culture", "daily"],
+            ["not-an-address", "X", "", ""],
+            ["bob@example.org", "Bob", "astrology", ""],
+            ["cat@example.org", "Cat", "", "hourly"],
+            ["ann@example.ORG", "Ann again", "", ""],
+            ["dan@example.org", "Dan", "", ""],
+        ],
+    )
+    report = import_csv(session, path, "weekly", confirmed=True)
+    assert (report.added, report.already, report.invalid) == (2, 1, 3)
+    assert report.invalid_lines == [3, 4, 5]
+    assert [(r["line"], r["email"]) for r in rejects(report.rejects_path)] == [
+        ("3", "not-an-address"),
+        ("4", "bob@example.org"),
+        ("5", "cat@example.org"),
+    ]
+    reasons = [r["reason"] for r in rejects(report.rejects_path)]
+    assert "not valid" in reasons[0] and "astrology" in reasons[1] and "daily" in reasons[2]
+
+    ann = session.scalars(
+        select(Subscription).join(Subscriber).where(Subscriber.email_key == "ann@example.org")
+    ).one()
+    assert ann.status is Status.ACTIVE and ann.frequency.value == "daily"
+    assert sorted(t.slug for t in ann.topics) == ["culture", "science"]
+    assert ann.consent_source == "import:list.csv" and ann.confirmed_at is not None
+    event = session.scalars(
+        select(SubscriptionEvent).where(SubscriptionEvent.subscription_id == ann.id)
+    ).one()
+    assert (event.old_status, event.new_status, event.source) == (None, "active", "import:list.csv")
+    assert count(session, Notification) == 0
+
+
+def test_import_without_confirmed_queues_one_confirm_notice_per_new_reader(
+    session, newsletter, tmp_path
+):
+    path = write(tmp_path / "optin.csv", [[f"r{i}@example.org", "", "", ""] for i in range(5)])
+    sent: list[int] = []
+    report = import_csv(session, path, "weekly", chunk_size=2, after_commit=sent.extend)
+    assert report.added == 5
+    assert count(session, Subscription, Subscription.status == Status.PENDING) == 5
+    notes = session.scalars(select(Notification.id).where(Notification.kind == "confirm")).all()
+    assert sorted(sent) == sorted(notes) and len(notes) == 5
+
+    again = import_csv(session, path, "weekly", after_commit=sent.extend)
+    assert (again.added, again.already) == (0, 5)
+    assert count(session, Notification) == 5, "a rerun must not mail anyone twice"
+
+
+def test_import_never_resubscribes_a_reader_who_left_nor_a_suppressed_address(
+    session, newsletter, tmp_path
+):
+    out = subs.subscribe(session, email="left@x.org", newsletter="weekly", confirmed=True)
+    sub = session.get(Subscription, out.subscription_id)
+    subs.change_status(session, sub, Status.UNSUBSCRIBED, source="test")
+    subs.suppress(session, "blocked@x.org", "complaint")
+    pending = subs.subscribe(session, email="pending@x.org", newsletter="weekly")
+    session.commit()
+    path = write(
+        tmp_path / "old.csv",
+        [[email, "", "", ""] for email in ("left@x.org", "blocked@x.org", "pending@x.org")],
+    )
+    report = import_csv(session, path, "weekly", confirmed=True)
+    assert (report.added, report.ended, report.suppressed, report.confirmed) == (0, 1, 1, 1)
+    session.expire_all()
+    assert session.get(Subscription, sub.id).status is Status.UNSUBSCRIBED
+    assert session.get(Subscription, pending.subscription_id).status is Status.ACTIVE
+    assert count(session, Subscriber, Subscriber.email_key == "blocked@x.org") == 0
+    assert {r["email"] for r in rejects(report.rejects_path)} == {"left@x.org", "blocked@x.org"}
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_a_crash_mid_import_leaves_whole_chunks_and_the_rerun_finishes_with_right_counts(
+    session, newsletter, tmp_path
+):
+    rows = []
+    for i in range(3000):
+        email = "broken-address" if i % 400 == 7 else f"reader{i}@example.org"
+        rows.append([email, "", "science" if i % 2 else "", ""])
+    rows.append(["reader5@EXAMPLE.org", "", "", ""])  # the same reader twice
+    path = write(tmp_path / "big.csv", rows)
+    chunk, crash_line = 500, 1800
+
+    def crash(line: int) -> None:
+        if line == crash_line:
+            raise Crash("the power went out")
+
+    with pytest.raises(Crash):
+        import_csv(session, path, "weekly", confirmed=True, chunk_size=chunk, on_row=crash)
+
+    valid_before = sum(1 for i in range(crash_line - 2) if i % 400 != 7)
+    stored = count(session, Subscription)
+    assert stored == (valid_before // chunk) * chunk and stored > 0
+    assert count(session, Subscriber) == stored
+    assert count(session, SubscriptionEvent) == stored
+    with_topics = session.scalar(
+        select(func.count(func.distinct(SubscriptionTopic.subscription_id)))
+    )
+    first_stored = [i for i in range(3000) if i % 400 != 7][:stored]
+    assert with_topics == sum(1 for i in first_stored if i % 2)
+
+    report = import_csv(session, path, "weekly", confirmed=True, chunk_size=chunk)
+    invalid = sum(1 for i in range(3000) if i % 400 == 7)
+    assert report.invalid == invalid
+    assert report.already == stored + 1
+    assert report.added == 3000 - invalid - stored
+    assert count(session, Subscription) == 3000 - invalid
+    assert count(session, SubscriptionEvent) == 3000 - invalid
+
+
+def test_cli_import_prints_a_summary_and_refuses_a_file_without_email_column(
+    settings, newsletter, session, tmp_path
+):
+    good = write(tmp_path / "good.csv", [["a@example.org", "A", "", ""], ["oops", "", "", ""]])
+    result = CliRunner().invoke(main, ["subscribers", "import", str(good), "--confirmed"])
+    assert result.exit_code == 0, result.output
+    assert "added" in result.output and "invalid lines: 3" in result.output
+    assert "good.rejects.csv" in result.output
+
+    bad = write(tmp_path / "bad.csv", [["a@example.org"]], header=("mail",))
+    result = CliRunner().invoke(main, ["subscribers", "import", str(bad), "--newsletter", "weekly"])
+    assert result.exit_code == 1 and "no 'email' column" in result.output
+    assert count(session, Subscription) == 1
+
+
+def test_cli_import_needs_a_newsletter_when_there_are_several(
+    settings, newsletter, session, tmp_path
+):
+    subs.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
+    session.commit()
+    path = write(tmp_path / "x.csv", [["a@example.org", "", "", ""]])
+    result = CliRunner().invoke(main, ["subscribers", "import", str(path)])
+    assert result.exit_code == 2 and "--newsletter" in result.output
+    assert count(session, Subscription) == 0
