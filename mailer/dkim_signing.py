@@ -5,8 +5,10 @@ cannot be shared across a variant: it is paid once per message. The key is
 read and checked once, when the signer is built, so a bad key fails at
 start-up rather than on the first send, and per message only the hashing and
 the RSA operation remain. dkimpy does RSA in pure Python: with a 2048-bit
-key that is several milliseconds per message (see the report in
-tests/unit/test_dkim_signing.py), which the throughput budget has to carry.
+key that measured about 7 ms per message on these machines (two 1024-bit
+modular exponentiations under CRT are ~6 ms of it; hashing a 45-140 KB body
+adds 1-5 ms), which the throughput budget has to carry: roughly 100-140
+signed messages a second per core, before SMTP.
 
 The header list is our own, not dkimpy's default: that leaves out
 List-Unsubscribe-Post, and a one-click unsubscribe header a relay could strip
