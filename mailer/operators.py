@@ -22,7 +22,7 @@ import base64
 import binascii
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -673,11 +673,6 @@ def bounce_rate(counts: dict[str, int]) -> float | None:
     return counts.get("failed", 0) / answered if answered else None
 
 
-@dataclass
-class _Tally:
-    by_status: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
-
-
 def stats(
     session: Session, slug: str | None = None, *, editions: int = 5, now: datetime | None = None
 ) -> list[NewsletterStats]:
@@ -690,13 +685,13 @@ def stats(
     now = now or utcnow()
     nls = [newsletter(session, slug)] if slug is not None else list(list_newsletters(session))
     ids = [nl.id for nl in nls]
-    tally = _Tally()
+    by_status: dict[int, dict[str, int]] = defaultdict(dict)
     for nl_id, status, n in session.execute(
         select(Subscription.newsletter_id, Subscription.status, func.count())
         .where(Subscription.newsletter_id.in_(ids))
         .group_by(Subscription.newsletter_id, Subscription.status)
     ):
-        tally.by_status[nl_id][Status(status).value] = n
+        by_status[nl_id][Status(status).value] = n
     growth: dict[int, _Growth] = defaultdict(_Growth)
     month_ago, week_ago = now - timedelta(days=30), now - timedelta(days=7)
     became_active = (
@@ -740,7 +735,7 @@ def stats(
                 newsletter=nl.slug,
                 name=nl.name,
                 paused=nl.paused,
-                by_status={s.value: tally.by_status[nl.id].get(s.value, 0) for s in Status},
+                by_status={s.value: by_status[nl.id].get(s.value, 0) for s in Status},
                 new_active_7d=growth[nl.id].week,
                 new_active_30d=growth[nl.id].month,
                 editions=[

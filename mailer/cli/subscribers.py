@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session
@@ -46,7 +46,15 @@ def list_(
         page = ops.list_subscribers(
             session, _filter(newsletter, status, contains), cursor=cursor, limit=limit
         )
-        table = Table("id", "email", "newsletter", "status", "frequency", "topics", "since")
+        table = Table(
+            "id",
+            Column("email", no_wrap=True),
+            "newsletter",
+            "status",
+            "frequency",
+            "topics",
+            "since",
+        )
         for reader in page.items:
             for sub in reader.subscriptions or []:
                 table.add_row(

@@ -188,3 +188,50 @@ def test_cli_import_needs_a_newsletter_when_there_are_several(
     result = CliRunner().invoke(main, ["subscribers", "import", str(path)])
     assert result.exit_code == 2 and "--newsletter" in result.output
     assert count(session, Subscription) == 0
+
+
+def test_cli_export_csv_reimports_into_another_newsletter_and_list_shows_it(
+    settings, newsletter, session, tmp_path
+):
+    daily = subs.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
+    subs.ensure_topic(session, daily, "Science")
+    subs.ensure_topic(session, daily, "Culture")
+    session.commit()
+    path = write(tmp_path / "in.csv", [["a@example.org", "", "science;culture", "daily"]])
+    first = ["subscribers", "import", str(path), "--newsletter", "weekly", "--confirmed"]
+    assert CliRunner().invoke(main, first).exit_code == 0
+    exported = tmp_path / "out.csv"
+    result = CliRunner().invoke(
+        main, ["subscribers", "export", "--newsletter", "weekly", "-o", str(exported)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = rejects(exported)
+    assert [(r["email"], r["topics"], r["frequency"], r["source"]) for r in rows] == [
+        ("a@example.org", "culture;science", "daily", "import:in.csv")
+    ]
+    back = CliRunner().invoke(
+        main, ["subscribers", "import", str(exported), "--newsletter", "daily"]
+    )
+    assert back.exit_code == 0, back.output
+    assert count(session, Subscription, Subscription.status == Status.PENDING) == 1
+
+    listed = CliRunner().invoke(
+        main, ["subscribers", "list", "--status", "pending"], terminal_width=200
+    )
+    assert "a@example.org" in listed.output and "daily" in listed.output
+
+
+def test_cli_set_status_is_audited_and_refuses_a_bad_transition(settings, newsletter, session):
+    subs.subscribe(session, email="a@example.org", newsletter="weekly", confirmed=True)
+    session.commit()
+    ok = CliRunner().invoke(
+        main,
+        ["subscribers", "set-status", "a@example.org", "unsubscribed", "--newsletter", "weekly"],
+    )
+    assert ok.exit_code == 0 and "now unsubscribed" in ok.output
+    assert count(session, SubscriptionEvent, SubscriptionEvent.source == "operator") == 1
+    bad = CliRunner().invoke(
+        main, ["subscribers", "set-status", "a@example.org", "bounced", "--newsletter", "weekly"]
+    )
+    assert bad.exit_code == 1 and "cannot go from unsubscribed to bounced" in bad.output
+    assert count(session, SubscriptionEvent, SubscriptionEvent.source == "operator") == 1
