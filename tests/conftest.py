@@ -35,6 +35,8 @@ os.environ.update(
         "MAILER_API_TOKEN": "test-api-token",
         "MAILER_DATA_DIR": str(_DATA),
         "MAILER_DATABASE_URL": f"sqlite:///{_DATA}/default.db",
+        # rich sizes its tables to the terminal; tests read them whole whatever runs them
+        "COLUMNS": "200",
     }
 )
 
