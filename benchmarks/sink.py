@@ -11,6 +11,7 @@ measures; the parent talks to it over a pipe (`total`, `counts`, `reset`).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import threading
 from collections import Counter
@@ -97,10 +98,8 @@ class SinkProcess:
 
     def stop(self) -> None:
         if self._proc.is_alive():
-            try:
+            with contextlib.suppress(EOFError, OSError):
                 self._ask("stop")
-            except (EOFError, OSError):
-                pass
             self._proc.join(timeout=10)
         if self._proc.is_alive():
             self._proc.kill()
