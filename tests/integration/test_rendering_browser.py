@@ -115,14 +115,7 @@ def test_no_mail_scrolls_sideways_on_a_phone_or_a_desktop(browser, mails, kind):
     [
         "confirm",
         "welcome",
-        pytest.param(
-            "digest",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="templates/email/digest/body.html: article <img> has no height "
-                "(the digest engineer's file)",
-            ),
-        ),
+        "digest",
     ],
 )
 def test_every_image_says_its_size_and_has_alt_text(browser, mails, kind):
