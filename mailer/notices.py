@@ -53,7 +53,7 @@ def build_notice(
         "confirm_url": links.confirm(sub),
         "confirm_days": max(1, settings.confirm_max_age // 86400),
         "preferences_url": links.preferences(sub),
-        "unsubscribe_url": unsubscribe if note.kind != "confirm" else "",
+        "unsubscribe_url": unsubscribe,
         "frequency": sub.frequency.value,
         "topics": [t.name for t in sub.topics],
     }
@@ -66,10 +66,9 @@ def build_notice(
         list_id=list_id(nl, settings),
         list_unsubscribe_mailto=unsubscribe_mailto(nl, settings),
     )
-    # A confirm mail goes to someone not yet on the list: no unsubscribe header.
-    data, message_id = template.build(
-        sub.subscriber.email, unsubscribe_url=unsubscribe if note.kind != "confirm" else None
-    )
+    # Every mail can be refused in one click, the confirm mail too: for someone who
+    # never asked, "never mail me" is the answer they need.
+    data, message_id = template.build(sub.subscriber.email, unsubscribe_url=unsubscribe)
     return sub, data, message_id
 
 
