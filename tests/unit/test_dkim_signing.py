@@ -168,3 +168,21 @@ def test_keygen_writes_a_private_key_only_we_can_read_and_prints_a_record_that_v
 
     again = CliRunner().invoke(main, ["dkim", "keygen", "--selector", "sel", "--out", str(out)])
     assert again.exit_code != 0 and "refusing to overwrite" in again.output
+
+
+def test_openssl_signing_step_matches_dkimpys_own_byte_for_byte(key_path):
+    """The RSA step runs in OpenSSL for speed; PKCS#1 v1.5 is deterministic, so the
+    signature must equal dkimpy's pure-Python one exactly."""
+    import hashlib
+
+    import dkim
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign as pure_python
+    from dkim.crypto import parse_pem_private_key
+
+    from mailer import dkim_signing
+
+    assert isinstance(dkim.RSASSA_PKCS1_v1_5_sign, dkim_signing._OpenSSLRSA)
+    pk = parse_pem_private_key(key_path.read_bytes())
+    for algorithm in (hashlib.sha256, hashlib.sha1):
+        digest = algorithm(b"a digest to sign")
+        assert bytes(dkim.RSASSA_PKCS1_v1_5_sign(digest, pk)) == bytes(pure_python(digest, pk))
