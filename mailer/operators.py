@@ -860,8 +860,13 @@ def _edition_out(digest: Digest, slug: str, counts: dict[str, int]) -> EditionOu
     )
 
 
+# Edition ids are PostgreSQL `integer`: a larger number names no row (and must not reach
+# the database, which would refuse the parameter rather than find nothing).
+EDITION_ID_MAX = 2**31 - 1
+
+
 def find_edition(session: Session, digest_id: int) -> Digest:
-    found = session.get(Digest, digest_id)
+    found = session.get(Digest, digest_id) if 0 < digest_id <= EDITION_ID_MAX else None
     if found is None:
         raise NotFound(f"There is no edition {digest_id}.")
     return found
@@ -925,12 +930,11 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
     the queue since (a worker died mid-batch); a finished edition is refused.
     """
     now = now or utcnow()
+    find_edition(session, digest_id)
     query = select(Digest).where(Digest.id == digest_id)
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()  # waits for a prepare in progress to commit
-    digest = session.scalars(query).one_or_none()
-    if digest is None:
-        raise NotFound(f"There is no edition {digest_id}.")
+    digest = session.scalars(query.execution_options(populate_existing=True)).one()
     if digest.status == "done":
         raise Conflict(f"Edition {digest_id} has finished sending; there is nothing to cancel.")
 

@@ -1,4 +1,4 @@
-"""`mailer digest preview|send|status|test`: the operator's handles on editions."""
+"""`mailer digest preview|send|status|test|cancel`: the operator's handles on editions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
-from mailer import delivery, digests
+from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.db import session_scope
 from mailer.links import Links
@@ -193,7 +193,20 @@ def status(digest_id: int | None) -> None:
                 console.print(f"  {state.value}: {reply}")
 
 
-STATUS_COLUMNS = [s.value for s in DeliveryStatus if s is not DeliveryStatus.CANCELLED]
+STATUS_COLUMNS = [s.value for s in DeliveryStatus]
+
+
+@digest.command()
+@click.argument("digest_id", type=int)
+def cancel(digest_id: int) -> None:
+    """Stop an edition: waiting mail is not sent; mail already going out finishes."""
+    with domain_session() as session:
+        report = operators.cancel_edition(session, digest_id)
+    console.print(
+        f"edition {digest_id} cancelled: {report.cancelled} delivery(ies) stopped, "
+        f"{report.released} reader(s) get those articles next time, "
+        f"{report.still_sending} still finishing"
+    )
 
 
 @digest.command()

@@ -88,6 +88,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import api_bounces
 
     app.include_router(api_bounces.router)
+    from mailer.web import api_editions
+
+    app.include_router(api_editions.router)
     from mailer.web import digest_view
 
     app.include_router(digest_view.router)
