@@ -31,7 +31,20 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
 from typing import Any
 
-from sqlalchemy import Table, and_, func, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from mailer import digests
@@ -349,6 +362,113 @@ def _mark_unknown(
     )
 
 
+# -- the per-message writes ----------------------------------------------------------------
+
+
+@dataclass
+class _Sent:
+    """A 250 not yet written: it goes out with the next message's in-flight marker."""
+
+    row: Claimed
+    lease_until: datetime
+    reply: Reply
+
+
+def _mark_statement() -> Any:
+    """One UPDATE that records the previous message's 250 and marks the next in flight.
+
+    Both rows are matched only while still ours (sending, same lease), and
+    RETURNING says which were, so a lost lease is noticed for either. An id
+    of -1 stands for "no such row" (the first message, or the last flush).
+    """
+    c = DELIVERY.c
+    is_prev = c.id == bindparam("prev_id")
+
+    def when_prev(value: Any, column: Any) -> Any:
+        return case((is_prev, value), else_=column)
+
+    return (
+        update(DELIVERY)
+        .where(
+            c.status == DeliveryStatus.SENDING,
+            or_(
+                and_(c.id == bindparam("prev_id"), c.lease_until == bindparam("prev_lease")),
+                and_(c.id == bindparam("next_id"), c.lease_until == bindparam("next_lease")),
+            ),
+        )
+        .values(
+            status=when_prev(literal(DeliveryStatus.SENT, type_=c.status.type), c.status),
+            smtp_code=when_prev(bindparam("code", type_=c.smtp_code.type), c.smtp_code),
+            smtp_reply=when_prev(bindparam("reply", type_=c.smtp_reply.type), c.smtp_reply),
+            message_id=when_prev(c.message_id, bindparam("message_id", type_=c.message_id.type)),
+            lease_until=when_prev(null(), c.lease_until),
+            sent_at=when_prev(bindparam("now", type_=c.sent_at.type), c.sent_at),
+            next_attempt_at=when_prev(null(), c.next_attempt_at),
+            updated_at=bindparam("now", type_=c.updated_at.type),
+        )
+        .returning(c.id)
+    )
+
+
+class _Marks:
+    """The per-message state writes, one statement and one round trip each.
+
+    On PostgreSQL they go over a connection of their own in autocommit with
+    `synchronous_commit` off: each statement is its own transaction, and a
+    commit no longer waits for the WAL flush (that wait was most of a send).
+    A worker killed with SIGKILL still loses nothing the server acknowledged;
+    only a crash of the PostgreSQL server itself could lose the last fraction
+    of a second of these writes, and what that brings back is rows found in
+    `sending` again, i.e. a resend of those messages (duplicates), never a
+    lost one. Elsewhere (SQLite) they go through the session, as before.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.conn: Connection | None = None
+        self.stmt = _mark_statement()
+        bind = session.get_bind()
+        if bind.dialect.name == "postgresql":
+            engine = bind if isinstance(bind, Engine) else bind.engine
+            self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
+
+    def write(
+        self,
+        sent: _Sent | None,
+        row: Claimed | None,
+        lease_until: datetime | None,
+        message_id: str | None,
+        now: datetime,
+    ) -> set[int]:
+        """Record `sent` and mark `row` in flight, atomically; the ids still ours."""
+        params = {
+            "prev_id": sent.row.delivery_id if sent else -1,
+            "prev_lease": sent.lease_until if sent else now,
+            "code": sent.reply.code if sent else None,
+            "reply": f"{sent.reply.code} {sent.reply.text}"[:2000] if sent else None,
+            "next_id": row.delivery_id if row else -1,
+            "next_lease": lease_until or now,
+            "message_id": message_id,
+            "now": now,
+        }
+        if self.conn is not None:
+            return set(self.conn.execute(self.stmt, params).scalars())
+        ids = set(self.session.execute(self.stmt, params).scalars())
+        self.session.commit()
+        return ids
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.exec_driver_sql("RESET synchronous_commit")
+        except Exception:  # a broken connection must not go back to the pool
+            self.conn.invalidate()
+        finally:
+            self.conn.close()
+
+
 # -- sending -------------------------------------------------------------------------------------
 
 
@@ -388,6 +508,7 @@ def send_range(
     templates: dict[int, MessageTemplate] = {}
     cursor: int | None = None
     conn: smtplib.SMTP | None = None
+    marks = _Marks(session)
     try:
         while True:
             lease_until, rows = claim(
@@ -418,11 +539,13 @@ def send_range(
                 templates[vid] = message_template(
                     settings, nl, variant.subject, variant.html, variant.text
                 )
+            session.commit()  # no transaction left open while the chunk goes out
             conn = _send_rows(
                 session, settings, digest_id, rows, lease_until, templates, links, sender,
-                conn, open_conn, limiter, result, clock,
+                conn, open_conn, limiter, result, clock, marks,
             )  # fmt: skip
     finally:
+        marks.close()
         if conn is not None:
             close(conn)
     return result
@@ -442,8 +565,10 @@ def _send_rows(
     limiter: Limiter,
     result: BatchResult,
     clock: Callable[[], datetime],
+    marks: _Marks,
 ) -> smtplib.SMTP | None:
     claimed_at = time.monotonic()
+    sent: _Sent | None = None
     for index, row in enumerate(rows):
         if time.monotonic() - claimed_at > settings.send_lease / 2:
             lease_until = _renew(session, rows[index:], lease_until, settings.send_lease, clock())
@@ -452,14 +577,11 @@ def _send_rows(
         message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
         data = personalise(template, links, row.subscription, row.email, message_id)
         limiter.acquire()
-        # This commit also carries the previous row's reply (flushed by record()).
-        in_flight = session.execute(
-            update(DELIVERY)
-            .where(_ours(row.delivery_id, lease_until))
-            .values(message_id=message_id, updated_at=clock())
-        ).rowcount  # type: ignore[attr-defined]
-        session.commit()
-        if not in_flight:
+        # The previous row's 250 and this row's in-flight marker, in one commit.
+        ours = marks.write(sent, row, lease_until, message_id, clock())
+        _settle(sent, ours, result)
+        sent = None
+        if row.delivery_id not in ours:
             result.lost_lease += 1
             continue
         try:
@@ -471,7 +593,14 @@ def _send_rows(
             session.commit()
             close(conn)
             raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
-        record(session, settings, digest_id, row, lease_until, reply, message_id, result, clock())
+        if reply.ok:
+            sent = _Sent(row, lease_until, reply)
+        else:
+            # Rare, and may touch the subscription and the suppression list: the session.
+            record(
+                session, settings, digest_id, row, lease_until, reply, message_id, result, clock()
+            )
+            session.commit()
         if reply.code == 421:
             # The server is closing the connection (smtplib already has): open another.
             session.commit()
@@ -482,8 +611,23 @@ def _send_rows(
                 _hand_back(session, rows[index + 1 :], lease_until, clock())
                 session.commit()
                 raise TemporaryFailure(str(exc)) from exc
+    if sent is not None:
+        _settle(sent, marks.write(sent, None, None, None, clock()), result)
     session.commit()
     return conn
+
+
+def _settle(sent: _Sent | None, ours: set[int], result: BatchResult) -> None:
+    """Count a 250 once its write is in, as record() does for the other replies."""
+    if sent is None:
+        return
+    result.sent += 1
+    if sent.row.delivery_id in ours:
+        result.replies.append((sent.row.delivery_id, sent.reply.code))
+    else:
+        # Our lease ran out and someone else owns the row now; theirs is the record.
+        result.lost_lease += 1
+        log.warning("delivery %s: lease lost before the reply was recorded", sent.row.delivery_id)
 
 
 def _renew(
