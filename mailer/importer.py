@@ -114,6 +114,19 @@ def _lines(binary: IO[bytes], read: list[int]) -> Iterator[str]:
         yield line
 
 
+def _readable(reader: Any) -> Iterator[list[str] | csv.Error]:
+    """The CSV rows, with a line the csv module refuses (a field over its 128 KiB
+    limit, say) handed on as its error, so it is refused on record and the
+    import goes on with the next line instead of stopping with a traceback."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
+
+
 def split_topics(value: str) -> list[str]:
     for sep in TOPIC_SEPARATORS[1:]:
         value = value.replace(sep, TOPIC_SEPARATORS[0])
@@ -557,7 +570,10 @@ class Importer:
         rejects_path = rejects_path or rejects_path_for(path)
         with path.open("rb") as binary:
             reader = csv.reader(_lines(binary, read))
-            header = next(reader, None)
+            try:
+                header = next(reader, None)
+            except csv.Error as exc:
+                raise ImportFileError(f"The header row can't be read as CSV: {exc}.") from exc
             columns = _columns(header)
             rejects_path.unlink(missing_ok=True)  # a rerun reports afresh
             rejects = _Rejects(rejects_path, list(header or []))
@@ -577,7 +593,14 @@ class Importer:
                 with Session(bind=self.session.get_bind()) as lookups:
                     self.lookups = lookups
                     pending: list[_Row] = []
-                    for raw in reader:
+                    for raw in _readable(reader):
+                        if isinstance(raw, csv.Error):  # e.g. a field over the size limit
+                            report.rows += 1
+                            report.invalid += 1
+                            if len(report.invalid_lines) < KEEP_LINES:
+                                report.invalid_lines.append(reader.line_num)
+                            rejects.write(reader.line_num, [], f"unreadable CSV: {raw}")
+                            continue
                         if not raw or not any(c.strip() for c in raw):
                             continue
                         line = reader.line_num

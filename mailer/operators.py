@@ -254,11 +254,24 @@ def subscriber_out(subscriber: Subscriber) -> SubscriberOut:
     )
 
 
+MAX_ID = 2**31 - 1  # ids are PostgreSQL `integer`: a larger one names no row
+
+
+def parse_id(text: str) -> int | None:
+    """An id as written in a URL: ASCII digits only ("²" is a digit to str.isdigit
+    but not to int()), within the column's range; anything else is None."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if number <= MAX_ID else None
+
+
 def find_subscriber(session: Session, ref: str) -> Subscriber:
     """By id (all digits) or by address; ids keep addresses out of URLs and access logs."""
     ref = ref.strip()
     if ref.isdigit():
-        found = session.get(Subscriber, int(ref))
+        number = parse_id(ref)
+        found = session.get(Subscriber, number) if number is not None else None
     else:
         found = session.scalar(select(Subscriber).where(Subscriber.email_key == address_key(ref)))
     if found is None:
@@ -274,9 +287,10 @@ def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         prefix, _, number = raw.partition(":")
-        if prefix != "s1" or not number.isdigit():
+        last_id = parse_id(number)
+        if prefix != "s1" or last_id is None:
             raise ValueError(raw)
-        return int(number)
+        return last_id
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise Invalid(
             "cursor", "The cursor is not one this API gave out; start without one."

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from mailer import logs
 from mailer.config import Settings, get_settings
@@ -76,6 +76,24 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             headers={"Retry-After": "10"},
         )
 
+    @app.exception_handler(DataError)
+    async def unusable_value(request: Request, exc: Exception) -> Response:
+        # A value PostgreSQL refuses (a NUL character, an id past `integer`) is the
+        # caller's mistake, not an outage: 422 in FastAPI's shape, not 503.
+        log.info("refused a value the database can't use: %s", type(exc).__name__)
+        return JSONResponse(
+            {
+                "detail": [
+                    {
+                        "loc": ["request"],
+                        "msg": "A value can't be used: a number out of range or a NUL character.",
+                        "type": "value_error",
+                    }
+                ]
+            },
+            status_code=422,
+        )
+
     from mailer.web import reader
 
     app.include_router(reader.router)
@@ -94,6 +112,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import digest_view
 
     app.include_router(digest_view.router)
+    from mailer.web import admin
+
+    app.include_router(admin.router)
     if settings.uses_sink:
         from mailer.web import outbox
 

@@ -11,16 +11,21 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
 
 from mailer.digests import DigestError, public_html
+from mailer.operators import MAX_ID
 from mailer.web.deps import SessionDep, SettingsDep
 
 router = APIRouter()
 
 
-@router.get("/digest/{digest_id}", response_class=HTMLResponse)
+@router.get(
+    "/digest/{digest_id}",
+    response_class=HTMLResponse,
+    responses={404: {"description": "No such edition or variant"}},
+)
 def view_digest(
     digest_id: int, session: SessionDep, settings: SettingsDep, v: str | None = None
 ) -> HTMLResponse:
-    if v is not None and (len(v) > 64 or not v.isalnum()):
+    if not 0 < digest_id <= MAX_ID or (v is not None and (len(v) > 64 or not v.isalnum())):
         raise HTTPException(status_code=404, detail="There is no such edition.")
     try:
         page = public_html(session, settings, digest_id, v)
