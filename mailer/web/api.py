@@ -69,6 +69,7 @@ router = APIRouter(
     route_class=OperatorRoute,
     tags=["operator"],
     responses={
+        400: {"description": "The body is not valid JSON"},
         401: {"description": "Missing or wrong API token"},
         422: {"description": "A field is wrong; `detail[0].loc` names it"},
     },
@@ -259,7 +260,7 @@ class StatusIn(BaseModel):
     detail: str | None = Field(None, max_length=500, description="why, for the audit record")
 
 
-@router.get("/subscribers", response_model=SubscriberPage)
+@router.get("/subscribers", response_model=SubscriberPage, responses=NOT_FOUND)
 def list_subscribers(
     session: SessionDep,
     newsletter: Annotated[str | None, Query(description="newsletter slug")] = None,

@@ -24,7 +24,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from mailer import articles
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
-router = APIRouter(prefix="/api", tags=["articles"], dependencies=[APIAuth])
+router = APIRouter(
+    prefix="/api",
+    tags=["articles"],
+    dependencies=[APIAuth],
+    responses={
+        400: {"description": "The body is not valid JSON"},
+        401: {"description": "Missing or wrong API token"},
+        413: {"description": "The body is too large"},
+    },
+)
 
 MAX_ITEMS = 500
 

@@ -25,7 +25,16 @@ from starlette.concurrency import run_in_threadpool
 from mailer import bounces
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
-router = APIRouter(prefix="/api", tags=["bounces"], dependencies=[APIAuth])
+router = APIRouter(
+    prefix="/api",
+    tags=["bounces"],
+    dependencies=[APIAuth],
+    responses={
+        401: {"description": "Missing or wrong API token"},
+        413: {"description": "The report is too large"},
+        422: {"description": "JSON that is not a bounce or complaint"},
+    },
+)
 
 MAX_BODY = 5 * 1024 * 1024
 

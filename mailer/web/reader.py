@@ -37,6 +37,15 @@ ACCEPTED = (
 )
 MAX_BODY = 16 * 1024
 
+# What the pages answer besides 200, so the OpenAPI schema tells the whole truth.
+HTML: dict[str, dict[str, Any]] = {"text/html": {}}
+BAD_LINK: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The link is tampered, expired or no longer valid", "content": HTML}
+}
+NO_NEWSLETTER: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such newsletter", "content": HTML}
+}
+
 
 class SubscribeIn(BaseModel):
     email: str
@@ -103,7 +112,7 @@ def _newsletter_or_404(session: Session, request: Request, slug: str) -> Newslet
         return _error(request, 404, str(exc))
 
 
-@router.get("/subscribe/{newsletter}", response_class=HTMLResponse)
+@router.get("/subscribe/{newsletter}", response_class=HTMLResponse, responses=NO_NEWSLETTER)
 def subscribe_form(newsletter: str, request: Request, session: SessionDep) -> Response:
     nl = _newsletter_or_404(session, request, newsletter)
     if isinstance(nl, Response):
@@ -111,7 +120,27 @@ def subscribe_form(newsletter: str, request: Request, session: SessionDep) -> Re
     return page(request, "subscribe.html", newsletter=nl, topics=nl.topics)
 
 
-@router.post("/subscribe", status_code=202)
+@router.post(
+    "/subscribe",
+    status_code=202,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": SubscribeIn.model_json_schema()},
+                "application/x-www-form-urlencoded": {"schema": SubscribeIn.model_json_schema()},
+            }
+        }
+    },
+    responses={
+        202: {"description": "Accepted", "content": {"application/json": {}, **HTML}},
+        400: {"description": "The body can't be read", "content": {"application/json": {}, **HTML}},
+        404: {"description": "No such newsletter", "content": {"application/json": {}, **HTML}},
+        413: {"description": "The body is too large"},
+        422: {"description": "A field is wrong", "content": {"application/json": {}, **HTML}},
+        429: {"description": "Too many requests", "content": {"application/json": {}, **HTML}},
+        503: {"description": "Briefly unavailable", "content": {"application/json": {}, **HTML}},
+    },
+)
 async def subscribe(
     request: Request, session: SessionDep, settings: SettingsDep, ip: IPDep
 ) -> Response:
@@ -181,7 +210,7 @@ def _bad_link(request: Request, exc: TokenError) -> Response:
     return message_page(request, "This link can't be used", exc.reason, 400)
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse)
+@router.get("/confirm/{token}", response_class=HTMLResponse, responses=BAD_LINK)
 def confirm_page(token: str, request: Request, session: SessionDep, tokens: TokensDep) -> Response:
     try:
         sub = subscriptions.subscription_for_token(session, tokens, Purpose.CONFIRM, token)
@@ -203,7 +232,7 @@ def confirm_page(token: str, request: Request, session: SessionDep, tokens: Toke
     )
 
 
-@router.post("/confirm/{token}", response_class=HTMLResponse)
+@router.post("/confirm/{token}", response_class=HTMLResponse, responses=BAD_LINK)
 def confirm(
     token: str, request: Request, session: SessionDep, tokens: TokensDep, ip: IPDep
 ) -> Response:
@@ -222,7 +251,7 @@ def confirm(
     )
 
 
-@router.get("/unsubscribe/{token}", response_class=HTMLResponse)
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=BAD_LINK)
 def unsubscribe_page(
     token: str, request: Request, session: SessionDep, tokens: TokensDep
 ) -> Response:
@@ -242,7 +271,7 @@ def unsubscribe_page(
     )
 
 
-@router.post("/unsubscribe/{token}", response_class=HTMLResponse)
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse, responses=BAD_LINK)
 def unsubscribe(
     token: str, request: Request, session: SessionDep, tokens: TokensDep, ip: IPDep
 ) -> Response:
@@ -268,7 +297,7 @@ def _unsubscribed_page(request: Request, sub: Subscription) -> Response:
     )
 
 
-@router.get("/preferences/{token}", response_class=HTMLResponse)
+@router.get("/preferences/{token}", response_class=HTMLResponse, responses=BAD_LINK)
 def preferences_page(
     token: str, request: Request, session: SessionDep, tokens: TokensDep
 ) -> Response:
@@ -295,7 +324,7 @@ def _preferences(
     )
 
 
-@router.post("/preferences/{token}", response_class=HTMLResponse)
+@router.post("/preferences/{token}", response_class=HTMLResponse, responses=BAD_LINK)
 def save_preferences(
     token: str,
     request: Request,
