@@ -1,0 +1,462 @@
+"""/admin: a small operator page over the same functions as the API and the CLI.
+
+Server-rendered, no JavaScript (the app's CSP allows no inline script). The
+operator logs in with the API token; the page then holds a session cookie:
+
+- signed with itsdangerous (the app's secret, salt "mailer.admin") and
+  expiring after `SESSION_MAX_AGE`; it carries a random session id and a tag
+  of the API token, so rotating the token logs every session out;
+- HttpOnly, SameSite=Strict, path /admin, and Secure when the public
+  address is https.
+
+Every POST but the login carries a CSRF token in a hidden field: an HMAC of
+the session cookie, so it is per session and needs no server-side state. A
+POST without it or with a wrong one is refused with 403 before anything is
+touched. The login form has none: it carries the API token itself, which a
+forger does not have (and with one operator account there is no one else
+to log the victim in as).
+
+The digest preview is served to an iframe on the preview page; that one
+route says `frame-ancestors 'self'` and sandboxes the mail's HTML, every
+other page keeps the app's `frame-ancestors 'none'`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy.orm import Session
+
+from mailer import operators as ops
+from mailer import tasks
+from mailer.config import Settings
+from mailer.models import DeliveryStatus, Frequency
+from mailer.web.api_editions import get_renderer
+from mailer.web.deps import SessionDep, SettingsDep
+from mailer.web.pages import page
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+COOKIE = "mailer_admin"
+SALT = "mailer.admin"
+SESSION_MAX_AGE = 8 * 3600  # a working day; then the token is asked for again
+EDITIONS_SHOWN = 5
+DELIVERIES_PER_PAGE = 100
+
+# The mail's own HTML inside the preview frame: images and inline styles only, sandboxed
+# even if opened directly, and framed by our own pages alone.
+PREVIEW_FRAME_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
+        "font-src https: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'; "
+        "sandbox allow-popups allow-popups-to-escape-sandbox"
+    ),
+    "X-Frame-Options": "SAMEORIGIN",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class AdminSession:
+    cookie: str
+    csrf: str
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.secret(), salt=SALT)
+
+
+def _mac(settings: Settings, purpose: str, value: str) -> str:
+    key = settings.secret().encode()
+    return hmac.new(key, f"{SALT}.{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def _token_tag(request: Request) -> str:
+    """Which API token the session was opened with, without keeping the token itself."""
+    return _mac(request.app.state.settings, "token", request.app.state.api_token)[:32]
+
+
+def csrf_token(settings: Settings, cookie: str) -> str:
+    return _mac(settings, "csrf", cookie)
+
+
+def current_session(request: Request) -> AdminSession | None:
+    """The logged-in session from the cookie, or None (missing, forged, expired, old token)."""
+    settings: Settings = request.app.state.settings
+    cookie = request.cookies.get(COOKIE, "")
+    if not cookie:
+        return None
+    try:
+        data = _serializer(settings).loads(cookie, max_age=SESSION_MAX_AGE)
+    except BadSignature:  # SignatureExpired is one too
+        return None
+    if not isinstance(data, dict) or not hmac.compare_digest(
+        str(data.get("tag", "")), _token_tag(request)
+    ):
+        return None
+    return AdminSession(cookie, csrf_token(settings, cookie))
+
+
+def _no_store(response: HTMLResponse) -> HTMLResponse:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _render(
+    request: Request,
+    name: str,
+    admin: AdminSession | None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    settings: Settings = request.app.state.settings
+    return _no_store(
+        page(
+            request,
+            name,
+            status_code,
+            csrf=admin.csrf if admin else "",
+            outbox=settings.uses_sink,
+            **context,
+        )
+    )
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/admin/login", status_code=303)
+
+
+def _back(**note: str | int) -> RedirectResponse:
+    """Post/Redirect/Get: the dashboard, with a note chosen from a fixed set."""
+    return RedirectResponse(f"/admin?{urlencode(note)}" if note else "/admin", status_code=303)
+
+
+def _refused(request: Request, admin: AdminSession | None) -> HTMLResponse:
+    return _render(
+        request,
+        "admin_message.html",
+        admin,
+        403,
+        title="Refused",
+        text="This form has expired or did not come from this page. Nothing was changed; "
+        "open the page again and retry.",
+    )
+
+
+def _checked(request: Request, csrf: str) -> AdminSession | None:
+    """The session, if the POST is logged in and carries that session's CSRF token."""
+    admin = current_session(request)
+    if admin is None or not hmac.compare_digest(csrf.encode(), admin.csrf.encode()):
+        return None
+    return admin
+
+
+def _failed(request: Request, admin: AdminSession, exc: ops.OperatorError) -> HTMLResponse:
+    status = 404 if isinstance(exc, ops.NotFound) else 422 if isinstance(exc, ops.Invalid) else 409
+    return _render(request, "admin_message.html", admin, status, title="Not done", text=str(exc))
+
+
+CsrfField = Annotated[str, Form()]
+
+
+# -- login, logout -------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> Response:
+    if current_session(request) is not None:
+        return _back()
+    return _render(request, "admin_login.html", None, error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()] = "") -> Response:
+    expected: str = request.app.state.api_token
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        return _render(
+            request,
+            "admin_login.html",
+            None,
+            401,
+            error="That is not the API token (MAILER_API_TOKEN, or api.token in the data "
+            "directory).",
+        )
+    cookie = _serializer(settings).dumps(
+        {"sid": secrets.token_urlsafe(16), "tag": _token_tag(request)}
+    )
+    response = _back()
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=SESSION_MAX_AGE,
+        path="/admin",
+        secure=settings.base_url.startswith("https://"),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.post("/logout", response_class=HTMLResponse)
+def logout(request: Request, settings: SettingsDep, csrf: CsrfField = "") -> Response:
+    admin = _checked(request, csrf)
+    if admin is None:
+        return _refused(request, current_session(request))
+    response = _to_login()
+    response.delete_cookie(
+        COOKIE,
+        path="/admin",
+        secure=settings.base_url.startswith("https://"),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+# -- the dashboard ------------------------------------------------------------------------
+
+
+NOTES = {
+    "paused": "{slug} is paused: no scheduled editions until it is resumed.",
+    "resumed": "{slug} is running on its schedules again.",
+    "sent": "Edition {edition} is made and on its way to the workers.",
+    "again": "Edition {edition} was already made this minute; nothing more was sent.",
+    "cancelled": "Edition {edition} is cancelled; mail already going out finishes.",
+}
+
+
+def _note(session: Session, note: str | None, slug: str | None, edition: int | None) -> str | None:
+    """A fixed sentence for a fixed code; a slug is shown only if it names a newsletter."""
+    if note not in NOTES:
+        return None
+    if slug is not None and slug not in {nl.slug for nl in ops.list_newsletters(session)}:
+        return None
+    return NOTES[note].format(slug=slug or "", edition=edition or "")
+
+
+@router.get("", response_class=HTMLResponse)
+def dashboard(
+    request: Request,
+    session: SessionDep,
+    note: str | None = None,
+    slug: str | None = None,
+    edition: int | None = None,
+) -> Response:
+    admin = current_session(request)
+    if admin is None:
+        return _to_login()
+    newsletters = []
+    for nl in ops.list_newsletters(session):
+        newsletters.append(
+            {
+                "nl": nl,
+                "schedules": ops.list_schedules(session, nl.slug),
+                "editions": ops.list_editions(session, nl.slug, limit=EDITIONS_SHOWN).items,
+            }
+        )
+    return _render(
+        request,
+        "admin.html",
+        admin,
+        newsletters=newsletters,
+        frequencies=[f.value for f in Frequency],
+        note=_note(session, note, slug, edition),
+        open_states=("created", "sending"),
+    )
+
+
+@router.post("/newsletters/{slug}/pause", response_class=HTMLResponse)
+def pause(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
+    return _set_paused(request, session, slug, csrf, paused=True)
+
+
+@router.post("/newsletters/{slug}/resume", response_class=HTMLResponse)
+def resume(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
+    return _set_paused(request, session, slug, csrf, paused=False)
+
+
+def _set_paused(
+    request: Request, session: Session, slug: str, csrf: str, *, paused: bool
+) -> Response:
+    admin = _checked(request, csrf)
+    if admin is None:
+        return _refused(request, current_session(request))
+    try:
+        ops.update_newsletter(session, slug, paused=paused)
+    except ops.OperatorError as exc:
+        return _failed(request, admin, exc)
+    session.commit()
+    return _back(note="paused" if paused else "resumed", slug=slug)
+
+
+@router.post("/newsletters/{slug}/send", response_class=HTMLResponse)
+def send_now(
+    slug: str,
+    request: Request,
+    session: SessionDep,
+    csrf: CsrfField = "",
+    frequency: Annotated[str, Form()] = "",
+) -> Response:
+    admin = _checked(request, csrf)
+    if admin is None:
+        return _refused(request, current_session(request))
+    try:
+        freq = ops.parse_frequency(frequency) if frequency else None
+        digest, new = ops.send_now(session, slug, freq)
+    except ops.OperatorError as exc:
+        return _failed(request, admin, exc)
+    digest_id = digest.id
+    session.commit()
+    if new:
+        tasks.enqueue_prepare([digest_id])
+    return _back(note="sent" if new else "again", edition=digest_id)
+
+
+@router.post("/editions/{digest_id}/cancel", response_class=HTMLResponse)
+def cancel(digest_id: int, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
+    admin = _checked(request, csrf)
+    if admin is None:
+        return _refused(request, current_session(request))
+    try:
+        ops.cancel_edition(session, digest_id)
+    except ops.OperatorError as exc:
+        return _failed(request, admin, exc)
+    session.commit()
+    return _back(note="cancelled", edition=digest_id)
+
+
+# -- an edition's deliveries -------------------------------------------------------------------
+
+
+@router.get("/editions/{digest_id}", response_class=HTMLResponse)
+def edition(
+    digest_id: int,
+    request: Request,
+    session: SessionDep,
+    status: DeliveryStatus | None = None,
+    cursor: str | None = None,
+) -> Response:
+    admin = current_session(request)
+    if admin is None:
+        return _to_login()
+    try:
+        out = ops.edition_out(session, digest_id)
+        deliveries = ops.list_deliveries(
+            session,
+            digest_id,
+            statuses=[status] if status else (),
+            cursor=cursor,
+            limit=DELIVERIES_PER_PAGE,
+        )
+    except ops.OperatorError as exc:
+        return _failed(request, admin, exc)
+    more = None
+    if deliveries.next_cursor:
+        more = urlencode(
+            {**({"status": status.value} if status else {}), "cursor": deliveries.next_cursor}
+        )
+    return _render(
+        request,
+        "admin_edition.html",
+        admin,
+        edition=out,
+        deliveries=deliveries.items,
+        status=status.value if status else "",
+        statuses=[s.value for s in DeliveryStatus],
+        more=more,
+        open_states=("created", "sending"),
+    )
+
+
+# -- preview --------------------------------------------------------------------------------
+
+
+def _preview_query(frequency: Frequency | None, subscriber: str | None) -> str:
+    query = {
+        **({"frequency": frequency.value} if frequency else {}),
+        **({"subscriber": subscriber} if subscriber else {}),
+    }
+    return urlencode(query)
+
+
+@router.get("/newsletters/{slug}/preview", response_class=HTMLResponse)
+def preview_page(
+    slug: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    frequency: Frequency | None = None,
+    subscriber: str | None = None,
+) -> Response:
+    """The next edition's facts, and its HTML in a sandboxed frame (served below)."""
+    admin = current_session(request)
+    if admin is None:
+        return _to_login()
+    subscriber = (subscriber or "").strip() or None
+    try:
+        found = ops.preview_edition(
+            session,
+            settings,
+            get_renderer(request),
+            slug,
+            frequency=frequency,
+            subscriber=subscriber,
+        )
+        error = None
+    except ops.OperatorError as exc:
+        found, error = None, str(exc)
+    session.rollback()
+    return _render(
+        request,
+        "admin_preview.html",
+        admin,
+        200 if error is None else 409,
+        slug=slug,
+        preview=found,
+        error=error,
+        frequency=frequency.value if frequency else "",
+        subscriber=subscriber or "",
+        frequencies=[f.value for f in Frequency],
+        frame_src=f"/admin/newsletters/{slug}/preview/html?{_preview_query(frequency, subscriber)}",
+    )
+
+
+@router.get("/newsletters/{slug}/preview/html")
+def preview_html(
+    slug: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    frequency: Frequency | None = None,
+    subscriber: str | None = None,
+) -> Response:
+    """The mail's HTML alone, for the frame: nothing recorded, framed by /admin only."""
+    if current_session(request) is None:
+        return Response("log in at /admin first", status_code=403, media_type="text/plain")
+    try:
+        found = ops.preview_edition(
+            session,
+            settings,
+            get_renderer(request),
+            slug,
+            frequency=frequency,
+            subscriber=(subscriber or "").strip() or None,
+        )
+    except ops.OperatorError as exc:
+        return Response(
+            str(exc),
+            status_code=409,
+            media_type="text/plain",
+            headers={"Cache-Control": "no-store"},
+        )
+    finally:
+        session.rollback()
+    return HTMLResponse(found.html, headers=PREVIEW_FRAME_HEADERS)
