@@ -8,25 +8,13 @@ better in Apple Mail or the Gmail app, which are WebKit/Blink underneath.
 
 from __future__ import annotations
 
-import shutil
 from email import message_from_bytes, policy
-from pathlib import Path
 
 import pytest
 
+from tests.browser import chromium
 from tests.integration.test_spam_score import READER, Sample, all_kinds
 from tests.integration.test_spam_score import digest as build_digest
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # WCAG AA: 4.5:1 for body text, 3:1 for large text (24 px, or 18.66 px bold).
 CONTRAST = """
@@ -73,14 +61,8 @@ def html_part(sample: Sample) -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists() or shutil.which("chromium") is None:
-        pytest.fail("chromium is not installed: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture
