@@ -115,9 +115,6 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import admin
 
     app.include_router(admin.router)
-    from mailer.web import admin
-
-    app.include_router(admin.router)
     if settings.uses_sink:
         from mailer.web import outbox
 
