@@ -10,7 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer.models import Digest, Newsletter
+from mailer import digests
+from mailer.models import DeliveryStatus, Digest, Frequency, Newsletter
+from mailer.rendering import EmailRenderer
 from mailer.web import admin
 from mailer.web.app import create_app
 from tests.browser import chromium
@@ -37,9 +39,17 @@ def news(session):
 
 @pytest.fixture
 def page(browser, live_server):
+    """A fresh browser profile; afterwards, no page may have tripped the CSP (no inline script)."""
     context = browser.new_context(base_url=live_server)
-    yield context.new_page()
+    page = context.new_page()
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    yield page
     context.close()
+    assert refused == [], "the CSP refused something on an admin page"
 
 
 def log_in(page, token: str = TOKEN):
@@ -227,3 +237,23 @@ def test_refusals_from_the_domain_are_shown_and_change_nothing(client, news, ses
     bad = client.post("/admin/newsletters/news/send", data={"csrf": csrf, "frequency": "hourly"})
     assert bad.status_code == 422 and "frequency must be one of" in bad.text
     assert editions(session) == []
+
+
+def test_an_editions_page_lists_its_deliveries_and_filters_them_by_status(
+    client, news, session, settings
+):
+    add_reader(session, news, "bob@example.org")
+    edition = digests.create_now(session, news, Frequency.DAILY)
+    digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+    session.commit()
+    logged_in(client)
+
+    every = client.get(f"/admin/editions/{edition.id}")
+    assert every.status_code == 200
+    assert "ann@example.org" in every.text and "bob@example.org" in every.text
+    assert "Cancel this edition" in every.text and "queued 2" in every.text
+    none_sent = client.get(f"/admin/editions/{edition.id}?status={DeliveryStatus.SENT.value}")
+    assert "ann@example.org" not in none_sent.text and "No deliveries with status sent" in (
+        none_sent.text
+    )
+    assert client.get("/admin/editions/999").status_code == 404
