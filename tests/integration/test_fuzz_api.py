@@ -59,7 +59,9 @@ def api_schema(
 ) -> Any:
     """The app's own schema, bound to the app, with real rows the examples can hit."""
     fuzz_settings = configure(
-        monkeypatch, subscribe_rate_ip_per_minute="1000000", subscribe_rate_address_per_hour="1000000"
+        monkeypatch,
+        subscribe_rate_ip_per_minute="1000000",
+        subscribe_rate_address_per_hour="1000000",
     )
     nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
     subs.ensure_topic(session, nl, "Science")
