@@ -61,9 +61,9 @@ def install(settings: Settings, logger: logging.Logger | None = None) -> Redacti
     logger = logger or logging.getLogger()
     filt = RedactingFilter(secrets_of(settings), settings.redact_addresses)
     if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(stream)
         logger.setLevel(settings.log_level.upper())
     for handler in logger.handlers:
         for old in [f for f in handler.filters if isinstance(f, RedactingFilter)]:
