@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.synchronize import Event
@@ -74,6 +74,49 @@ def rss_peak_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(name: str) -> list[int]:
+    """Every process whose command is `name` (postgres backends, redis-server)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+class CpuMeter:
+    """CPU used by each part of the machine between start() and stop().
+
+    Groups are looked up again at stop(): PostgreSQL backends that the workers
+    opened during the run count from zero.
+    """
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self.before: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.before = {p: cpu_seconds(p) for find in self.groups.values() for p in find()}
+
+    def stop(self) -> dict[str, float]:
+        return {
+            group: sum(cpu_seconds(p) - self.before.get(p, 0.0) for p in find())
+            for group, find in self.groups.items()
+        }
 
 
 # -- the data -------------------------------------------------------------------------
@@ -354,6 +397,15 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
             DeliveryStatus.DEFERRED,
             DeliveryStatus.UNKNOWN,
         )
+        meter = CpuMeter(
+            {
+                "sink": lambda: [sink.pid],
+                "workers": lambda: [p.pid for p in procs],
+                "postgres": lambda: pids_named("postgres"),
+                "redis": lambda: pids_named("redis-server"),
+            }
+        )
+        meter.start()
         started = time.time()
         tasks.prepare_digest.delay(digest_id)
         prepared_at: float | None = None
@@ -388,6 +440,12 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
             )
         assert last is not None
         seconds = last.timestamp() - started
+        used = meter.stop()
+        print(
+            "CPU per message (ms): "
+            + ", ".join(f"{g} {1000 * v / max(1, len(expected)):.2f}" for g, v in used.items())
+            + f"; machine busy {sum(used.values()) / seconds:.2f} of {os.cpu_count()} cores"
+        )
         counts = sink.counts()
         peak = max(rss_peak_mb(p.pid) for p in procs)
         print(f"pipeline: {sum(counts.values())} messages in {seconds:.2f} s")

@@ -390,11 +390,10 @@ def _mark_statement() -> Any:
     return (
         update(DELIVERY)
         .where(
+            # `id IN (a, b)` keeps this a two-row primary-key lookup in any plan.
+            c.id.in_([bindparam("prev_id"), bindparam("next_id")]),
             c.status == DeliveryStatus.SENDING,
-            or_(
-                and_(c.id == bindparam("prev_id"), c.lease_until == bindparam("prev_lease")),
-                and_(c.id == bindparam("next_id"), c.lease_until == bindparam("next_lease")),
-            ),
+            c.lease_until == when_prev(bindparam("prev_lease"), bindparam("next_lease")),
         )
         .values(
             status=when_prev(literal(DeliveryStatus.SENT, type_=c.status.type), c.status),
