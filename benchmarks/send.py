@@ -12,7 +12,7 @@ send tasks. The clock runs from the enqueue to the last delivery row
 recorded.
 
 In the same run a plain smtplib loop sends the same pre-built bytes (one
-real personalised digest) to the same recipients over the same number of
+real personalised digest per variant) to the same recipients over the same number of
 connections, one process per connection like the workers: that is the raw
 limit the pipeline is compared with. The sink's own per-recipient count,
 checked against the reader list, gives `duplicates` and `missing`.
@@ -270,8 +270,8 @@ def _raw_sender(
     host: str,
     port: int,
     sender: str,
-    recipients: list[str],
-    data: bytes,
+    recipients: list[tuple[str, int]],
+    bodies: list[bytes],
     go: Event,
     done: Any,
 ) -> None:
@@ -279,14 +279,19 @@ def _raw_sender(
     conn.ehlo()
     done.put("connected")
     go.wait()
-    for rcpt in recipients:
-        conn.sendmail(sender, [rcpt], data)
+    for rcpt, body in recipients:
+        conn.sendmail(sender, [rcpt], bodies[body])
     conn.quit()
     done.put(time.perf_counter())
 
 
 def raw_rate(
-    host: str, port: int, sender: str, recipients: list[str], data: bytes, conns: int
+    host: str,
+    port: int,
+    sender: str,
+    recipients: list[tuple[str, int]],
+    bodies: list[bytes],
+    conns: int,
 ) -> float:
     """Messages/s of plain smtplib over `conns` connections, one process each."""
     ctx = mp.get_context("spawn")
@@ -294,7 +299,7 @@ def raw_rate(
     done = ctx.Queue()
     shares = [recipients[i::conns] for i in range(conns)]
     procs = [
-        ctx.Process(target=_raw_sender, args=(host, port, sender, share, data, go, done))
+        ctx.Process(target=_raw_sender, args=(host, port, sender, share, bodies, go, done))
         for share in shares
     ]
     for p in procs:
@@ -309,33 +314,54 @@ def raw_rate(
     return len(recipients) / (max(ends) - started)
 
 
-def sample_message(url: str, digest_id: int) -> bytes:
-    """A real personalised digest of this edition: its most common variant, one reader."""
+def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[bytes]]:
+    """Each recipient with the index of its variant's bytes: one real personalised
+    digest per variant, so the raw loop sends the pipeline's mix of sizes."""
     from sqlalchemy import func, select
 
     from mailer import db
     from mailer.config import get_settings
     from mailer.delivery import message_template, personalise
     from mailer.links import Links
-    from mailer.models import Delivery, Digest, DigestVariant, Newsletter, Subscription
+    from mailer.models import (
+        Delivery,
+        DeliveryStatus,
+        Digest,
+        DigestVariant,
+        Newsletter,
+        Subscriber,
+        Subscription,
+    )
 
     settings = get_settings()
+    links = Links.from_settings(settings)
     with db.session_scope(url) as session:
-        vid, sub_id = session.execute(
-            select(Delivery.variant_id, func.min(Delivery.subscription_id))
-            .where(Delivery.digest_id == digest_id, Delivery.variant_id.is_not(None))
-            .group_by(Delivery.variant_id)
-            .order_by(func.count().desc())
-            .limit(1)
-        ).one()
-        variant = session.get_one(DigestVariant, vid)
         digest = session.get_one(Digest, digest_id)
         nl = session.get_one(Newsletter, digest.newsletter_id)
-        sub = session.get_one(Subscription, sub_id)
-        template = message_template(settings, nl, variant.subject, variant.html, variant.text)
-        return personalise(
-            template, Links.from_settings(settings), sub, sub.subscriber.email, "<raw@bench>"
-        )
+        bodies: list[bytes] = []
+        index: dict[int, int] = {}
+        for vid, sub_id in session.execute(
+            select(Delivery.variant_id, func.min(Delivery.subscription_id))
+            .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT)
+            .group_by(Delivery.variant_id)
+        ):
+            assert vid is not None  # a sent row always has its variant
+            variant = session.get_one(DigestVariant, vid)
+            sub = session.get_one(Subscription, sub_id)
+            template = message_template(settings, nl, variant.subject, variant.html, variant.text)
+            index[vid] = len(bodies)
+            bodies.append(personalise(template, links, sub, sub.subscriber.email, "<raw@bench>"))
+        recipients = [
+            (address, index[vid or 0])
+            for address, vid in session.execute(
+                select(Subscriber.email, Delivery.variant_id)
+                .join(Subscription, Subscription.id == Delivery.subscription_id)
+                .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+                .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT)
+                .order_by(Delivery.id)
+            )
+        ]
+    return recipients, bodies
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -450,15 +476,14 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
         peak = max(rss_peak_mb(p.pid) for p in procs)
         print(f"pipeline: {sum(counts.values())} messages in {seconds:.2f} s")
 
-        data = sample_message(url, digest_id)
+        recipients, bodies = raw_messages(url, digest_id)
         sink.reset()
-        raw = raw_rate(
-            "127.0.0.1", sink_port, "news@news.example.org", sorted(expected), data, workers
-        )
+        raw = raw_rate("127.0.0.1", sink_port, "news@news.example.org", recipients, bodies, workers)
         raw_counts = sink.counts()
-        if sum(raw_counts.values()) != len(expected):
-            print(f"warning: the raw loop delivered {sum(raw_counts.values())}/{len(expected)}")
-        print(f"raw smtplib: {raw:.0f} msgs/s over {workers} connection(s), {len(data)} bytes each")
+        if sum(raw_counts.values()) != len(recipients):
+            print(f"warning: the raw loop delivered {sum(raw_counts.values())}/{len(recipients)}")
+        sizes = "/".join(str(len(b)) for b in bodies)
+        print(f"raw smtplib: {raw:.0f} msgs/s over {workers} connection(s); bodies {sizes} bytes")
         return Outcome(
             messages=sum(counts.values()),
             seconds=seconds,
