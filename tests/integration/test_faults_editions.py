@@ -59,7 +59,9 @@ def test_beat_firing_twice_for_the_same_window_makes_one_edition(session, settin
 
     created = race(settings, lambda s: digests.create_due(s, now), n=3)
 
-    assert created[0] and created[0] == created[1] == created[2]
+    # Whichever beat got there first made the edition; the others found it made
+    # (or met it in the unique constraint) and made none of their own.
+    assert len({edition for ids in created for edition in ids}) == 1
     assert session.scalar(select(func.count()).select_from(Digest)) == 1
 
 
