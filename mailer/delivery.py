@@ -47,9 +47,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailer import digests
+from mailer import bounces, digests
 from mailer.addresses import address_hash
 from mailer.config import Settings
+from mailer.dkim_signing import DKIMSigner, signer_for
 from mailer.links import Links
 from mailer.messages import MessageTemplate, Placeholder
 from mailer.models import (
@@ -97,6 +98,27 @@ def envelope_sender(sender: str) -> str:
 
 
 # -- messages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What every message of a newsletter gets on its way out, built once per batch:
+    its own VERP return path (so a bounce names the delivery it is about) and,
+    when MAILER_DKIM_* are set, a DKIM signature as the very last step."""
+
+    sender: str
+    paths: bounces.ReturnPaths
+    signer: DKIMSigner | None
+
+    @classmethod
+    def for_newsletter(cls, settings: Settings, newsletter: Newsletter) -> Outgoing:
+        return cls(newsletter.sender, bounces.return_paths(settings), signer_for(settings))
+
+    def return_path(self, delivery_id: int) -> str:
+        return self.paths.for_delivery(delivery_id, self.sender)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.signer.sign(data) if self.signer is not None else data
 
 
 def message_template(
@@ -501,7 +523,7 @@ def send_range(
     if digest is None or digest.status != "sending":
         return result
     nl = session.get_one(Newsletter, digest.newsletter_id)
-    sender = envelope_sender(nl.sender)
+    outgoing = Outgoing.for_newsletter(settings, nl)
     links = Links.from_settings(settings)
     open_conn = opener or (lambda: connect(settings.smtp, settings.smtp_timeout))
     templates: dict[int, MessageTemplate] = {}
@@ -540,7 +562,7 @@ def send_range(
                 )
             session.commit()  # no transaction left open while the chunk goes out
             conn = _send_rows(
-                session, settings, digest_id, rows, lease_until, templates, links, sender,
+                session, settings, digest_id, rows, lease_until, templates, links, outgoing,
                 conn, open_conn, limiter, result, clock, marks,
             )  # fmt: skip
     finally:
@@ -558,7 +580,7 @@ def _send_rows(
     lease_until: datetime,
     templates: dict[int, MessageTemplate],
     links: Links,
-    sender: str,
+    outgoing: Outgoing,
     conn: smtplib.SMTP,
     open_conn: Opener,
     limiter: Limiter,
@@ -568,13 +590,14 @@ def _send_rows(
 ) -> smtplib.SMTP | None:
     claimed_at = time.monotonic()
     sent: _Sent | None = None
+    accepted: list[int] = []
     for index, row in enumerate(rows):
         if time.monotonic() - claimed_at > settings.send_lease / 2:
             lease_until = _renew(session, rows[index:], lease_until, settings.send_lease, clock())
             claimed_at = time.monotonic()
         template = templates[row.variant_id]
         message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
-        data = personalise(template, links, row.subscription, row.email, message_id)
+        data = outgoing.sign(personalise(template, links, row.subscription, row.email, message_id))
         limiter.acquire()
         # The previous row's 250 and this row's in-flight marker, in one commit.
         ours = marks.write(sent, row, lease_until, message_id, clock())
@@ -584,7 +607,7 @@ def _send_rows(
             result.lost_lease += 1
             continue
         try:
-            reply = send(conn, sender, row.email, data)
+            reply = send(conn, outgoing.return_path(row.delivery_id), row.email, data)
         except ConnectionLost as exc:
             now = clock()
             _mark_unknown(session, row, lease_until, f"connection lost: {exc}", now)
@@ -594,6 +617,7 @@ def _send_rows(
             raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
         if reply.ok:
             sent = _Sent(row, lease_until, reply)
+            accepted.append(row.subscription.id)
         else:
             # Rare, and may touch the subscription and the suppression list: the session.
             record(
@@ -612,6 +636,8 @@ def _send_rows(
                 raise TemporaryFailure(str(exc)) from exc
     if sent is not None:
         _settle(sent, marks.write(sent, None, None, None, clock()), result)
+    # Soft bounces count only in a row: a 250 starts the count again (one UPDATE).
+    bounces.reset_soft_bounces(session, accepted)
     session.commit()
     return conn
 
@@ -792,6 +818,7 @@ def send_test(
         conn = opener() if opener else connect(settings.smtp, settings.smtp_timeout)
     except ConnectionLost as exc:
         raise DeliveryError(str(exc)) from exc
+    data = Outgoing.for_newsletter(settings, newsletter).sign(data)
     try:
         reply = send(conn, envelope_sender(newsletter.sender), address, data)
     except ConnectionLost as exc:
