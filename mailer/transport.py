@@ -9,6 +9,7 @@ of the batch.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -64,32 +65,86 @@ def connect(url: str, timeout: float = 30.0) -> smtplib.SMTP:
     return conn
 
 
+def dot_stuff(data: bytes) -> bytes:
+    """The DATA payload: every line starting with "." gets another, then CRLF "." CRLF.
+
+    Byte for byte what smtplib's `data()` sends, without its `(?m)^\\.` regex
+    over the whole 10-20 KB message: a line starts after every LF (CRLF or a
+    bare LF, as the regex's `^` does) and at the very beginning.
+    """
+    if b"\n." in data:
+        data = data.replace(b"\n.", b"\n..")
+    if data[:1] == b".":
+        data = b"." + data
+    if data[-2:] != b"\r\n":
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _refused(conn: smtplib.SMTP, code: int, text: bytes) -> Reply:
+    """A refusal mid-transaction: 421 means the server is closing, so do we;
+    anything else resets the transaction so the connection can go on."""
+    if code == 421:
+        conn.close()
+    else:
+        # A disconnect here is noticed by the next command, as smtplib does.
+        with contextlib.suppress(smtplib.SMTPServerDisconnected):
+            conn.rset()
+    return Reply(code, _decode(text))
+
+
 def send(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> Reply:
-    """Send one message to one recipient and return the server's verdict."""
+    """Send one message to one recipient and return the server's verdict.
+
+    The conversation is driven command by command instead of through
+    `sendmail`: that one parses both addresses with `email.utils.parseaddr`
+    and runs a regex over the whole message every time, which was a third of
+    a worker's CPU per message. Our addresses are envelope-ready already and
+    `dot_stuff` does the period quoting with one `bytes.replace`. The
+    outcomes are sendmail's: the same commands, options (SIZE, SMTPUTF8) and
+    resets, a `Reply` for every answer the server gives, `ConnectionLost`
+    only when the conversation itself broke.
+    """
     env_from = envelope_address(sender)
     env_to = envelope_address(recipient)
-    options = ["SMTPUTF8"] if (env_from.smtputf8 or env_to.smtputf8) else []
     try:
-        refused = conn.sendmail(env_from.address, [env_to.address], data, mail_options=options)
-    except smtplib.SMTPRecipientsRefused as exc:
-        code, text = next(iter(exc.recipients.values()))
-        return Reply(code, _decode(text))
-    except smtplib.SMTPSenderRefused as exc:
-        return Reply(exc.smtp_code, _decode(exc.smtp_error))
-    except smtplib.SMTPDataError as exc:
-        return Reply(exc.smtp_code, _decode(exc.smtp_error))
-    except smtplib.SMTPNotSupportedError as exc:
-        return Reply(553, f"server does not support SMTPUTF8: {exc}")
+        conn.ehlo_or_helo_if_needed()
+        options = ""
+        if conn.does_esmtp:
+            if conn.has_extn("size"):
+                options = f" SIZE={len(data)}"
+            if env_from.smtputf8 or env_to.smtputf8:
+                if not conn.has_extn("smtputf8"):
+                    return Reply(553, "server does not support SMTPUTF8")
+                conn.command_encoding = "utf-8"
+                options += " SMTPUTF8"
+        elif env_from.smtputf8 or env_to.smtputf8:
+            return Reply(553, "server does not support SMTPUTF8")
+        # putcmd refuses CR and LF in a command (ValueError), as sendmail would.
+        conn.putcmd("mail", f"FROM:<{env_from.address}>{options}")
+        code, text = conn.getreply()
+        if code != 250:
+            return _refused(conn, code, text)
+        conn.putcmd("rcpt", f"TO:<{env_to.address}>")
+        code, text = conn.getreply()
+        if code not in (250, 251):
+            return _refused(conn, code, text)
+        conn.putcmd("data")
+        code, text = conn.getreply()
+        if code != 354:
+            return _refused(conn, code, text)
+        conn.send(dot_stuff(data))
+        code, text = conn.getreply()
+        if code != 250:
+            return _refused(conn, code, text)
     except smtplib.SMTPResponseException as exc:
+        # "Line too long" from getreply, or a HELO refused: still the server's answer.
         if exc.smtp_code == 421:
             raise ConnectionLost(f"421 {_decode(exc.smtp_error)}") from exc
         return Reply(exc.smtp_code, _decode(exc.smtp_error))
     except (OSError, smtplib.SMTPServerDisconnected) as exc:
         raise ConnectionLost(str(exc) or type(exc).__name__) from exc
-    if refused:
-        code, text = next(iter(refused.values()))
-        return Reply(code, _decode(text))
-    return Reply(250, "OK")
+    return Reply(250, _decode(text))
 
 
 def close(conn: smtplib.SMTP) -> None:
