@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
-from mailer import logs
+from mailer import logs, throttle
 from mailer.config import Settings, get_settings
 from mailer.db import get_engine
 from mailer.links import tokens_for
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.state.settings = settings
     app.state.tokens = tokens_for(settings)
     app.state.api_token = settings.api_secret()
+    app.state.throttle = throttle.for_settings(settings)
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

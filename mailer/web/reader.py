@@ -15,12 +15,14 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
 from mailer import subscriptions, tasks, throttle
 from mailer.addresses import address_hash
+from mailer.config import Settings
 from mailer.models import Newsletter, Status, Subscription, utcnow
 from mailer.subscriptions import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
@@ -144,38 +146,62 @@ def subscribe_form(newsletter: str, request: Request, session: SessionDep) -> Re
 async def subscribe(
     request: Request, session: SessionDep, settings: SettingsDep, ip: IPDep
 ) -> Response:
-    """Start a double opt-in; form-encoded from our page or JSON from a site's own form."""
-    if ip:
-        wait = throttle.hit(session, f"ip:{ip}", settings.subscribe_rate_ip_per_minute, 60)
-        session.commit()
-        if wait:
-            return _too_many(request, wait)
+    """Start a double opt-in; form-encoded from our page or JSON from a site's own form.
+
+    Only reading the body is async; the database and broker work is blocking and
+    runs in the thread pool, so one slow request never holds up the others.
+    """
     try:
-        raw = await _read_subscribe_body(request)
-        data = SubscribeIn.model_validate(raw)
-    except SubscriptionError as exc:
-        return _error(request, 400, str(exc))
-    except ValidationError as exc:
-        first = exc.errors()[0]
+        parsed: SubscribeIn | Exception = SubscribeIn.model_validate(
+            await _read_subscribe_body(request)
+        )
+    except (SubscriptionError, ValidationError) as exc:
+        parsed = exc
+    return await run_in_threadpool(_subscribe, request, parsed, session, settings, ip)
+
+
+def _subscribe(
+    request: Request,
+    parsed: SubscribeIn | Exception,
+    session: Session,
+    settings: Settings,
+    ip: str | None,
+) -> Response:
+    counters: throttle.Throttle = request.app.state.throttle
+    wait = None
+    if ip:
+        wait = counters.hit(f"ip:{ip}", settings.subscribe_rate_ip_per_minute, 60)
+    if not wait and isinstance(parsed, SubscribeIn) and parsed.email.strip():
+        key = "addr:" + address_hash(parsed.email.strip())
+        wait = counters.hit(key, settings.subscribe_rate_address_per_hour, 3600)
+    if wait:
+        return _too_many(request, wait)
+    if isinstance(parsed, ValidationError):
+        first = parsed.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else None
         return _error(request, 422, f"{field}: {first['msg']}", field)
-    if data.website:
+    if isinstance(parsed, Exception):
+        return _error(request, 400, str(parsed))
+    if parsed.website:
         return _accepted(request)
-    if data.email.strip():
-        key = "addr:" + address_hash(data.email.strip())
-        wait = throttle.hit(session, key, settings.subscribe_rate_address_per_hour, 3600)
-        session.commit()
-        if wait:
-            return _too_many(request, wait)
     try:
         valid = subscriptions.validate_request(
             session,
-            email=data.email,
-            newsletter=data.newsletter,
-            topics=data.topics,
-            frequency=data.frequency,
+            email=parsed.email,
+            newsletter=parsed.newsletter,
+            topics=parsed.topics,
+            frequency=parsed.frequency,
             check_deliverability=settings.check_deliverability,
         )
+        payload = {
+            "email": valid.address.email,
+            "newsletter": valid.newsletter.slug,
+            "topics": [t.slug for t in valid.topics],
+            "frequency": valid.frequency.value,
+            "source": "api-form" if _wants_json(request) else "web",
+            "ip": ip,
+            "requested_at": utcnow().isoformat(),
+        }
     except UnknownNewsletter as exc:
         return _error(request, 404, str(exc))
     except SubscriptionError as exc:
@@ -183,17 +209,7 @@ async def subscribe(
     finally:
         session.rollback()
     try:
-        tasks.subscribe.delay(
-            {
-                "email": valid.address.email,
-                "newsletter": valid.newsletter.slug,
-                "topics": [t.slug for t in valid.topics],
-                "frequency": valid.frequency.value,
-                "source": "api-form" if _wants_json(request) else "web",
-                "ip": ip,
-                "requested_at": utcnow().isoformat(),
-            }
-        )
+        tasks.subscribe.delay(payload)
     except Exception:  # the broker is down: say so rather than drop the request
         log.exception("could not queue a subscribe request")
         return _error(request, 503, "We could not take your request just now; please try again.")
