@@ -985,6 +985,26 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
     )
 
 
+def sweep_cancelled(session: Session, now: datetime | None = None) -> list[int]:
+    """Cancel again the editions whose rows came back after their cancel.
+
+    A row in flight at cancel time may still be deferred by a late 4xx, and a
+    dead worker's rows are put back in the queue by lease recovery; nothing
+    sends them, but they would stay open and keep their reserved articles. The
+    tick calls this so a cancel is final without a second press.
+    """
+    stray = (
+        select(Delivery.digest_id)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .where(Digest.status == "cancelled", Delivery.status.in_(WAITING + MAYBE_SENT))
+        .distinct()
+    )
+    swept = list(session.scalars(stray))
+    for digest_id in swept:
+        cancel_edition(session, digest_id, now)
+    return swept
+
+
 def list_deliveries(
     session: Session,
     digest_id: int,

@@ -14,7 +14,16 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, delivery, digests, feeds, notices, subscriptions, throttle
+from mailer import (
+    bounces,
+    delivery,
+    digests,
+    feeds,
+    notices,
+    operators,
+    subscriptions,
+    throttle,
+)
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
@@ -172,6 +181,7 @@ def digest_tick() -> None:
         created = digests.create_due(session)
         created += digests.stale_unprepared(session, older_than=lease)
         delivery.recover_expired(session, settings)
+        operators.sweep_cancelled(session)
         ranges = delivery.due_ranges(session, settings)
         digests.close_finished(session)
     enqueue_prepare(sorted(set(created)))

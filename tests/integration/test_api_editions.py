@@ -386,3 +386,22 @@ def test_cancel_during_a_send_stops_the_rest_and_the_message_in_flight_still_lan
     tasks_result = delivery.send_range(session, settings, digest_id, 0, 10**9)
     assert tasks_result.sent == 0 and len(smtp_server.received) == 2
     assert session.get(Digest, digest_id).status == "cancelled"
+
+
+def test_rows_that_come_back_after_a_cancel_are_cancelled_by_the_tick(api, news, session, settings):
+    """A late 4xx defers a row that was in flight; lease recovery requeues a dead worker's
+    rows. The once-a-minute tick finishes the cancel without a second press."""
+    from mailer import tasks
+
+    digest_id = prepared(session, settings, news)
+    set_status(session, digest_id, "ann", DeliveryStatus.SENDING)
+    assert api.post(f"/api/editions/{digest_id}/cancel", headers=TOKEN).status_code == 200
+    set_status(session, digest_id, "ann", DeliveryStatus.DEFERRED)  # the late 4xx
+    set_status(session, digest_id, "bob", DeliveryStatus.QUEUED)  # lease recovery
+    before = reserved(session, digest_id)
+
+    tasks.digest_tick()
+
+    session.expire_all()
+    assert set(by_address(api, digest_id).values()) == {"cancelled"}
+    assert reserved(session, digest_id) < before
