@@ -39,7 +39,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from mailer import subscriptions as subs
-from mailer.addresses import InvalidAddress, address_hash, normalise
+from mailer.addresses import CachedNormaliser, InvalidAddress, address_hash
 from mailer.models import (
     Frequency,
     Newsletter,
@@ -415,6 +415,8 @@ class Importer:
         # Each distinct cell value is resolved once: a refusal is cached as the exception.
         self._topics: dict[str, tuple[tuple[int, ...], tuple[str, ...]] | Refused] = {}
         self._frequencies: dict[str, Frequency | Refused] = {}
+        # Same verdicts as `normalise`; each distinct domain is checked once (see there).
+        self.normalise = CachedNormaliser()
 
     # -- per row: the same rules as subscribe() ------------------------------------------
 
@@ -445,7 +447,7 @@ class Importer:
             return raw[i].strip() if i is not None and i < len(raw) else ""
 
         try:
-            address = normalise(cell("email"))
+            address = self.normalise(cell("email"))
         except InvalidAddress as exc:
             return Refused(str(exc))
         topics = self._topics_for(cell("topics"))

@@ -235,3 +235,55 @@ def test_cli_set_status_is_audited_and_refuses_a_bad_transition(settings, newsle
     )
     assert bad.exit_code == 1 and "cannot go from unsubscribed to bounced" in bad.output
     assert count(session, SubscriptionEvent, SubscriptionEvent.source == "operator") == 1
+
+
+def test_the_domain_cache_gives_normalise_s_verdict_on_every_address_every_time():
+    """The import checks each distinct domain once; every answer must still be normalise's own."""
+    from mailer.addresses import CachedNormaliser, InvalidAddress, normalise
+
+    addresses = [
+        "a@example.org",
+        "A@EXAMPLE.ORG",
+        "b@exa_mple.org",
+        "c@localhost",
+        "e@münchen.de",
+        "f@xn--mnchen-3ya.de",
+        "g@example.invalid",
+        "h@-bad.org",
+        "i@a..b",
+        "k@ＥＸＡＭＰＬＥ.org",
+        "m@example.org.",
+        "postmaster@Example.org",
+        "o@⒈.com",
+        "r@@example.org",
+        "s@",
+        "bad..local@example.org",
+        "x" * 240 + "@example.org",
+    ]
+
+    def verdict(check, address):
+        try:
+            return check(address)
+        except InvalidAddress as exc:
+            return f"refused: {exc}"
+
+    cached = CachedNormaliser()
+    for _ in range(3):  # the second and third rounds are answered from the cache
+        assert [verdict(cached, a) for a in addresses] == [verdict(normalise, a) for a in addresses]
+    assert cached.cache, "the domain step was not cached"
+
+
+def test_an_invalid_domain_is_refused_on_every_row_with_its_line(session, newsletter, tmp_path):
+    rows = []
+    for i in range(30):
+        domain = ("example.org", "exa_mple.org", "example")[i % 3]
+        rows.append([f"reader{i}@{domain}", "", "", ""])
+    path = write(tmp_path / "domains.csv", rows)
+    report = import_csv(session, path, "weekly", confirmed=True, chunk_size=4)
+    bad_lines = [i + 2 for i in range(30) if i % 3]
+    assert (report.added, report.invalid) == (10, 20)
+    assert report.invalid_lines == bad_lines
+    refused = rejects(report.rejects_path)
+    assert [int(r["line"]) for r in refused] == bad_lines
+    assert all("invalid characters: '_'" in r["reason"] for r in refused[0::2])
+    assert all("should have a period" in r["reason"] for r in refused[1::2])
