@@ -22,6 +22,7 @@ import base64
 import binascii
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -100,17 +101,25 @@ def parse_frequency(value: str, field_name: str = "frequency") -> Frequency:
         raise Invalid(field_name, f"frequency must be one of {choices}; got {value!r}") from exc
 
 
-def _sender(value: str) -> str:
+@contextmanager
+def _fields() -> Iterator[None]:
+    """The store's refusals, tied to the field they are about (422) or a clash (409)."""
     try:
-        return subs.parse_sender(value)
+        yield
+    except subs.NewsletterExists as exc:
+        raise Conflict(str(exc)) from exc
     except subs.SubscriptionError as exc:
-        raise Invalid("sender", str(exc)) from exc
+        raise Invalid(exc.field or "body", str(exc)) from exc
+
+
+def _sender(value: str) -> str:
+    with _fields():
+        return subs.parse_sender(value)
 
 
 def _name(value: str) -> str:
-    if any(ch in value for ch in "\r\n\0") or not value.strip() or len(value.strip()) > 200:
-        raise Invalid("name", "The newsletter name must be one non-empty line of at most 200.")
-    return value.strip()
+    with _fields():
+        return subs.newsletter_name(value)
 
 
 def create_newsletter(
@@ -123,15 +132,10 @@ def create_newsletter(
     site_url: str | None = None,
 ) -> Newsletter:
     """`subscriptions.create_newsletter`, with each refusal tied to its field."""
-    if not subs.SLUG_RE.match(slug):
-        raise Invalid("slug", f"A slug is 1-63 lower-case letters, digits or dashes; got {slug!r}.")
-    if session.scalar(select(Newsletter.id).where(Newsletter.slug == slug)) is not None:
-        raise Conflict(f"A newsletter {slug!r} already exists.")
-    _name(name)
-    _sender(sender)
-    return subs.create_newsletter(
-        session, slug, name, sender, default_frequency=default_frequency, site_url=site_url
-    )
+    with _fields():
+        return subs.create_newsletter(
+            session, slug, name, sender, default_frequency=default_frequency, site_url=site_url
+        )
 
 
 def update_newsletter(

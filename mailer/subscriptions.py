@@ -47,6 +47,10 @@ class UnknownNewsletter(SubscriptionError):
     pass
 
 
+class NewsletterExists(SubscriptionError):
+    pass
+
+
 class InvalidTransition(SubscriptionError):
     pass
 
@@ -75,14 +79,16 @@ def slugify(text: str) -> str:
 def parse_sender(sender: str) -> str:
     """Validate a From value like `Name <addr@host>`; refuse header injection."""
     if any(ch in sender for ch in "\r\n\0"):
-        raise SubscriptionError("The sender cannot contain line breaks.")
+        raise SubscriptionError("The sender cannot contain line breaks.", field="sender")
     name, addr = parseaddr(sender)
     if not addr:
-        raise SubscriptionError(f"The sender {sender!r} has no address; use 'Name <addr@host>'.")
+        raise SubscriptionError(
+            f"The sender {sender!r} has no address; use 'Name <addr@host>'.", field="sender"
+        )
     try:
         valid = normalise(addr)
     except InvalidAddress as exc:
-        raise SubscriptionError(f"The sender address is not valid: {exc}") from exc
+        raise SubscriptionError(f"The sender address is not valid: {exc}", field="sender") from exc
     local, _, domain = valid.email.rpartition("@")
     return str(HeaderAddress(display_name=name, username=local, domain=domain))
 
@@ -99,15 +105,14 @@ def create_newsletter(
     if not SLUG_RE.match(slug):
         raise SubscriptionError(
             "A newsletter slug is 1-63 lower-case letters, digits or dashes, starting with a "
-            f"letter or digit; got {slug!r}."
+            f"letter or digit; got {slug!r}.",
+            field="slug",
         )
-    if any(ch in name for ch in "\r\n\0") or not name.strip():
-        raise SubscriptionError("The newsletter name must be one non-empty line.")
     if session.scalar(select(Newsletter.id).where(Newsletter.slug == slug)) is not None:
-        raise SubscriptionError(f"A newsletter {slug!r} already exists.")
+        raise NewsletterExists(f"A newsletter {slug!r} already exists.")
     newsletter = Newsletter(
         slug=slug,
-        name=name.strip(),
+        name=newsletter_name(name),
         sender=parse_sender(sender),
         default_frequency=default_frequency,
         site_url=site_url,
@@ -115,6 +120,16 @@ def create_newsletter(
     session.add(newsletter)
     session.flush()
     return newsletter
+
+
+def newsletter_name(value: str) -> str:
+    """A name goes into every Subject and List-Id: one line, and short."""
+    if any(ch in value for ch in "\r\n\0") or not value.strip() or len(value.strip()) > 200:
+        raise SubscriptionError(
+            "The newsletter name must be one non-empty line of at most 200 characters.",
+            field="name",
+        )
+    return value.strip()
 
 
 def get_newsletter(session: Session, slug: str) -> Newsletter:
