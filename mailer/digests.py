@@ -359,17 +359,7 @@ def active_readers(session: Session, newsletter_id: int, frequency: Frequency) -
 
 
 def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
-    hashes = list({address_hash(e) for e in emails})
-    found: set[str] = set()
-    for i in range(0, len(hashes), 1000):
-        found.update(
-            session.scalars(
-                select(Suppression.address_hash).where(
-                    Suppression.address_hash.in_(hashes[i : i + 1000])
-                )
-            )
-        )
-    return found
+    return _suppressed(session, {address_hash(e) for e in emails})
 
 
 def already_sent(
@@ -729,6 +719,7 @@ def _prepare_chunk(
 
 
 def _suppressed(session: Session, hashes: set[str]) -> set[str]:
+    """Which of these address hashes are suppressed, asked 1,000 at a time."""
     found: set[str] = set()
     wanted = list(hashes)
     for i in range(0, len(wanted), 1000):
