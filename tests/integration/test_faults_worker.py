@@ -15,10 +15,8 @@ file runs in well under a minute.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -47,51 +45,9 @@ from tests.conftest import RUN_ID, configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.proxy import CuttableProxy
 from tests.smtp import RecordingHandler, SMTPServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.workers import start_worker, stop
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def start_worker(
-    tmp_path: Path, name: str, queue: str, loglevel: str = "WARNING", **env: str
-) -> subprocess.Popen[bytes]:
-    """A real worker process with the test's MAILER_* settings, some overridden."""
-    celery = Path(sys.executable).with_name("celery")
-    log = (tmp_path / f"{name}.log").open("ab")
-    return subprocess.Popen(
-        [
-            str(celery),
-            "-A",
-            "worker",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "-n",
-            f"{name}-{RUN_ID}@%h",
-            f"--loglevel={loglevel}",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ) | {f"MAILER_{k.upper()}": v for k, v in env.items()},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def stop(*procs: subprocess.Popen[bytes] | None) -> None:
-    for proc in procs:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 def tally(session: Session, digest_id: int) -> dict[str, int]:

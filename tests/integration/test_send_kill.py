@@ -9,12 +9,8 @@ connection, and no row is left in `sending`.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -22,37 +18,11 @@ from sqlalchemy import func, select
 from mailer import digests, tasks
 from mailer.celery_app import app
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency
-from tests.conftest import RUN_ID, configure, wait_for
+from tests.conftest import configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
+from tests.workers import start_worker
 
-ROOT = Path(__file__).resolve().parents[2]
 READERS = 2000
-
-
-def start_worker(tmp_path: Path, name: str, queue: str) -> subprocess.Popen[bytes]:
-    celery = Path(sys.executable).with_name("celery")
-    log = (tmp_path / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [
-            str(celery),
-            "-A",
-            "worker",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "-n",
-            f"{name}-{RUN_ID}@%h",
-            "--loglevel=WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),  # the test's MAILER_* settings: its database, queue and server
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def open_rows(session, digest_id: int) -> dict[str, int]:
