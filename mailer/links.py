@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailer.config import Settings
-from mailer.models import Subscription
 from mailer.tokens import Purpose, Tokens
+
+
+class Tokened(Protocol):
+    """What a link token names: a subscription's id and generation. A Subscription
+    row is one; the send loop passes a plain record so it needs no ORM object."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def generation(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -18,16 +29,16 @@ class Links:
     def from_settings(cls, settings: Settings) -> Links:
         return cls(settings.base_url, tokens_for(settings))
 
-    def _url(self, path: str, purpose: Purpose, sub: Subscription) -> str:
+    def _url(self, path: str, purpose: Purpose, sub: Tokened) -> str:
         return f"{self.base_url}/{path}/{self.tokens.make(purpose, sub.id, sub.generation)}"
 
-    def confirm(self, sub: Subscription) -> str:
+    def confirm(self, sub: Tokened) -> str:
         return self._url("confirm", Purpose.CONFIRM, sub)
 
-    def unsubscribe(self, sub: Subscription) -> str:
+    def unsubscribe(self, sub: Tokened) -> str:
         return self._url("unsubscribe", Purpose.UNSUBSCRIBE, sub)
 
-    def preferences(self, sub: Subscription) -> str:
+    def preferences(self, sub: Tokened) -> str:
         return self._url("preferences", Purpose.PREFERENCES, sub)
 
     def digest(self, digest_id: int) -> str:
