@@ -160,11 +160,34 @@ class _Rejects:
             self.file.close()
 
 
+@dataclass
+class _NewReaders:
+    """What `_PostgresStore.new_readers` did in its one statement."""
+
+    blocked: set[str]  # hashes on the suppression list: nothing written for them
+    made: dict[str, int | None]  # key of each subscriber inserted -> its new subscription's id
+    notes: list[int]  # confirm notices queued for those subscriptions
+
+
 class _Store:
     """The chunk's writes through SQLAlchemy Core, for SQLite (the embedded default)."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
+
+    def new_readers(
+        self,
+        rows: list[_Row],
+        newsletter_id: int,
+        *,
+        status: Status,
+        source: str,
+        confirmed_at: datetime | None,
+        notices: bool,
+        now: datetime,
+    ) -> _NewReaders | None:
+        """The whole write for readers not yet in the database, or None: step by step."""
+        return None
 
     def suppressed(self, hashes: list[str]) -> set[str]:
         return set(
@@ -290,6 +313,89 @@ class _PostgresStore(_Store):
 
     def _run(self, sql: str, **params: Any) -> Any:
         return self.session.execute(text(sql), params)
+
+    def new_readers(
+        self,
+        rows: list[_Row],
+        newsletter_id: int,
+        *,
+        status: Status,
+        source: str,
+        confirmed_at: datetime | None,
+        notices: bool,
+        now: datetime,
+    ) -> _NewReaders:
+        """Suppression check, subscriber, subscription, audit event, topics (and confirm
+        notices) for the chunk's new addresses as one statement of data-modifying CTEs.
+
+        The same rows as the step-by-step methods write, in file order, but one
+        round trip instead of five: the writer thread hands the GIL back and forth
+        with the parsing thread at each result, and PostgreSQL sat idle meanwhile.
+        Addresses that already have a subscriber row are left alone here (`made`
+        doesn't name them) for the caller's step-by-step path.
+        """
+        # The planner can't see how short these arrays are (it takes unnest to give 100
+        # rows a call), prices the joins over jit_above_cost and then spends ~0.4 s
+        # compiling for a statement that runs in ~70 ms. For this transaction only.
+        self._run("SET LOCAL jit = off")
+        notice_cte = (
+            ", notice AS (INSERT INTO notification (subscription_id, kind, status, attempts, "
+            "created_at) SELECT id, 'confirm', 'queued', 0, :now FROM made ORDER BY id "
+            "RETURNING id) "
+            if notices
+            else " "
+        )
+        result = self._run(
+            "WITH input AS (SELECT * FROM unnest("
+            f"{_T('e')}, {_T('k')}, {_T('h')}, {_T('f')}, {_T('t')}"
+            ") WITH ORDINALITY AS t(e, k, h, f, tp, n)), "
+            "blocked AS (SELECT address_hash AS h FROM suppression "
+            f"WHERE address_hash = ANY({_T('h')})), "
+            "new_subscriber AS (INSERT INTO subscriber (email, email_key, created_at) "
+            "SELECT e, k, :now FROM input WHERE h NOT IN (SELECT h FROM blocked) ORDER BY n "
+            "ON CONFLICT (email_key) DO NOTHING RETURNING id, email_key), "
+            "made AS (INSERT INTO subscription (subscriber_id, newsletter_id, status, frequency, "
+            "generation, created_at, status_changed_at, confirmed_at, consent_at, "
+            "consent_source, consent_ip, soft_bounces) "
+            "SELECT ns.id, :n, :status, i.f, 1, :now, :now, :confirmed, :confirmed, :source, "
+            "NULL, 0 FROM new_subscriber ns JOIN input i ON i.k = ns.email_key ORDER BY i.n "
+            "ON CONFLICT (subscriber_id, newsletter_id) DO NOTHING "
+            "RETURNING id, subscriber_id), "
+            "event AS (INSERT INTO subscription_event (subscription_id, old_status, new_status, "
+            "at, source, ip, detail) "
+            "SELECT id, NULL, :status, :now, :event_source, NULL, NULL FROM made ORDER BY id), "
+            "topic AS (INSERT INTO subscription_topic (subscription_id, topic_id) "
+            "SELECT m.id, CAST(x AS integer) FROM made m "
+            "JOIN new_subscriber ns ON ns.id = m.subscriber_id "
+            "JOIN input i ON i.k = ns.email_key "
+            "CROSS JOIN unnest(string_to_array(i.tp, ',')) AS x ORDER BY m.id, x)"
+            f"{notice_cte}"
+            "SELECT 0, h, NULL FROM blocked "
+            "UNION ALL SELECT 1, ns.email_key, m.id FROM new_subscriber ns "
+            "LEFT JOIN made m ON m.subscriber_id = ns.id"
+            + (" UNION ALL SELECT 2, NULL, id FROM notice" if notices else ""),
+            e=_texts(r.email for r in rows),
+            k=_texts(r.key for r in rows),
+            h=_texts(r.hash for r in rows),
+            f=_texts(r.frequency.value for r in rows),
+            t=_texts(_ints(r.topic_ids) for r in rows),
+            n=newsletter_id,
+            status=status.value,
+            now=now,
+            confirmed=confirmed_at,
+            source=source if confirmed_at else None,
+            event_source=source,
+        )
+        out = _NewReaders(set(), {}, [])
+        for kind, value, number in result:
+            if kind == 0:
+                out.blocked.add(value)
+            elif kind == 1:
+                out.made[value] = number
+            else:
+                out.notes.append(number)
+        out.notes.sort()
+        return out
 
     def suppressed(self, hashes: list[str]) -> set[str]:
         rows = self._run(
@@ -478,18 +584,42 @@ class Importer:
                 report.already += 1  # the same reader twice in the file
             else:
                 unique[row.key] = row
-        blocked = store.suppressed([r.hash for r in unique.values()]) if unique else set()
+        if not unique:
+            return []
+        target = Status.ACTIVE if self.confirmed else Status.PENDING
+        done = store.new_readers(
+            list(unique.values()),
+            self.nl_id,
+            status=target,
+            source=self.source,
+            confirmed_at=self.now if self.confirmed else None,
+            notices=not self.confirmed,
+            now=self.now,
+        )
+        blocked = done.blocked if done else store.suppressed([r.hash for r in unique.values()])
         for key, row in list(unique.items()):
             if row.hash in blocked:
                 report.suppressed += 1
                 reject(row, "suppressed: this address asked not to be mailed")
                 del unique[key]
+        notes: list[int] = []
+        if done is not None:
+            # New subscribers, written whole; the rest (already in the database) go on below.
+            for key, sub_id in done.made.items():
+                del unique[key]
+                if (
+                    sub_id is None
+                ):  # can't happen to a subscriber just made; counted as subscribe would
+                    report.already += 1
+                else:
+                    report.added += 1
+            notes += done.notes
         if not unique:
-            return []
+            return notes
 
         found = store.subscribers([(r.email, r.key) for r in unique.values()], self.nl_id, self.now)
         fresh = {found[key][0]: row for key, row in unique.items() if found[key][1] is None}
-        notes = self._insert_new(fresh)
+        notes += self._insert_new(fresh)
         for key, (_sid, status) in found.items():
             if status is not None:
                 notes += self._existing(unique[key], Status(status), reject)
