@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from mailer.models import (
 )
 
 CHUNK = 2000
+WRITERS = 2  # chunks in flight on PostgreSQL, each on its own connection (see Importer.run)
 KEEP_LINES = 100  # invalid line numbers kept in the report; the reject file has them all
 TOPIC_SEPARATORS = (";", "|")
 
@@ -74,6 +76,15 @@ class ImportReport:
     chunks: int = 0
     invalid_lines: list[int] = field(default_factory=list)
     rejects_path: Path | None = None
+
+    def merge(self, chunk: ImportReport) -> None:
+        """Add a committed chunk's counts (the writers count apart; this runs in file order)."""
+        self.added += chunk.added
+        self.already += chunk.already
+        self.suppressed += chunk.suppressed
+        self.ended += chunk.ended
+        self.confirmed += chunk.confirmed
+        self.chunks += chunk.chunks
 
 
 @dataclass(frozen=True)
@@ -575,9 +586,20 @@ class Importer:
 
     # -- per chunk: bulk writes ----------------------------------------------------------
 
-    def write_chunk(self, rows: list[_Row], reject: Callable[[_Row, str], None]) -> list[int]:
-        """Write one chunk (no commit); return the confirm notices to send after commit."""
-        report, store = self.report, self.store
+    def write_chunk(
+        self,
+        rows: list[_Row],
+        reject: Callable[[_Row, str], None],
+        store: _Store | None = None,
+        report: ImportReport | None = None,
+    ) -> list[int]:
+        """Write one chunk (no commit); return the confirm notices to send after commit.
+
+        `store` is the writer's own (its session, its transaction) and `report`
+        the chunk's own counts, added to the run's in file order once committed.
+        """
+        store = store or self.store
+        report = report if report is not None else self.report
         unique: dict[str, _Row] = {}
         for row in rows:
             if row.key in unique:
@@ -607,9 +629,7 @@ class Importer:
             # New subscribers, written whole; the rest (already in the database) go on below.
             for key, sub_id in done.made.items():
                 del unique[key]
-                if (
-                    sub_id is None
-                ):  # can't happen to a subscriber just made; counted as subscribe would
+                if sub_id is None:  # not for a subscriber just made; counted as below if so
                     report.already += 1
                 else:
                     report.added += 1
@@ -619,16 +639,16 @@ class Importer:
 
         found = store.subscribers([(r.email, r.key) for r in unique.values()], self.nl_id, self.now)
         fresh = {found[key][0]: row for key, row in unique.items() if found[key][1] is None}
-        notes += self._insert_new(fresh)
+        notes += self._insert_new(fresh, store, report)
         for key, (_sid, status) in found.items():
             if status is not None:
-                notes += self._existing(unique[key], Status(status), reject)
+                notes += self._existing(unique[key], Status(status), reject, store, report)
         return notes
 
-    def _insert_new(self, fresh: dict[int, _Row]) -> list[int]:
+    def _insert_new(self, fresh: dict[int, _Row], store: _Store, report: ImportReport) -> list[int]:
         if not fresh:
             return []
-        store, now = self.store, self.now
+        now = self.now
         target = Status.ACTIVE if self.confirmed else Status.PENDING
         made = store.subscriptions(
             self.nl_id,
@@ -639,8 +659,8 @@ class Importer:
             now=now,
         )
         # A row the web created between our look-up and insert is not ours to count as new.
-        self.report.already += len(fresh) - len(made)
-        self.report.added += len(made)
+        report.already += len(fresh) - len(made)
+        report.added += len(made)
         if not made:
             return []
         sub_ids = [sub_id for sub_id, _ in made]
@@ -651,15 +671,20 @@ class Importer:
         return [] if self.confirmed else store.notices(sub_ids, "confirm", now)
 
     def _existing(
-        self, row: _Row, status: Status, reject: Callable[[_Row, str], None]
+        self,
+        row: _Row,
+        status: Status,
+        reject: Callable[[_Row, str], None],
+        store: _Store,
+        report: ImportReport,
     ) -> list[int]:
         if status is Status.ACTIVE or (status is Status.PENDING and not self.confirmed):
-            self.report.already += 1
+            report.already += 1
             return []
         if status is Status.PENDING:
             # Rare: confirming a pending reader is exactly subscribe(confirmed=True).
             outcome = subs.subscribe(
-                self.session,
+                store.session,
                 email=row.email,
                 newsletter=self.nl_slug,
                 topics=row.topic_names,
@@ -668,9 +693,9 @@ class Importer:
                 confirmed=True,
                 now=self.now,
             )
-            self.report.confirmed += 1
+            report.confirmed += 1
             return outcome.notification_ids
-        self.report.ended += 1
+        report.ended += 1
         reject(row, f"{status.value} earlier; only the reader can subscribe again")
         return []
 
@@ -685,21 +710,32 @@ class Importer:
         after_commit: Callable[[list[int]], None] | None = None,
         on_row: Callable[[int], None] | None = None,
         on_chunk: Callable[[ImportReport, int], None] | None = None,
+        writers: int | None = None,
     ) -> ImportReport:
         """Import `path`, committing every `chunk_size` rows.
 
         `after_commit` gets each chunk's confirm-notice ids once they are
         committed (the CLI enqueues them); `on_row` sees each line number
         before its row is processed, and `on_chunk` the report and bytes read
-        after each commit, for a progress bar. Both run on the calling thread.
+        after each commit, for a progress bar. Both run on the calling thread,
+        in file order.
 
-        Parsing and writing overlap: while one chunk is written and committed
-        on a worker thread (the database does most of that work), the next is
-        read and validated here. At most one chunk is in flight, and an error
-        on either side still leaves only whole, committed chunks behind.
+        Parsing and writing overlap: while chunks are written and committed on
+        writer threads (the database does most of that work), the next is read
+        and validated here. On PostgreSQL two chunks are in flight, each on a
+        connection of its own, because one backend inserting and checking
+        foreign keys was the slowest stage and the machine has a core to spare
+        while this thread waits; SQLite, with one writer at a time, keeps one.
+        Two chunks in flight never share an address (a chunk that repeats one
+        from the chunk before waits for it), so neither waits for the other's
+        locks and every count, reject and stored row is what one writer would
+        produce; and a chunk commits only after the one before it has, so a
+        crash or an error still leaves the first N chunks whole and no others.
         """
         report, read = self.report, [0]
         rejects_path = rejects_path or rejects_path_for(path)
+        if writers is None:
+            writers = WRITERS if isinstance(self.store, _PostgresStore) else 1
         with path.open("rb") as binary:
             reader = csv.reader(_lines(binary, read))
             try:
@@ -709,20 +745,43 @@ class Importer:
             columns = _columns(header)
             rejects_path.unlink(missing_ok=True)  # a rerun reports afresh
             rejects = _Rejects(rejects_path, list(header or []))
-            writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-writer")
-            in_flight: Future[tuple[list[int], int]] | None = None
+            bind = self.session.get_bind()
+            # The first writer uses the caller's session, the others sessions of their own.
+            own = [Session(bind=bind) for _ in range(writers - 1)]
+            stores = [self.store, *(type(self.store)(s) for s in own)]
+            pools = [
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"import-writer-{i}")
+                for i in range(writers)
+            ]
+            in_flight: deque[_InFlight] = deque()
+            submitted = 0
 
-            def finish(future: Future[tuple[list[int], int]] | None) -> None:
-                if future is None:
-                    return
-                notes, at = future.result()
+            def finish() -> None:
+                done = in_flight.popleft()
+                notes, delta, at = done.future.result()
+                report.merge(delta)
                 if notes and after_commit is not None:
                     after_commit(notes)
                 if on_chunk is not None:
                     on_chunk(report, at)
 
+            def submit(rows: list[_Row]) -> None:
+                nonlocal submitted
+                keys = {r.key for r in rows}
+                while len(in_flight) >= writers or any(
+                    not keys.isdisjoint(f.keys) for f in in_flight
+                ):
+                    finish()
+                before = in_flight[-1].future if in_flight else None
+                slot = submitted % writers
+                future = pools[slot].submit(
+                    self._commit, stores[slot], rows, rejects, read[0], before
+                )
+                in_flight.append(_InFlight(future, keys))
+                submitted += 1
+
             try:
-                with Session(bind=self.session.get_bind()) as lookups:
+                with Session(bind=bind) as lookups:
                     self.lookups = lookups
                     pending: list[_Row] = []
                     for raw in _readable(reader):
@@ -748,34 +807,53 @@ class Importer:
                         else:
                             pending.append(parsed)
                         if len(pending) >= chunk_size:
-                            finish(in_flight)
-                            in_flight = writer.submit(self._commit, pending, rejects, read[0])
+                            submit(pending)
                             pending = []
-                finish(in_flight)
-                in_flight = None
-                finish(writer.submit(self._commit, pending, rejects, read[0]))
+                    submit(pending)
+                    while in_flight:
+                        finish()
             finally:
-                # Let a chunk in flight end (committed whole, or rolled back) before leaving.
-                writer.shutdown(wait=True)
+                # Let chunks in flight end (committed whole, or rolled back) before leaving.
+                for pool in pools:
+                    pool.shutdown(wait=True)
+                for session in own:
+                    session.close()
                 rejects.close()
         report.rejects_path = rejects_path if rejects.file is not None else None
         return report
 
-    def _commit(self, rows: list[_Row], rejects: _Rejects, read: int) -> tuple[list[int], int]:
-        """On the writer thread: one chunk, one transaction."""
+    def _commit(
+        self,
+        store: _Store,
+        rows: list[_Row],
+        rejects: _Rejects,
+        read: int,
+        before: Future[tuple[list[int], ImportReport, int]] | None,
+    ) -> tuple[list[int], ImportReport, int]:
+        """On a writer thread: one chunk, one transaction, committed after `before`'s."""
 
         def reject(row: _Row, reason: str) -> None:
             rejects.write(row.line, row.raw, reason)
 
+        delta = ImportReport()
+        session = store.session
         try:
-            notes = self.write_chunk(rows, reject) if rows else []
-            self.session.commit()
+            notes = self.write_chunk(rows, reject, store, delta) if rows else []
+            if before is not None:
+                before.result()  # raises if that chunk failed: this one is rolled back too
+            session.commit()
         except BaseException:
-            self.session.rollback()
+            session.rollback()
             raise
-        self.report.chunks += 1 if rows else 0
+        delta.chunks += 1 if rows else 0
         rejects.flush()
-        return notes, read
+        return notes, delta, read
+
+
+@dataclass
+class _InFlight:
+    future: Future[tuple[list[int], ImportReport, int]]
+    keys: set[str]
 
 
 def _columns(header: Iterable[str] | None) -> dict[str, int]:

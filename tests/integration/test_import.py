@@ -287,3 +287,100 @@ def test_an_invalid_domain_is_refused_on_every_row_with_its_line(session, newsle
     assert [int(r["line"]) for r in refused] == bad_lines
     assert all("invalid characters: '_'" in r["reason"] for r in refused[0::2])
     assert all("should have a period" in r["reason"] for r in refused[1::2])
+
+
+def _import_with(session, nl, path, *, writers, chunk_size, confirmed=True, write_chunk=None):
+    from mailer.importer import Importer, consent_source
+
+    importer = Importer(session, nl, source=consent_source(path), confirmed=confirmed)
+    if write_chunk is not None:
+        importer.write_chunk = write_chunk(importer.write_chunk)
+    return importer.run(path, chunk_size=chunk_size, writers=writers)
+
+
+def _stored(session):
+    session.expire_all()
+    return {
+        sub.subscriber.email_key: (
+            sub.status.value,
+            sub.frequency.value,
+            tuple(sorted(t.slug for t in sub.topics)),
+            sub.consent_source,
+            count(session, SubscriptionEvent, SubscriptionEvent.subscription_id == sub.id),
+        )
+        for sub in session.scalars(select(Subscription))
+    }
+
+
+def test_two_writers_count_reject_and_store_exactly_what_one_writer_does(
+    session, newsletter, tmp_path
+):
+    """Chunks written two at a time; a reader repeated in the next chunk keeps the first line."""
+    from sqlalchemy import delete
+
+    subs.suppress(session, "blocked@x.org", "complaint")
+    out = subs.subscribe(session, email="left@x.org", newsletter="weekly", confirmed=True)
+    subs.change_status(
+        session, session.get(Subscription, out.subscription_id), Status.UNSUBSCRIBED, source="test"
+    )
+    session.commit()
+    rows = []
+    for i in range(60):
+        rows.append([f"r{i}@example.org", "", ("science", "culture", "")[i % 3], ""])
+        if i % 9 == 4:
+            rows.append([f"broken{i}", "", "", ""])
+        if i % 5 == 2:  # the same reader again in the next chunk, with other topics
+            rows.append([f"R{i - 1}@EXAMPLE.org", "", "science;culture", "daily"])
+    rows[20:20] = [["blocked@x.org", "", "", ""], ["left@x.org", "", "", ""]]
+    path = write(tmp_path / "two.csv", rows)
+
+    results = []
+    for writers in (2, 1):
+        report = _import_with(session, newsletter, path, writers=writers, chunk_size=4)
+        results.append(
+            (
+                (report.added, report.already, report.invalid, report.suppressed, report.ended),
+                (report.rows, report.chunks, report.invalid_lines),
+                sorted(
+                    (int(r["line"]), r["email"], r["reason"]) for r in rejects(report.rejects_path)
+                ),
+                _stored(session),
+            )
+        )
+        left = session.scalars(select(Subscriber.id).where(Subscriber.email_key == "left@x.org"))
+        session.execute(delete(Subscriber).where(Subscriber.id.not_in(list(left))))
+        session.commit()
+    assert results[0] == results[1]
+    counts, _, refused, stored = results[0]
+    assert counts == (60, 12, 7, 1, 1)
+    assert {r[1] for r in refused} >= {"blocked@x.org", "left@x.org"}
+    assert stored["r1@example.org"][1:3] == ("weekly", ("culture",))
+
+
+class ChunkFailed(RuntimeError):
+    pass
+
+
+def test_a_chunk_that_fails_rolls_back_the_one_written_beside_it(session, newsletter, tmp_path):
+    """Two chunks in flight: the later commits after the earlier, so a failure leaves a prefix."""
+    import threading
+
+    path = write(tmp_path / "fail.csv", [[f"r{i}@example.org", "", "", ""] for i in range(30)])
+    second_written = threading.Event()
+
+    def failing(original):
+        def write_chunk(rows, reject, store=None, report=None):
+            if rows and rows[0].line == 7:  # the second chunk of five
+                assert second_written.wait(30), "the third chunk was never written"
+                raise ChunkFailed("the disk is full")
+            notes = original(rows, reject, store, report)
+            if rows and rows[0].line == 12:  # the third, in flight beside the second
+                second_written.set()
+            return notes
+
+        return write_chunk
+
+    with pytest.raises(ChunkFailed):
+        _import_with(session, newsletter, path, writers=2, chunk_size=5, write_chunk=failing)
+    assert count(session, Subscription) == 5
+    assert count(session, Subscriber) == 5
