@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -68,7 +69,7 @@ from mailer.notices import list_id, unsubscribe_mailto
 from mailer.ratelimit import Limiter, Unlimited
 from mailer.rendering import EmailRenderer
 from mailer.subscriptions import TRANSITIONS, change_status, suppress
-from mailer.transport import ConnectionLost, Reply, close, connect, send
+from mailer.transport import ConnectionLost, Reply, close, connect, send, send_when
 
 log = logging.getLogger(__name__)
 
@@ -448,28 +449,37 @@ def _mark_statement() -> Any:
     )
 
 
-# The same statement as raw SQL for PostgreSQL, run on the driver's connection as a
-# server-side prepared statement: SQLAlchemy's execution path (compiled-cache
-# lookup, parameter processing, result wrapping) cost more CPU than PostgreSQL
-# spent running the statement. The casts keep the parameter types fixed, so one
-# prepared plan serves the first message (no previous row), the middle and the last.
+# The same statement as raw SQL for PostgreSQL, prepared once per connection and
+# run through libpq directly: SQLAlchemy's execution path (compiled-cache lookup,
+# parameter processing, result wrapping) cost more CPU than PostgreSQL spent
+# running the statement, and going through libpq lets the statement travel while
+# the SMTP envelope is being sent (see _Marks.start). The casts keep the
+# parameter types fixed, so one plan serves first, middle and last message.
+_MARK_NAME = b"mailer_delivery_mark"
 _MARK_SQL = f"""
 UPDATE delivery SET
-  status = CASE WHEN id = %(prev_id)s::int THEN '{DeliveryStatus.SENT.value}' ELSE status END,
-  smtp_code = CASE WHEN id = %(prev_id)s::int THEN %(code)s::int ELSE smtp_code END,
-  smtp_reply = CASE WHEN id = %(prev_id)s::int THEN %(reply)s::text ELSE smtp_reply END,
-  message_id = CASE WHEN id = %(prev_id)s::int THEN message_id
-    ELSE %(message_id)s::varchar END,
-  lease_until = CASE WHEN id = %(prev_id)s::int THEN NULL ELSE lease_until END,
-  sent_at = CASE WHEN id = %(prev_id)s::int THEN %(now)s::timestamptz ELSE sent_at END,
-  next_attempt_at = CASE WHEN id = %(prev_id)s::int THEN NULL ELSE next_attempt_at END,
-  updated_at = %(now)s::timestamptz
-WHERE id IN (%(prev_id)s::int, %(next_id)s::int)
+  status = CASE WHEN id = $1::int THEN '{DeliveryStatus.SENT.value}' ELSE status END,
+  smtp_code = CASE WHEN id = $1::int THEN $2::int ELSE smtp_code END,
+  smtp_reply = CASE WHEN id = $1::int THEN $3::text ELSE smtp_reply END,
+  message_id = CASE WHEN id = $1::int THEN message_id ELSE $4::varchar END,
+  lease_until = CASE WHEN id = $1::int THEN NULL ELSE lease_until END,
+  sent_at = CASE WHEN id = $1::int THEN $5::timestamptz ELSE sent_at END,
+  next_attempt_at = CASE WHEN id = $1::int THEN NULL ELSE next_attempt_at END,
+  updated_at = $5::timestamptz
+WHERE id IN ($1::int, $6::int)
   AND status = '{DeliveryStatus.SENDING.value}'
-  AND lease_until = CASE WHEN id = %(prev_id)s::int THEN %(prev_lease)s::timestamptz
-    ELSE %(next_lease)s::timestamptz END
+  AND lease_until = CASE WHEN id = $1::int THEN $7::timestamptz ELSE $8::timestamptz END
 RETURNING id
-"""
+""".encode()
+
+
+def _text(value: object) -> bytes | None:
+    """A parameter in PostgreSQL's text format (aware datetimes as ISO 8601)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat().encode()
+    return str(value).encode()
 
 
 class _Marks:
@@ -483,19 +493,91 @@ class _Marks:
     of a second of these writes, and what that brings back is rows found in
     `sending` again, i.e. a resend of those messages (duplicates), never a
     lost one. Elsewhere (SQLite) they go through the session, as before.
+
+    A write is split in two: `start` sends the statement, `finish` waits for
+    its answer (the commit). The sender calls `finish` before DATA, so the
+    in-flight marker is still committed before any message byte goes out;
+    between the two it sends MAIL FROM and RCPT TO, so the database round trip
+    no longer adds to each message's time.
     """
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.conn: Connection | None = None
-        self.cursor: Any = None
+        self.raw: Any = None
+        self.pgconn: Any = None
         self.stmt = _mark_statement()
+        self._pending = False
+        self._ids: set[int] = set()
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
             engine = bind if isinstance(bind, Engine) else bind.engine
             self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
-            self.cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            # psycopg's Connection.wait sleeps in poll(); waiting.wait's default spins.
+            self.raw = self.conn.connection.driver_connection
+            self.pgconn = self.raw.pgconn
+            self._prepare()
+
+    def _prepare(self) -> None:
+        from psycopg import errors
+        from psycopg.pq import DiagnosticField, ExecStatus
+
+        result = self.pgconn.prepare(_MARK_NAME, _MARK_SQL)
+        if result.status != ExecStatus.COMMAND_OK and (
+            result.error_field(DiagnosticField.SQLSTATE) != b"42P05"  # prepared on this pooled conn
+        ):
+            raise errors.error_from_result(result)
+
+    def start(
+        self,
+        sent: _Sent | None,
+        row: Claimed | None,
+        lease_until: datetime | None,
+        message_id: str | None,
+        now: datetime,
+    ) -> None:
+        """Send the write that records `sent` and marks `row` in flight, atomically."""
+        self.finish()  # never two statements in flight
+        params = {
+            "prev_id": sent.row.delivery_id if sent else -1,
+            "code": sent.reply.code if sent else None,
+            "reply": f"{sent.reply.code} {sent.reply.text}"[:2000] if sent else None,
+            "message_id": message_id,
+            "now": now,
+            "next_id": row.delivery_id if row else -1,
+            "prev_lease": sent.lease_until if sent else now,
+            "next_lease": lease_until or now,
+        }
+        if self.pgconn is None:
+            self._ids = set(self.session.execute(self.stmt, params).scalars())
+            self.session.commit()
+            return
+        from psycopg import generators
+
+        self.pgconn.send_query_prepared(_MARK_NAME, [_text(v) for v in params.values()])
+        self.raw.wait(generators.send(self.pgconn))
+        self._pending = True
+
+    def finish(self) -> set[int]:
+        """Wait for the write's commit; the ids of the two rows that were still ours."""
+        if not self._pending:
+            return self._ids
+        from psycopg import errors, generators
+        from psycopg.pq import ExecStatus
+
+        self._pending = False
+        results = self.raw.wait(generators.fetch_many(self.pgconn))
+        self._ids = set()
+        for result in results:
+            if result.status != ExecStatus.TUPLES_OK:
+                raise errors.error_from_result(result)
+            self._ids.update(int(result.get_value(i, 0)) for i in range(result.ntuples))
+        return self._ids
+
+    def holds(self, delivery_id: int) -> bool:
+        """Whether the row is still ours once the pending write is in (`ready`)."""
+        return delivery_id in self.finish()
 
     def write(
         self,
@@ -505,30 +587,15 @@ class _Marks:
         message_id: str | None,
         now: datetime,
     ) -> set[int]:
-        """Record `sent` and mark `row` in flight, atomically; the ids still ours."""
-        params = {
-            "prev_id": sent.row.delivery_id if sent else -1,
-            "prev_lease": sent.lease_until if sent else now,
-            "code": sent.reply.code if sent else None,
-            "reply": f"{sent.reply.code} {sent.reply.text}"[:2000] if sent else None,
-            "next_id": row.delivery_id if row else -1,
-            "next_lease": lease_until or now,
-            "message_id": message_id,
-            "now": now,
-        }
-        if self.cursor is not None:
-            self.cursor.execute(_MARK_SQL, params, prepare=True)
-            return {r[0] for r in self.cursor.fetchall()}
-        ids = set(self.session.execute(self.stmt, params).scalars())
-        self.session.commit()
-        return ids
+        """`start` and `finish` in one: the ids still ours."""
+        self.start(sent, row, lease_until, message_id, now)
+        return self.finish()
 
     def close(self) -> None:
         if self.conn is None:
             return
         try:
-            if self.cursor is not None:
-                self.cursor.close()
+            self.finish()
             self.conn.exec_driver_sql("RESET synchronous_commit")
         except Exception:  # a broken connection must not go back to the pool
             self.conn.invalidate()
@@ -637,30 +704,61 @@ def _send_rows(
     claimed_at = time.monotonic()
     sent: _Sent | None = None
     accepted: list[int] = []
+    # The next row's message, built while the server takes in the current one.
+    ahead: tuple[Claimed, str, bytes] | None = None
+
+    def build(row: Claimed) -> tuple[str, bytes]:
+        template = templates[row.variant_id]
+        message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
+        data = personalise(template, links, row.subscription, row.email, message_id)
+        return message_id, outgoing.sign(data)
+
+    def build_ahead(row: Claimed) -> None:
+        nonlocal ahead
+        try:
+            ahead = (row, *build(row))
+        except Exception:  # raised again where it belongs, when that row's turn comes
+            ahead = None
+
     for index, row in enumerate(rows):
         if time.monotonic() - claimed_at > settings.send_lease / 2:
             lease_until = _renew(session, rows[index:], lease_until, settings.send_lease, clock())
             claimed_at = time.monotonic()
-        template = templates[row.variant_id]
-        message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
-        data = outgoing.sign(personalise(template, links, row.subscription, row.email, message_id))
+        if ahead is not None and ahead[0] is row:
+            _, message_id, data = ahead
+        else:
+            message_id, data = build(row)
+        ahead = None
         limiter.acquire()
-        # The previous row's 250 and this row's in-flight marker, in one commit.
-        ours = marks.write(sent, row, lease_until, message_id, clock())
-        _settle(sent, ours, result)
-        sent = None
-        if row.delivery_id not in ours:
-            result.lost_lease += 1
-            continue
+        # The previous row's 250 and this row's in-flight marker, in one commit. It
+        # travels while MAIL FROM and RCPT TO do; DATA waits for its commit (ready).
+        marks.start(sent, row, lease_until, message_id, clock())
+        previous, sent = sent, None
         try:
-            reply = send(conn, outgoing.return_path(row.delivery_id), row.email, data)
+            reply = send_when(
+                conn,
+                outgoing.return_path(row.delivery_id),
+                row.email,
+                data,
+                ready=partial(marks.holds, row.delivery_id),
+                meanwhile=partial(build_ahead, rows[index + 1]) if index + 1 < len(rows) else None,
+            )
         except ConnectionLost as exc:
+            _settle(previous, marks.finish(), result)
             now = clock()
             _mark_unknown(session, row, lease_until, f"connection lost: {exc}", now)
             _hand_back(session, rows[index + 1 :], lease_until, now)
             session.commit()
             close(conn)
             raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
+        # A refused envelope never asked `ready`: the write is awaited here then.
+        ours = marks.finish()
+        _settle(previous, ours, result)
+        if reply is None or row.delivery_id not in ours:
+            # Our lease ran out and someone else owns the row now. If the server
+            # refused the envelope anyway there is nothing of ours to record.
+            result.lost_lease += 1
+            continue
         if reply.ok:
             sent = _Sent(row, lease_until, reply)
             accepted.append(row.subscription.id)

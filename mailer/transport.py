@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -94,7 +95,30 @@ def _refused(conn: smtplib.SMTP, code: int, text: bytes) -> Reply:
 
 
 def send(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> Reply:
-    """Send one message to one recipient and return the server's verdict.
+    """Send one message to one recipient and return the server's verdict."""
+    reply = send_when(conn, sender, recipient, data)
+    if reply is None:  # pragma: no cover - only a `ready` that says no withdraws one
+        raise RuntimeError("message withdrawn without a ready check")
+    return reply
+
+
+def send_when(
+    conn: smtplib.SMTP,
+    sender: str,
+    recipient: str,
+    data: bytes,
+    *,
+    ready: Callable[[], bool] | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> Reply | None:
+    """`send`, with two hooks that let the caller work while the server does.
+
+    `ready` is asked once the envelope is accepted, before DATA: the sender
+    waits there for its in-flight marker to commit (it was sent to the
+    database before MAIL FROM). If it answers False the transaction is reset
+    and None returned: nothing was sent. `meanwhile` runs after the last
+    byte of the message has gone and before the server's verdict is read: the
+    sender builds the next message there, while the server takes this one in.
 
     The conversation is driven command by command instead of through
     `sendmail`: that one parses both addresses with `email.utils.parseaddr`
@@ -129,11 +153,17 @@ def send(conn: smtplib.SMTP, sender: str, recipient: str, data: bytes) -> Reply:
         code, text = conn.getreply()
         if code not in (250, 251):
             return _refused(conn, code, text)
+        if ready is not None and not ready():
+            with contextlib.suppress(smtplib.SMTPServerDisconnected):
+                conn.rset()
+            return None
         conn.putcmd("data")
         code, text = conn.getreply()
         if code != 354:
             return _refused(conn, code, text)
         conn.send(dot_stuff(data))
+        if meanwhile is not None:
+            meanwhile()
         code, text = conn.getreply()
         if code != 250:
             return _refused(conn, code, text)
