@@ -6,7 +6,10 @@
 Without --database-url it makes a scratch PostgreSQL database next to the
 test one (TEST_PG_ADMIN_URL, as the tests use), migrates it, measures, and
 drops it again. The CSV is generated into a temporary directory first, so
-only the import itself is timed (parsing, validation and the writes).
+only the import itself is timed (parsing, validation and the writes). It
+prints the consent (audit event) and topic rows stored as a check that the
+fast path wrote everything, and the load average before and after, because
+the machine is shared and the figure moves with it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from mailer import db, migrate
 from mailer.importer import import_csv
-from mailer.models import Subscription
+from mailer.models import Subscription, SubscriptionEvent, SubscriptionTopic
 from mailer.subscriptions import create_newsletter, ensure_topic
 
 ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -48,18 +51,23 @@ def measure(url: str, rows: int, chunk: int) -> None:
         ensure_topic(session, nl, "Science")
         ensure_topic(session, nl, "Culture")
         session.commit()
+        load = os.getloadavg()[0]
         started = time.perf_counter()
         report = import_csv(session, path, slug, confirmed=True, chunk_size=chunk)
         elapsed = time.perf_counter() - started
-        stored = session.scalar(
-            select(func.count())
-            .select_from(Subscription)
-            .where(Subscription.newsletter_id == nl.id)
+        ours = Subscription.newsletter_id == nl.id
+        stored = session.scalar(select(func.count()).select_from(Subscription).where(ours))
+        events = session.scalar(
+            select(func.count()).select_from(SubscriptionEvent).join(Subscription).where(ours)
+        )
+        topics = session.scalar(
+            select(func.count()).select_from(SubscriptionTopic).join(Subscription).where(ours)
         )
         print(
             f"{rows} rows in {elapsed:.2f} s: {rows / elapsed:,.0f} rows/s "
             f"(added {report.added}, already {report.already}, invalid {report.invalid}; "
-            f"{stored} subscriptions stored; chunk {chunk})"
+            f"{stored} subscriptions, {events} consent events, {topics} topic rows stored; "
+            f"chunk {chunk}; load {load:.2f} -> {os.getloadavg()[0]:.2f})"
         )
         started = time.perf_counter()
         again = import_csv(session, path, slug, confirmed=True, chunk_size=chunk)
