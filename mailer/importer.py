@@ -8,7 +8,10 @@ is already there is counted as such and left alone.
 Speed comes from doing per chunk what `subscriptions.subscribe` does per row:
 one suppression lookup, one `INSERT … ON CONFLICT DO NOTHING` each for
 subscribers and subscriptions, and bulk rows for topics, audit events and
-confirm notices. The rules are not copied: addresses go through
+confirm notices (on PostgreSQL all of it one statement for the chunk's new
+addresses, with two chunks written at once; see `Importer.run`), and from
+checking each distinct domain once (`addresses.CachedNormaliser`). The
+rules are not copied: addresses go through
 `addresses.normalise`, topics through `subscriptions.resolve_topics`,
 frequency through `subscriptions.parse_frequency`, suppression by the same
 hash, and any row that is not a plain "new" or "already active" case (a
