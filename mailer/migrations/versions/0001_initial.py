@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 23:58:28.462253
+Create Date: 2026-11-26 01:24:01.756401
 """
 
 from collections.abc import Sequence
@@ -315,7 +315,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("digest_id", "subscription_id"),
     )
     with op.batch_alter_table("delivery", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_delivery_digest_id"), ["digest_id"], unique=False)
         batch_op.create_index("ix_delivery_status_due", ["status", "next_attempt_at"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_delivery_subscription_id"), ["subscription_id"], unique=False
@@ -329,7 +328,6 @@ def downgrade() -> None:
     with op.batch_alter_table("delivery", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delivery_subscription_id"))
         batch_op.drop_index("ix_delivery_status_due")
-        batch_op.drop_index(batch_op.f("ix_delivery_digest_id"))
 
     op.drop_table("delivery")
     op.drop_table("subscription_topic")
