@@ -112,6 +112,11 @@ def test_text_part_is_written_from_the_data_not_stripped_html(template, settings
     assert "1. Tom & Jerry <script>alert(1)</script>" in text
     assert "https://news.example.org/a?x=1&y=2" in text
     assert "2. Sneaky link" in text and "javascript:" not in text
-    assert "3 more on the site:\nhttps://news.example.org" in text
+    assert "3 more on the site [" in text
+    # Links are numbered footnotes listed at the end, so the prose wraps at 72.
+    notes = dict(re.findall(r"^\[(\d+)\] (\S+)$", text, re.M))
+    assert "https://news.example.org/a?x=1&y=2" in notes.values()
+    title_ref = re.search(r"^1\. Tom & Jerry <script>alert\(1\)</script> \[(\d+)\]$", text, re.M)
+    assert title_ref and notes[title_ref.group(1)] == "https://news.example.org/a?x=1&y=2"
     assert "<table" not in text and "&amp;" not in text
-    assert max(len(line) for line in text.splitlines() if "://" not in line) <= 76
+    assert max(len(line) for line in text.splitlines() if "://" not in line) <= 72
