@@ -10,15 +10,9 @@ link in a year-old mail and must still be able to leave.
 from __future__ import annotations
 
 import enum
-import hmac
-import time
-import zlib
 from dataclasses import dataclass
-from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
-from itsdangerous.signer import HMACAlgorithm
 
 
 class Purpose(enum.StrEnum):
@@ -49,43 +43,9 @@ class Tokens:
         self._serializers = {
             p: URLSafeTimedSerializer(secret, salt=f"mailer.{p.value}") for p in Purpose
         }
-        self._macs: dict[Purpose, tuple[Any, bytes]] = {}
-        for purpose, serializer in self._serializers.items():
-            signer = serializer.make_signer()
-            if isinstance(signer.algorithm, HMACAlgorithm):
-                mac = hmac.new(signer.derive_key(), digestmod=signer.algorithm.digest_method)
-                self._macs[purpose] = (mac, want_bytes(signer.sep))
 
     def make(self, purpose: Purpose, subscription_id: int, generation: int) -> str:
-        """Exactly `URLSafeTimedSerializer.dumps` (same bytes, any itsdangerous reads it).
-
-        Two of these go into every digest; `dumps` builds a signer, derives
-        its key and sets up an HMAC per call. Here the keyed HMAC is made
-        once per purpose and copied, which is the same computation.
-        """
-        serializer = self._serializers[purpose]
-        fast = self._macs.get(purpose)
-        if fast is None:
-            return str(serializer.dumps([subscription_id, generation]))
-        mac, sep = fast
-        value = self._payload(serializer, subscription_id, generation)
-        value += sep + base64_encode(int_to_bytes(int(time.time())))
-        signature = mac.copy()
-        signature.update(value)
-        return (value + sep + base64_encode(signature.digest())).decode("ascii")
-
-    @staticmethod
-    def _payload(
-        serializer: URLSafeTimedSerializer, subscription_id: int, generation: int
-    ) -> bytes:
-        """`dump_payload([id, generation])`: compact JSON of two ints is just this
-        text; zlib is still asked, as itsdangerous does, in case it would shrink it."""
-        if type(subscription_id) is not int or type(generation) is not int:
-            return serializer.dump_payload([subscription_id, generation])
-        text = f"[{subscription_id},{generation}]".encode("ascii")
-        if len(zlib.compress(text)) < len(text) - 1:
-            return serializer.dump_payload([subscription_id, generation])
-        return base64_encode(text)
+        return str(self._serializers[purpose].dumps([subscription_id, generation]))
 
     def read(self, purpose: Purpose, token: str) -> TokenData:
         max_age = self._confirm_max_age if purpose is Purpose.CONFIRM else None
