@@ -37,7 +37,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # As many pooled connections as the web app has request threads (anyio: 40), so
+    # a busy moment reuses connections instead of opening and closing overflow ones.
+    return create_engine(url, pool_pre_ping=True, pool_size=40, max_overflow=10)
 
 
 def get_engine(url: str) -> Engine:

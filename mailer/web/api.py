@@ -50,7 +50,7 @@ class OperatorRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
-            require_api_token(request, await _bearer(request))
+            await require_api_token(request, await _bearer(request))
             try:
                 return await handler(request)
             except ops.NotFound as exc:

@@ -8,7 +8,6 @@ Retry-After, never a stack trace, while the database is unreachable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,6 +19,7 @@ from mailer.config import Settings, get_settings
 from mailer.db import get_engine
 from mailer.links import tokens_for
 from mailer.migrate import require_current
+from mailer.web.headers import SecurityHeaders
 from mailer.web.limits import BodyLimit
 
 log = logging.getLogger(__name__)
@@ -58,14 +58,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             allow_headers=["Content-Type"],
         )
 
-    @app.middleware("http")
-    async def security_headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

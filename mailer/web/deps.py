@@ -15,8 +15,11 @@ from mailer.config import Settings
 from mailer.db import session_factory
 from mailer.tokens import Tokens
 
+# Light dependencies are `async def`: FastAPI runs a plain `def` dependency in the
+# thread pool, and a thread hop per dependency per request is real CPU at load.
 
-def get_settings_dep(request: Request) -> Settings:
+
+async def get_settings_dep(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -35,7 +38,7 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_tokens(request: Request) -> Tokens:
+async def get_tokens(request: Request) -> Tokens:
     tokens: Tokens = request.app.state.tokens
     return tokens
 
@@ -43,7 +46,7 @@ def get_tokens(request: Request) -> Tokens:
 TokensDep = Annotated[Tokens, Depends(get_tokens)]
 
 
-def client_ip(request: Request) -> str | None:
+async def client_ip(request: Request) -> str | None:
     """The caller's address; X-Forwarded-For only when the peer is a trusted proxy."""
     peer = request.client.host if request.client else None
     settings: Settings = request.app.state.settings
@@ -62,7 +65,7 @@ IPDep = Annotated[str | None, Depends(client_ip)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def require_api_token(
+async def require_api_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from mailer import subscriptions, tasks, throttle
 from mailer.addresses import address_hash
 from mailer.config import Settings
+from mailer.db import session_factory
 from mailer.models import Newsletter, Status, Subscription, utcnow
 from mailer.subscriptions import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
@@ -143,9 +144,7 @@ def subscribe_form(newsletter: str, request: Request, session: SessionDep) -> Re
         503: {"description": "Briefly unavailable", "content": {"application/json": {}, **HTML}},
     },
 )
-async def subscribe(
-    request: Request, session: SessionDep, settings: SettingsDep, ip: IPDep
-) -> Response:
+async def subscribe(request: Request, settings: SettingsDep, ip: IPDep) -> Response:
     """Start a double opt-in; form-encoded from our page or JSON from a site's own form.
 
     Only reading the body is async; the database and broker work is blocking and
@@ -157,10 +156,17 @@ async def subscribe(
         )
     except (SubscriptionError, ValidationError) as exc:
         parsed = exc
-    return await run_in_threadpool(_subscribe, request, parsed, session, settings, ip)
+    return await run_in_threadpool(_subscribe, request, parsed, settings, ip)
 
 
 def _subscribe(
+    request: Request, parsed: SubscribeIn | Exception, settings: Settings, ip: str | None
+) -> Response:
+    with session_factory(settings.database)() as session:
+        return _subscribe_in(request, parsed, session, settings, ip)
+
+
+def _subscribe_in(
     request: Request,
     parsed: SubscribeIn | Exception,
     session: Session,
