@@ -337,27 +337,6 @@ def window_items(
     )
 
 
-def active_readers(session: Session, newsletter_id: int, frequency: Frequency) -> list[Reader]:
-    rows = session.execute(
-        select(Subscription.id, Subscriber.email)
-        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(
-            Subscription.newsletter_id == newsletter_id,
-            Subscription.frequency == frequency,
-            Subscription.status == Status.ACTIVE,
-        )
-        .order_by(Subscription.id)
-    ).all()
-    topics: dict[int, set[int]] = defaultdict(set)
-    for sub_id, topic_id in session.execute(
-        select(SubscriptionTopic.subscription_id, SubscriptionTopic.topic_id)
-        .join(Subscription, Subscription.id == SubscriptionTopic.subscription_id)
-        .where(Subscription.newsletter_id == newsletter_id)
-    ):
-        topics[sub_id].add(topic_id)
-    return [Reader(sid, email, frozenset(topics[sid])) for sid, email in rows]
-
-
 def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
     return _suppressed(session, {address_hash(e) for e in emails})
 
