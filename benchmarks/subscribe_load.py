@@ -88,7 +88,8 @@ end
 local n = 0
 function request()
   n = n + 1
-  local body = '{"email":"wrk' .. run .. '.' .. tid .. '.' .. n .. '@example.org","newsletter":"load"}'
+  local email = "wrk" .. run .. "." .. tid .. "." .. n .. "@example.org"
+  local body = '{"email":"' .. email .. '","newsletter":"load"}'
   return wrk.format("POST", "/subscribe", {["Content-Type"] = "application/json"}, body)
 end
 """
