@@ -9,7 +9,11 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from mailer.models import Frequency
+
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+# The forms offer what the model allows, not a second list of it.
+templates.env.globals["frequencies"] = [f.value for f in Frequency]
 
 
 def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:

@@ -342,6 +342,7 @@ def _preferences(
         chosen={t.id for t in sub.topics},
         token=token,
         notice=notice,
+        error=status >= 400,
         active=sub.status in (Status.ACTIVE, Status.PENDING),
     )
 

@@ -267,6 +267,7 @@ def test_preferences_page_changes_topics_and_frequency(http, newsletter, session
     assert sub.frequency.value == "daily"
     refused = http.post(url, data={"topics": ["astrology"]})
     assert refused.status_code == 400 and "Unknown topic" in refused.text
+    assert "notice error" in refused.text and "notice ok" in saved.text
     assert len(subscription(session, "p@example.org").topics) == 2
 
 
