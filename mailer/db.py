@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, any_, bindparam, create_engine, event, inspect
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 _lock = threading.Lock()
@@ -89,3 +90,12 @@ def is_postgres(session_or_engine: Session | Engine) -> bool:
 
 def has_table(engine: Engine, name: str) -> bool:
     return inspect(engine).has_table(name)
+
+
+def among(column: Any, values: list[Any], postgres: bool) -> Any:
+    """`column IN (values)`; on PostgreSQL `column = ANY(array)`: one parameter
+    instead of one per value, which SQLAlchemy and psycopg would otherwise
+    expand and parse (for a 5,000-address chunk, most of the query's cost)."""
+    if postgres:
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)

@@ -37,7 +37,6 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
-    any_,
     bindparam,
     case,
     func,
@@ -47,12 +46,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from mailer import bounces, digests
 from mailer.addresses import address_hash
 from mailer.config import Settings
+from mailer.db import among
 from mailer.dkim_signing import DKIMSigner, signer_for
 from mailer.links import Links, Tokened
 from mailer.messages import MessageTemplate, Placeholder
@@ -65,7 +64,6 @@ from mailer.models import (
     Status,
     Subscriber,
     Subscription,
-    Suppression,
     utcnow,
 )
 from mailer.notices import list_id, unsubscribe_mailto
@@ -197,29 +195,6 @@ def _claimable(now: datetime) -> Any:
     )
 
 
-def _among(column: Any, values: list[Any], postgres: bool) -> Any:
-    """`column IN (values)`; on PostgreSQL `column = ANY(array)`: one parameter
-    instead of one per value, which SQLAlchemy and psycopg would otherwise
-    expand and parse for every 200-row claim."""
-    if postgres:
-        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
-    return column.in_(values)
-
-
-def _suppressed(session: Session, emails: list[str], postgres: bool) -> set[str]:
-    """The hashes of these addresses that are on the suppression list (one claim's worth)."""
-    if not postgres:
-        return digests.suppressed_hashes(session, emails)
-    hashes = {address_hash(e) for e in emails}
-    return set(
-        session.scalars(
-            select(Suppression.address_hash).where(
-                _among(Suppression.address_hash, list(hashes), postgres)
-            )
-        )
-    )
-
-
 def claim(
     session: Session,
     digest_id: int,
@@ -269,7 +244,7 @@ def claim(
     if not picked:
         session.commit()
         return lease_until, []
-    blocked = _suppressed(session, [r.email for r in picked], postgres)
+    blocked = digests.suppressed_hashes(session, [r.email for r in picked])
     out: list[Claimed] = []
     skipped: dict[str, list[tuple[int, int]]] = {}
     for row in picked:
@@ -290,15 +265,18 @@ def claim(
             update(DELIVERY)
             .where(c.id.in_([d for d, _ in pairs]))
             .values(
-                status=DeliveryStatus.SKIPPED, smtp_reply=reason, lease_until=None, updated_at=now
+                status=DeliveryStatus.SKIPPED,
+                smtp_reply=reason,
+                lease_until=None,
+                updated_at=now,
+                released=True,  # its articles go back: a later edition may bring them
             )
         )
-        digests.release_articles(session, digest_id, [s for _, s in pairs])
     if out:
         # Core, not the ORM-enabled UPDATE: no session synchronisation to pay for.
         session.execute(
             update(DELIVERY)
-            .where(_among(c.id, [r.delivery_id for r in out], postgres))
+            .where(among(c.id, [r.delivery_id for r in out], postgres))
             .values(
                 status=DeliveryStatus.SENDING,
                 lease_until=lease_until,
@@ -365,7 +343,8 @@ def record(
         }
         result.deferred += 1
     else:
-        values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None}
+        # Given up: its articles are no longer reserved for the reader.
+        values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None, "released": True}
         result.failed += 1
     changed = session.execute(
         update(DELIVERY).where(_ours(row.delivery_id, lease_until)).values(**values)
@@ -376,12 +355,10 @@ def record(
         log.warning("delivery %s: lease lost before the reply was recorded", row.delivery_id)
         return
     result.replies.append((row.delivery_id, reply.code))
-    if values["status"] is DeliveryStatus.FAILED:
-        digests.release_articles(session, digest_id, [row.subscription.id])
-        if reply.code in HARD_BOUNCE:
-            sub = session.get_one(Subscription, row.subscription.id)
-            hard_bounce(session, sub, row.email, text)
-            result.bounced += 1
+    if values["status"] is DeliveryStatus.FAILED and reply.code in HARD_BOUNCE:
+        sub = session.get_one(Subscription, row.subscription.id)
+        hard_bounce(session, sub, row.email, text)
+        result.bounced += 1
 
 
 def hard_bounce(session: Session, sub: Subscription, email: str, reply: str) -> None:
@@ -882,19 +859,18 @@ def recover_expired(session: Session, settings: Settings, now: datetime | None =
         )
     ).rowcount  # type: ignore[attr-defined]
     exhausted = session.execute(
-        select(Delivery.id, Delivery.digest_id, Delivery.subscription_id).where(
-            expired, Delivery.message_id.is_not(None)
+        update(Delivery)
+        .where(expired, Delivery.message_id.is_not(None))
+        .values(
+            status=DeliveryStatus.FAILED,
+            smtp_reply=note,
+            lease_until=None,
+            updated_at=now,
+            released=True,
         )
-    ).all()
-    for row in exhausted:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id == row.id)
-            .values(status=DeliveryStatus.FAILED, smtp_reply=note, lease_until=None, updated_at=now)
-        )
-        digests.release_articles(session, row.digest_id, [row.subscription_id])
+    ).rowcount  # type: ignore[attr-defined]
     session.flush()
-    return int(untouched) + int(in_flight) + len(exhausted)
+    return int(untouched) + int(in_flight) + int(exhausted)
 
 
 def due_ranges(

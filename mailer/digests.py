@@ -6,10 +6,13 @@ overlap and never leave a gap. Readers are then grouped by the exact list of
 articles they get: each group is one `DigestVariant`, rendered and inlined
 once, so the per-reader work at send time is string substitution only.
 
-`SentArticle` rows are written when the delivery rows are made (a reservation,
-not a receipt), so an edition prepared while the previous one is still going
-out cannot pick the same article for the same reader; a delivery that finally
-fails gives its reservations back.
+A delivery reserves its variant's articles for its reader from the moment it
+is written (a reservation, not a receipt), so an edition prepared while the
+previous one is still going out cannot pick the same article for the same
+reader; a delivery that finally fails, is skipped at send time or is
+cancelled before it went gives them back (`Delivery.released`). Nothing is
+written per reader per article: who holds an article is found from the few
+variants that carry it (`VariantArticle`) and those variants' deliveries.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from sqlalchemy import and_, delete, func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailer.addresses import address_hash
 from mailer.articles import dedupe_articles, dedupe_key
 from mailer.config import Settings
+from mailer.db import among, is_postgres
 from mailer.links import Links
 from mailer.messages import Placeholder
 from mailer.models import (
@@ -43,13 +48,13 @@ from mailer.models import (
     Frequency,
     Newsletter,
     Schedule,
-    SentArticle,
     Status,
     Subscriber,
     Subscription,
     SubscriptionTopic,
     Suppression,
     Topic,
+    VariantArticle,
     utcnow,
 )
 from mailer.rendering import EmailRenderer, RenderedEmail
@@ -257,8 +262,9 @@ class Selection:
     article_ids: tuple[int, ...]
     more: int
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """Asked once per reader in prepare; readers share a few selections."""
         raw = ",".join(map(str, self.article_ids)) + f"|{self.more}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
@@ -341,36 +347,86 @@ def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
     return _suppressed(session, {address_hash(e) for e in emails})
 
 
-def already_sent(
-    session: Session,
-    newsletter_id: int,
-    items: Sequence[Item],
-    exclude_digest: int | None,
-    between: tuple[int, int] | None = None,
-) -> dict[int, tuple[set[int], set[str]]]:
-    """Per subscription, which of these articles (by id or by URL) it already got."""
-    out: dict[int, tuple[set[int], set[str]]] = defaultdict(lambda: (set(), set()))
+def holding() -> Any:
+    """Deliveries that hold their variant's articles for their reader."""
+    return and_(Delivery.variant_id.is_not(None), Delivery.released.is_(False))
+
+
+@dataclass(frozen=True)
+class Reservations:
+    """The variants of other editions that carry any of a window's articles, by id
+    or by URL, with those articles: all a reader's history that can matter here."""
+
+    digest_ids: tuple[int, ...] = ()
+    variants: dict[int, tuple[frozenset[int], frozenset[str]]] = field(default_factory=dict)
+
+
+def reservations_for(
+    session: Session, newsletter_id: int, items: Sequence[Item], exclude_digest: int | None
+) -> Reservations:
     if not items:
-        return out
-    ids = [i.id for i in items]
-    urls = list({i.url for i in items})
+        return Reservations()
     query = (
-        select(SentArticle.subscription_id, Article.id, Article.url)
-        .join(Article, Article.id == SentArticle.article_id)
+        select(VariantArticle.variant_id, DigestVariant.digest_id, Article.id, Article.url)
+        .join(DigestVariant, DigestVariant.id == VariantArticle.variant_id)
+        .join(Article, Article.id == VariantArticle.article_id)
         .where(
             Article.newsletter_id == newsletter_id,
-            or_(Article.id.in_(ids), Article.url.in_(urls)),
+            or_(
+                Article.id.in_([i.id for i in items]),
+                Article.url.in_(sorted({i.url for i in items})),
+            ),
         )
     )
     if exclude_digest is not None:
-        query = query.where(SentArticle.digest_id != exclude_digest)
-    if between is not None:
-        query = query.where(SentArticle.subscription_id.between(*between))
-    for sub_id, article_id, url in session.execute(query):
-        got_ids, got_urls = out[sub_id]
-        got_ids.add(article_id)
-        got_urls.add(_url_key(url))
+        query = query.where(DigestVariant.digest_id != exclude_digest)
+    digest_ids: set[int] = set()
+    found: dict[int, tuple[set[int], set[str]]] = defaultdict(lambda: (set(), set()))
+    for variant_id, digest_id, article_id, url in session.execute(query):
+        digest_ids.add(digest_id)
+        found[variant_id][0].add(article_id)
+        found[variant_id][1].add(_url_key(url))
+    return Reservations(
+        tuple(sorted(digest_ids)),
+        {v: (frozenset(ids), frozenset(urls)) for v, (ids, urls) in found.items()},
+    )
+
+
+def already_sent(
+    session: Session, reservations: Reservations, between: tuple[int, int]
+) -> dict[int, tuple[set[int], set[str]]]:
+    """Per subscription in `between`, which of the window's articles (by id or by URL)
+    it already got or has coming. No earlier variant carries them: no query at all."""
+    out: dict[int, tuple[set[int], set[str]]] = {}
+    if not reservations.variants:
+        return out
+    rows = session.execute(
+        select(Delivery.subscription_id, Delivery.variant_id).where(
+            Delivery.digest_id.in_(reservations.digest_ids),
+            Delivery.subscription_id.between(*between),
+            Delivery.variant_id.in_(list(reservations.variants)),
+            holding(),
+        )
+    )
+    for sub_id, variant_id in rows:
+        assert variant_id is not None  # asked for by id
+        ids, urls = reservations.variants[variant_id]
+        got_ids, got_urls = out.setdefault(sub_id, (set(), set()))
+        got_ids |= ids
+        got_urls |= urls
     return out
+
+
+def reserved_articles(session: Session, digest_id: int | None = None) -> set[tuple[int, int]]:
+    """(subscription, article) pairs held by deliveries, of one edition or all."""
+    query = (
+        select(Delivery.subscription_id, VariantArticle.article_id)
+        .join(VariantArticle, VariantArticle.variant_id == Delivery.variant_id)
+        .where(holding())
+    )
+    if digest_id is not None:
+        query = query.where(Delivery.digest_id == digest_id)
+    return {(sub_id, article_id) for sub_id, article_id in session.execute(query)}
 
 
 # -- rendering --------------------------------------------------------------------------
@@ -539,9 +595,10 @@ def prepare(
             )
         return variant_ids[key]
 
+    held = reservations_for(session, nl.id, items, exclude_digest=digest.id)
     for readers in reader_chunks(session, nl.id, digest.frequency, PREPARE_CHUNK):
         queued, skipped = _prepare_chunk(
-            session, settings, digest.id, nl.id, items, readers, variant_for, now
+            session, settings, digest.id, items, held, readers, variant_for, now
         )
         result.queued += queued
         result.skipped += skipped
@@ -631,28 +688,33 @@ def _make_variant(
         )
         .on_conflict_do_nothing(index_elements=["digest_id", "key"])
     )
-    return int(
+    variant_id = int(
         session.scalars(
             select(DigestVariant.id).where(
                 DigestVariant.digest_id == digest.id, DigestVariant.key == key
             )
         ).one()
     )
+    session.execute(
+        _insert(session, VariantArticle).on_conflict_do_nothing(),
+        [{"variant_id": variant_id, "article_id": a} for a in selection.article_ids],
+    )
+    return variant_id
 
 
 def _prepare_chunk(
     session: Session,
     settings: Settings,
     digest_id: int,
-    newsletter_id: int,
     items: Sequence[Item],
+    held: Reservations,
     readers: Sequence[Reader],
     variant_for: Any,
     now: datetime,
 ) -> tuple[int, int]:
     """Choose for one chunk of readers and write its delivery rows; (queued, skipped)."""
     lo, hi = readers[0].subscription_id, readers[-1].subscription_id
-    sent = already_sent(session, newsletter_id, items, exclude_digest=digest_id, between=(lo, hi))
+    sent = already_sent(session, held, between=(lo, hi))
     hashes = {r.subscription_id: address_hash(r.email) for r in readers}
     blocked = _suppressed(session, set(hashes.values()))
     # Readers with no history get the same list as everyone with their topics.
@@ -661,8 +723,6 @@ def _prepare_chunk(
     variants: list[int | None] = []
     states: list[str] = []
     replies: list[str | None] = []
-    reserved_subs: list[int] = []
-    reserved_articles: list[int] = []
     cap = settings.digest_max_articles
     for reader in readers:
         sid = reader.subscription_id
@@ -689,23 +749,23 @@ def _prepare_chunk(
         variants.append(variant_for(chosen))
         states.append(DeliveryStatus.QUEUED.value)
         replies.append(None)
-        reserved_subs.extend([sid] * len(chosen.article_ids))
-        reserved_articles.extend(chosen.article_ids)
     _insert_deliveries(session, digest_id, sub_ids, variants, states, replies, now)
-    _insert_reservations(session, digest_id, reserved_subs, reserved_articles)
     queued = sum(1 for state in states if state == DeliveryStatus.QUEUED.value)
     return queued, len(states) - queued
 
 
 def _suppressed(session: Session, hashes: set[str]) -> set[str]:
-    """Which of these address hashes are suppressed, asked 1,000 at a time."""
-    found: set[str] = set()
+    """Which of these address hashes are suppressed: one query on PostgreSQL (an
+    array parameter), 1,000 at a time elsewhere (SQLite's parameter limit)."""
     wanted = list(hashes)
-    for i in range(0, len(wanted), 1000):
+    postgres = is_postgres(session)
+    step = len(wanted) if postgres else 1000
+    found: set[str] = set()
+    for i in range(0, len(wanted), max(1, step)):
         found.update(
             session.scalars(
                 select(Suppression.address_hash).where(
-                    Suppression.address_hash.in_(wanted[i : i + 1000])
+                    among(Suppression.address_hash, wanted[i : i + step], postgres)
                 )
             )
         )
@@ -768,46 +828,6 @@ def _insert_deliveries(
                 index_elements=["digest_id", "subscription_id"]
             ),
             rows[i : i + 1000],
-        )
-
-
-def _insert_reservations(
-    session: Session, digest_id: int, sub_ids: list[int], article_ids: list[int]
-) -> None:
-    if not sub_ids:
-        return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text(
-                "INSERT INTO sent_article (subscription_id, article_id, digest_id) "
-                "SELECT t.sid, t.aid, :digest_id "
-                "FROM unnest(CAST(:sids AS integer[]), CAST(:aids AS integer[])) AS t(sid, aid) "
-                "ON CONFLICT (subscription_id, article_id) DO NOTHING"
-            ),
-            {"digest_id": digest_id, "sids": sub_ids, "aids": article_ids},
-        )
-        return
-    rows = [
-        {"subscription_id": sid, "article_id": aid, "digest_id": digest_id}
-        for sid, aid in zip(sub_ids, article_ids, strict=True)
-    ]
-    for i in range(0, len(rows), 2000):
-        session.execute(
-            _insert(session, SentArticle).on_conflict_do_nothing(
-                index_elements=["subscription_id", "article_id"]
-            ),
-            rows[i : i + 2000],
-        )
-
-
-def release_articles(session: Session, digest_id: int, subscription_ids: Iterable[int]) -> None:
-    """Give back the reservations of deliveries that will never arrive."""
-    ids = list(subscription_ids)
-    if ids:
-        session.execute(
-            delete(SentArticle).where(
-                SentArticle.digest_id == digest_id, SentArticle.subscription_id.in_(ids)
-            )
         )
 
 
@@ -927,7 +947,8 @@ def draft(
     got_ids: set[int] = set()
     got_urls: set[str] = set()
     if sub is not None:
-        got_ids, got_urls = already_sent(session, newsletter.id, items, None).get(
+        held = reservations_for(session, newsletter.id, items, exclude_digest=None)
+        got_ids, got_urls = already_sent(session, held, (sub.id, sub.id)).get(
             sub.id, (set(), set())
         )
     selection = select_for(items, topics, got_ids, got_urls, settings.digest_max_articles)

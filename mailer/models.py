@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -358,20 +359,25 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A delivery holds its variant's articles for its reader (so no later edition
+    # picks them again) from prepare on, until it is given up: failed, skipped at
+    # send time, or cancelled before it went. Nothing else is written per article.
+    released: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
-class SentArticle(Base):
-    """Which articles a subscription has been sent, so none arrives twice."""
+class VariantArticle(Base):
+    """Which articles a variant carries, as rows: "who already has article X" starts
+    from the few variants that hold X (by this index) instead of every reader's history."""
 
-    __tablename__ = "sent_article"
+    __tablename__ = "variant_article"
+    __table_args__ = (Index("ix_variant_article_article_id", "article_id"),)
 
-    subscription_id: Mapped[int] = mapped_column(
-        ForeignKey("subscription.id", ondelete="CASCADE"), primary_key=True
+    variant_id: Mapped[int] = mapped_column(
+        ForeignKey("digest_variant.id", ondelete="CASCADE"), primary_key=True
     )
     article_id: Mapped[int] = mapped_column(
         ForeignKey("article.id", ondelete="CASCADE"), primary_key=True
     )
-    digest_id: Mapped[int] = mapped_column(ForeignKey("digest.id", ondelete="CASCADE"))
 
 
 class SendWindow(Base):

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -956,25 +957,27 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
     if digest.status == "done":
         raise Conflict(f"Edition {digest_id} has finished sending; there is nothing to cancel.")
 
-    def stop(states: tuple[DeliveryStatus, ...]) -> list[int]:
+    def stop(states: tuple[DeliveryStatus, ...], release: bool) -> list[int]:
+        values: dict[str, Any] = {
+            "status": DeliveryStatus.CANCELLED,
+            "next_attempt_at": None,
+            "lease_until": None,
+            "updated_at": now,
+        }
+        if release:
+            values["released"] = True
         return list(
             session.scalars(
                 update(Delivery)
                 .where(Delivery.digest_id == digest_id, Delivery.status.in_(states))
-                .values(
-                    status=DeliveryStatus.CANCELLED,
-                    next_attempt_at=None,
-                    lease_until=None,
-                    updated_at=now,
-                )
+                .values(**values)
                 .returning(Delivery.subscription_id)
                 .execution_options(synchronize_session=False)
             )
         )
 
-    released = stop(WAITING)
-    digests.release_articles(session, digest_id, released)
-    cancelled = len(released) + len(stop(MAYBE_SENT))
+    released = stop(WAITING, release=True)
+    cancelled = len(released) + len(stop(MAYBE_SENT, release=False))
     if digest.status != "cancelled":
         digest.status = "cancelled"
         digest.finished_at = now

@@ -21,7 +21,6 @@ from mailer.models import (
     Digest,
     Frequency,
     Notification,
-    SentArticle,
     Status,
     Subscription,
     Suppression,
@@ -79,7 +78,6 @@ def leave_traces(session, newsletter, *, unsubscribe: bool) -> None:
             message_id=f"<1.{LOCAL}@mailer.test>",
         )
     )
-    session.add(SentArticle(subscription_id=sub.id, article_id=article.id, digest_id=digest.id))
     session.add(
         Notification(subscription_id=sub.id, kind="welcome", last_error=f"4.2.2 {ADDRESS} full")
     )
@@ -131,7 +129,7 @@ def test_api_erase_leaves_no_personal_data_and_keeps_a_hash_for_who_unsubscribed
         assert api.get(f"/api/subscribers/{ADDRESS}", headers=TOKEN).status_code == 404
     session.expire_all()
     assert traces(session, *PARTS) == []
-    for model in (Subscription, Delivery, SentArticle, Notification):
+    for model in (Subscription, Delivery, Notification):
         assert session.scalar(select(func.count()).select_from(model)) == 0
     assert session.scalar(select(Suppression.address_hash)) == address_hash(ADDRESS)
     assert subs.is_suppressed(session, ADDRESS.upper())

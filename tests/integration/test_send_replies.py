@@ -13,7 +13,6 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
     Frequency,
-    SentArticle,
     Status,
     Subscription,
     SubscriptionEvent,
@@ -116,7 +115,7 @@ def test_retries_back_off_exponentially_until_attempts_run_out(
     assert (row.status, row.attempts, row.smtp_code) == (DeliveryStatus.FAILED, 3, 452)
     assert smtp_server.received == []
     # Given up: its articles are no longer reserved for it.
-    assert session.scalars(select(SentArticle)).all() == []
+    assert digests.reserved_articles(session) == set()
 
 
 def test_hard_bounce_fails_suppresses_and_marks_the_subscription_bounced(

@@ -1,0 +1,115 @@
+"""The migrations build the schema the models describe, and carry data forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, select, text
+
+from mailer import digests, migrate
+from mailer.models import Base, Delivery
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrated_schema_matches_the_models(backend, tmp_path: Path, request) -> None:
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path}/m.db"
+    )
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    engine.dispose()
+
+
+def test_upgrade_to_0002_keeps_every_reservation_and_every_release(tmp_path: Path) -> None:
+    """A delivery whose sent_article rows exist keeps its articles; one whose rows were
+    given back (failed, cancelled) is marked released, so nobody is mailed an article
+    twice, or denied one, across the upgrade."""
+    url = f"sqlite:///{tmp_path}/old.db"
+    migrate.upgrade(url, "0001")
+    engine = create_engine(url)
+    now = "2026-01-01 08:00:00.000000"
+    with engine.begin() as conn:
+        run = conn.execute
+        run(
+            text(
+                "INSERT INTO newsletter (id, slug, name, sender, default_frequency, paused, "
+                "created_at) VALUES (1, 'n', 'N', 'n@example.org', 'daily', 0, :now)"
+            ),
+            {"now": now},
+        )
+        for i in (1, 2):
+            run(
+                text(
+                    "INSERT INTO subscriber (id, email, email_key, created_at) "
+                    "VALUES (:i, :e, :e, :now)"
+                ),
+                {"i": i, "e": f"r{i}@example.org", "now": now},
+            )
+            run(
+                text(
+                    "INSERT INTO subscription (id, subscriber_id, newsletter_id, status, "
+                    "frequency, generation, created_at, status_changed_at, soft_bounces) "
+                    "VALUES (:i, :i, 1, 'active', 'daily', 1, :now, :now, 0)"
+                ),
+                {"i": i, "now": now},
+            )
+        for a in (10, 11):
+            run(
+                text(
+                    "INSERT INTO article (id, newsletter_id, source, guid, url, title, summary, "
+                    "content_html, published_at, fetched_at, updated_at) VALUES "
+                    "(:a, 1, 's', :u, :u, 'T', '', '', :now, :now, :now)"
+                ),
+                {"a": a, "u": f"https://example.org/{a}", "now": now},
+            )
+        run(
+            text(
+                "INSERT INTO digest (id, newsletter_id, frequency, window_start, window_end, "
+                "status, created_at, counts) VALUES (5, 1, 'daily', :now, :now, 'done', :now, '{}')"
+            ),
+            {"now": now},
+        )
+        run(
+            text(
+                "INSERT INTO digest_variant (id, digest_id, key, article_ids, subject, html, "
+                "text) VALUES (7, 5, 'k', '[10, 11]', 'S', '<p>', 'p')"
+            )
+        )
+        for sub, status in ((1, "sent"), (2, "failed")):
+            run(
+                text(
+                    "INSERT INTO delivery (digest_id, subscription_id, variant_id, status, "
+                    "attempts, updated_at) VALUES (5, :s, 7, :st, 1, :now)"
+                ),
+                {"s": sub, "st": status, "now": now},
+            )
+        for article in (10, 11):  # only reader 1 still holds them: reader 2's failed
+            run(
+                text(
+                    "INSERT INTO sent_article (subscription_id, article_id, digest_id) "
+                    "VALUES (1, :a, 5)"
+                ),
+                {"a": article},
+            )
+
+    migrate.upgrade(url)
+
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        assert digests.reserved_articles(session) == {(1, 10), (1, 11)}
+        rows = session.execute(select(Delivery.subscription_id, Delivery.released))
+        released = {sub_id: flag for sub_id, flag in rows}
+        assert released == {1: False, 2: True}
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
+    assert "sent_article" not in tables
+    engine.dispose()
