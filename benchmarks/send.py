@@ -225,7 +225,7 @@ def start_workers(count: int, queue: str, logdir: Path) -> list[subprocess.Popen
                     queue,
                     "-n",
                     f"bench{i}-{queue}@%h",
-                    "--loglevel=WARNING",
+                    "--loglevel=" + os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
                     "--without-mingle",
                     "--without-gossip",
                     "--without-heartbeat",

@@ -70,7 +70,15 @@ from mailer.notices import list_id, unsubscribe_mailto
 from mailer.ratelimit import Limiter, Unlimited
 from mailer.rendering import EmailRenderer
 from mailer.subscriptions import TRANSITIONS, change_status, suppress
-from mailer.transport import ConnectionLost, Reply, close, connect, send, send_when
+from mailer.transport import (
+    ConnectionLost,
+    Connections,
+    Reply,
+    close,
+    connect,
+    send,
+    send_when,
+)
 
 log = logging.getLogger(__name__)
 
@@ -501,11 +509,12 @@ class _Marks:
     `sending` again, i.e. a resend of those messages (duplicates), never a
     lost one. Elsewhere (SQLite) they go through the session, as before.
 
-    A write is split in two: `start` sends the statement, `finish` waits for
-    its answer (the commit). The sender calls `finish` before DATA, so the
-    in-flight marker is still committed before any message byte goes out;
-    between the two it sends MAIL FROM and RCPT TO, so the database round trip
-    no longer adds to each message's time.
+    A write goes in three steps: `stage` sets it up, `start` sends it and
+    `finish` waits for its answer (the commit), sending it first if nobody
+    did. The sender starts it just after MAIL FROM has gone (the server reads
+    the command while we talk to the database) and finishes it before DATA,
+    so the in-flight marker is still committed before any message byte goes
+    out, and the database round trip no longer adds to each message's time.
     """
 
     def __init__(self, session: Session) -> None:
@@ -515,6 +524,7 @@ class _Marks:
         self.pgconn: Any = None
         self.stmt = _mark_statement()
         self._pending = False
+        self._staged: dict[str, Any] | None = None
         self._ids: set[int] = set()
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
@@ -536,7 +546,7 @@ class _Marks:
         ):
             raise errors.error_from_result(result)
 
-    def start(
+    def stage(
         self,
         sent: _Sent | None,
         row: Claimed | None,
@@ -544,9 +554,10 @@ class _Marks:
         message_id: str | None,
         now: datetime,
     ) -> None:
-        """Send the write that records `sent` and marks `row` in flight, atomically."""
+        """The write that records `sent` and marks `row` in flight, atomically; it
+        goes out at `start` (or at the latest when its answer is awaited)."""
         self.finish()  # never two statements in flight
-        params = {
+        self._staged = {
             "prev_id": sent.row.delivery_id if sent else -1,
             "code": sent.reply.code if sent else None,
             "reply": f"{sent.reply.code} {sent.reply.text}"[:2000] if sent else None,
@@ -556,6 +567,12 @@ class _Marks:
             "prev_lease": sent.lease_until if sent else now,
             "next_lease": lease_until or now,
         }
+
+    def start(self) -> None:
+        """Send the staged write, if any, without waiting for its answer."""
+        params, self._staged = self._staged, None
+        if params is None:
+            return
         if self.pgconn is None:
             self._ids = set(self.session.execute(self.stmt, params).scalars())
             self.session.commit()
@@ -568,6 +585,7 @@ class _Marks:
 
     def finish(self) -> set[int]:
         """Wait for the write's commit; the ids of the two rows that were still ours."""
+        self.start()
         if not self._pending:
             return self._ids
         from psycopg import errors, generators
@@ -594,8 +612,8 @@ class _Marks:
         message_id: str | None,
         now: datetime,
     ) -> set[int]:
-        """`start` and `finish` in one: the ids still ours."""
-        self.start(sent, row, lease_until, message_id, now)
+        """`stage` and `finish` in one: the ids still ours."""
+        self.stage(sent, row, lease_until, message_id, now)
         return self.finish()
 
     def close(self) -> None:
@@ -630,10 +648,13 @@ def send_range(
     *,
     limiter: Limiter | None = None,
     opener: Opener | None = None,
+    connections: Connections | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> BatchResult:
     """Send every due row with id in [lo, hi] of the edition over one SMTP connection.
 
+    The connection comes from `connections` (a worker keeps one between
+    batches) or else from `opener`, and is closed at the end.
     Raises TemporaryFailure when the server can't be reached or the
     connection breaks; whatever was not sent is then back in the queue.
     """
@@ -645,11 +666,14 @@ def send_range(
     nl = session.get_one(Newsletter, digest.newsletter_id)
     outgoing = Outgoing.for_newsletter(settings, nl)
     links = Links.from_settings(settings)
-    open_conn = opener or (lambda: connect(settings.smtp, settings.smtp_timeout))
+    if connections is None:
+        connections = Connections(opener or (lambda: connect(settings.smtp, settings.smtp_timeout)))
+    open_conn = connections.take
     templates: dict[int, MessageTemplate] = {}
     cursor: int | None = None
     conn: smtplib.SMTP | None = None
     marks = _Marks(session)
+    clean = False
     try:
         while True:
             lease_until, rows = claim(
@@ -685,10 +709,14 @@ def send_range(
                 session, settings, digest_id, rows, lease_until, templates, links, outgoing,
                 conn, open_conn, limiter, result, clock, marks,
             )  # fmt: skip
+        clean = True
     finally:
         marks.close()
         if conn is not None:
-            close(conn)
+            if clean:  # every exchange ended in a reply: fit to be kept
+                connections.give_back(conn)
+            else:
+                close(conn)
     return result
 
 
@@ -738,8 +766,9 @@ def _send_rows(
         ahead = None
         limiter.acquire()
         # The previous row's 250 and this row's in-flight marker, in one commit. It
-        # travels while MAIL FROM and RCPT TO do; DATA waits for its commit (ready).
-        marks.start(sent, row, lease_until, message_id, clock())
+        # goes out once MAIL FROM has (the server reads that meanwhile) and travels
+        # while MAIL FROM and RCPT TO do; DATA waits for its commit (ready).
+        marks.stage(sent, row, lease_until, message_id, clock())
         previous, sent = sent, None
         try:
             reply = send_when(
@@ -747,6 +776,7 @@ def _send_rows(
                 outgoing.return_path(row.delivery_id),
                 row.email,
                 data,
+                sent_mail=marks.start,
                 ready=partial(marks.holds, row.delivery_id),
                 meanwhile=partial(build_ahead, rows[index + 1]) if index + 1 < len(rows) else None,
             )

@@ -29,6 +29,7 @@ from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
 from mailer.ratelimit import limiter_for
 from mailer.rendering import EmailRenderer
+from mailer.transport import kept
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,13 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
     session = session_factory(settings.database)()
     try:
         result = delivery.send_range(
-            session, settings, digest_id, lo, hi, limiter=limiter_for(settings)
+            session,
+            settings,
+            digest_id,
+            lo,
+            hi,
+            limiter=limiter_for(settings),
+            connections=kept(settings.smtp, settings.smtp_timeout),
         )
     except delivery.TemporaryFailure as exc:
         # A short wait only; anything longer waits in the database for the tick.

@@ -25,6 +25,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    peer: Any = None  # the client's (host, port): one per connection
 
     @property
     def message(self) -> EmailMessage:
@@ -70,6 +71,7 @@ class RecordingHandler:
                     str(envelope.mail_from),
                     list(envelope.rcpt_tos),
                     envelope.original_content or b"",
+                    session.peer,
                 )
             )
         return "250 2.0.0 OK queued"
