@@ -9,11 +9,14 @@ work, and enqueues any mail only after its commit.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.headerregistry import Address as HeaderAddress
 from email.utils import parseaddr
+from typing import Protocol, TypeVar
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
@@ -33,6 +36,8 @@ from mailer.models import (
     utcnow,
 )
 from mailer.tokens import Purpose, TokenError, Tokens
+
+T = TypeVar("T", bound=Hashable)
 
 
 class SubscriptionError(ValueError):
@@ -153,32 +158,46 @@ def ensure_topic(session: Session, newsletter: Newsletter, name: str) -> Topic:
     return topic
 
 
-def resolve_topics(session: Session, newsletter: Newsletter, wanted: Iterable[str]) -> list[Topic]:
-    """Topics by slug or name, case-insensitive; an unknown one is an error, not ignored."""
+def pick_topics(by_key: Mapping[str, T], wanted: Iterable[str], newsletter_name: str) -> list[T]:
+    """Topics by slug or name, case-insensitive (`by_key` maps both, casefolded);
+    an unknown one is an error, not ignored."""
     wanted = [w.strip() for w in wanted if w and w.strip()]
-    if not wanted:
-        return []
-    topics = session.scalars(select(Topic).where(Topic.newsletter_id == newsletter.id)).all()
-    by_key: dict[str, Topic] = {}
-    for topic in topics:
-        by_key[topic.slug.casefold()] = topic
-        by_key[topic.name.casefold()] = topic
-    found: dict[int, Topic] = {}
+    found: dict[T, None] = {}  # a topic asked for by slug and by name counts once
     unknown: list[str] = []
     for w in wanted:
         match = by_key.get(w.casefold())
         if match is None:
             unknown.append(w)
         else:
-            found[match.id] = match
+            found[match] = None
     if unknown:
         raise SubscriptionError(
-            f"Unknown topic(s) for {newsletter.name}: {', '.join(unknown)}.", field="topics"
+            f"Unknown topic(s) for {newsletter_name}: {', '.join(unknown)}.", field="topics"
         )
-    return list(found.values())
+    return list(found)
 
 
-def parse_frequency(value: str | None, newsletter: Newsletter) -> Frequency:
+def _topic_keys(topics: Iterable[Topic]) -> dict[str, Topic]:
+    by_key: dict[str, Topic] = {}
+    for topic in topics:
+        by_key[topic.slug.casefold()] = topic
+        by_key[topic.name.casefold()] = topic
+    return by_key
+
+
+def resolve_topics(session: Session, newsletter: Newsletter, wanted: Iterable[str]) -> list[Topic]:
+    wanted = list(wanted)
+    if not any(w and w.strip() for w in wanted):
+        return []
+    return pick_topics(_topic_keys(_topics_of(session, newsletter)), wanted, newsletter.name)
+
+
+class HasDefaultFrequency(Protocol):
+    @property
+    def default_frequency(self) -> Frequency: ...
+
+
+def parse_frequency(value: str | None, newsletter: HasDefaultFrequency) -> Frequency:
     if value is None or value == "":
         return newsletter.default_frequency
     try:
@@ -255,6 +274,92 @@ class SubscribeOutcome:
     notification_ids: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What a subscribe request is judged against, the reader aside: the
+    newsletter's name, default frequency and topics (their slugs, by casefolded
+    slug and name). Plain data, so the web can keep it for a few seconds rather
+    than ask the database on every request; the worker judges again, against
+    the database, when it subscribes."""
+
+    slug: str
+    name: str
+    default_frequency: Frequency
+    topic_slugs: Mapping[str, str]
+
+
+def offer(session: Session, slug: str) -> Offer:
+    nl = get_newsletter(session, slug)
+    return _offer(nl, _topics_of(session, nl))
+
+
+def _topics_of(session: Session, nl: Newsletter) -> Sequence[Topic]:
+    return session.scalars(select(Topic).where(Topic.newsletter_id == nl.id)).all()
+
+
+def _offer(nl: Newsletter, topics: Iterable[Topic]) -> Offer:
+    keys = {key: topic.slug for key, topic in _topic_keys(topics).items()}
+    return Offer(nl.slug, nl.name, nl.default_frequency, keys)
+
+
+class Offers:
+    """Each newsletter's `Offer`, kept `ttl` seconds in this process.
+
+    A subscribe request then costs the web no database round trip at all (it
+    was four: pool check, BEGIN, the lookup, ROLLBACK). A change to a
+    newsletter's topics reaches the web's answers within `ttl`; the worker
+    judges every request against the database anyway. An unknown newsletter
+    is asked for again each time, so a new one is found at once.
+    """
+
+    def __init__(self, sessions: Callable[[], Session], ttl: float = 5.0) -> None:
+        self.sessions = sessions
+        self.ttl = ttl
+        self._kept: dict[str, tuple[float, Offer]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, slug: str) -> Offer:
+        now = time.monotonic()
+        with self._lock:
+            found = self._kept.get(slug)
+        if found is not None and now - found[0] < self.ttl:
+            return found[1]
+        with self.sessions() as session:
+            fresh = offer(session, slug)
+            session.rollback()
+        with self._lock:  # only newsletters that exist are kept: a handful
+            self._kept[slug] = (now, fresh)
+        return fresh
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    address: Address
+    topics: list[str]  # slugs
+    frequency: Frequency
+
+
+def check_request(
+    offer: Offer,
+    *,
+    email: str,
+    topics: Sequence[str] = (),
+    frequency: str | None = None,
+    check_deliverability: bool = False,
+) -> CheckedRequest:
+    """Everything about a subscribe request that can be judged without knowing the reader.
+
+    The web answers from this alone, so its reply and timing reveal nothing
+    about whether the address is already subscribed.
+    """
+    try:
+        address = normalise(email, check_deliverability=check_deliverability)
+    except InvalidAddress as exc:
+        raise SubscriptionError(str(exc), field="email") from exc
+    slugs = pick_topics(offer.topic_slugs, topics, offer.name)
+    return CheckedRequest(address, slugs, parse_frequency(frequency, offer))
+
+
 @dataclass
 class ValidRequest:
     newsletter: Newsletter
@@ -272,18 +377,19 @@ def validate_request(
     frequency: str | None = None,
     check_deliverability: bool = False,
 ) -> ValidRequest:
-    """Everything about a subscribe request that can be judged without knowing the reader.
-
-    The web answers from this alone, so its reply and timing reveal nothing
-    about whether the address is already subscribed.
-    """
+    """`check_request` against the database as it is now, with the ORM objects."""
     nl = get_newsletter(session, newsletter)
-    try:
-        address = normalise(email, check_deliverability=check_deliverability)
-    except InvalidAddress as exc:
-        raise SubscriptionError(str(exc), field="email") from exc
+    known = _topics_of(session, nl)
+    checked = check_request(
+        _offer(nl, known),
+        email=email,
+        topics=topics,
+        frequency=frequency,
+        check_deliverability=check_deliverability,
+    )
+    by_slug = {t.slug: t for t in known}
     return ValidRequest(
-        nl, address, resolve_topics(session, nl, topics), parse_frequency(frequency, nl)
+        nl, checked.address, [by_slug[s] for s in checked.topics], checked.frequency
     )
 
 

@@ -16,9 +16,10 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 from mailer import logs, throttle
 from mailer.config import Settings, get_settings
-from mailer.db import get_engine
+from mailer.db import get_engine, session_factory
 from mailer.links import tokens_for
 from mailer.migrate import require_current
+from mailer.subscriptions import Offers
 from mailer.web.headers import SecurityHeaders
 from mailer.web.limits import BodyLimit
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.state.tokens = tokens_for(settings)
     app.state.api_token = settings.api_secret()
     app.state.throttle = throttle.for_settings(settings)
+    app.state.offers = Offers(session_factory(settings.database))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

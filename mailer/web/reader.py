@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session
 from mailer import subscriptions, tasks, throttle
 from mailer.addresses import address_hash
 from mailer.config import Settings
-from mailer.db import session_factory
 from mailer.models import Newsletter, Status, Subscription, utcnow
 from mailer.subscriptions import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
@@ -162,17 +161,6 @@ async def subscribe(request: Request, settings: SettingsDep, ip: IPDep) -> Respo
 def _subscribe(
     request: Request, parsed: SubscribeIn | Exception, settings: Settings, ip: str | None
 ) -> Response:
-    with session_factory(settings.database)() as session:
-        return _subscribe_in(request, parsed, session, settings, ip)
-
-
-def _subscribe_in(
-    request: Request,
-    parsed: SubscribeIn | Exception,
-    session: Session,
-    settings: Settings,
-    ip: str | None,
-) -> Response:
     counters: throttle.Throttle = request.app.state.throttle
     wait = None
     if ip:
@@ -191,29 +179,28 @@ def _subscribe_in(
     if parsed.website:
         return _accepted(request)
     try:
-        valid = subscriptions.validate_request(
-            session,
+        offers: subscriptions.Offers = request.app.state.offers
+        offer = offers.get(parsed.newsletter)
+        valid = subscriptions.check_request(
+            offer,
             email=parsed.email,
-            newsletter=parsed.newsletter,
             topics=parsed.topics,
             frequency=parsed.frequency,
             check_deliverability=settings.check_deliverability,
         )
-        payload = {
-            "email": valid.address.email,
-            "newsletter": valid.newsletter.slug,
-            "topics": [t.slug for t in valid.topics],
-            "frequency": valid.frequency.value,
-            "source": "api-form" if _wants_json(request) else "web",
-            "ip": ip,
-            "requested_at": utcnow().isoformat(),
-        }
     except UnknownNewsletter as exc:
         return _error(request, 404, str(exc))
     except SubscriptionError as exc:
         return _error(request, 422, str(exc), exc.field)
-    finally:
-        session.rollback()
+    payload = {
+        "email": valid.address.email,
+        "newsletter": offer.slug,
+        "topics": valid.topics,
+        "frequency": valid.frequency.value,
+        "source": "api-form" if _wants_json(request) else "web",
+        "ip": ip,
+        "requested_at": utcnow().isoformat(),
+    }
     try:
         tasks.subscribe.delay(payload)
     except Exception:  # the broker is down: say so rather than drop the request
