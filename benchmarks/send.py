@@ -85,6 +85,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the process spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def pids_named(name: str) -> list[int]:
     """Every process whose command is `name` (postgres backends, redis-server)."""
     out = []
@@ -110,11 +118,20 @@ class CpuMeter:
         self.before: dict[int, float] = {}
 
     def start(self) -> None:
-        self.before = {p: cpu_seconds(p) for find in self.groups.values() for p in find()}
+        pids = [p for find in self.groups.values() for p in find()]
+        self.before = {p: cpu_seconds(p) for p in pids}
+        self.waited_before = {p: run_delay(p) for p in pids}
 
     def stop(self) -> dict[str, float]:
         return {
             group: sum(cpu_seconds(p) - self.before.get(p, 0.0) for p in find())
+            for group, find in self.groups.items()
+        }
+
+    def waited(self) -> dict[str, float]:
+        """Seconds each group spent runnable but without a CPU since start()."""
+        return {
+            group: sum(run_delay(p) - self.waited_before.get(p, 0.0) for p in find())
             for group, find in self.groups.items()
         }
 
@@ -467,10 +484,14 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
         assert last is not None
         seconds = last.timestamp() - started
         used = meter.stop()
+        waited = meter.waited()
         print(
             "CPU per message (ms): "
             + ", ".join(f"{g} {1000 * v / max(1, len(expected)):.2f}" for g, v in used.items())
             + f"; machine busy {sum(used.values()) / seconds:.2f} of {os.cpu_count()} cores"
+        )
+        print(
+            "waited for a CPU (s): " + ", ".join(f"{g} {v:.1f}" for g, v in waited.items())
         )
         counts = sink.counts()
         peak = max(rss_peak_mb(p.pid) for p in procs)

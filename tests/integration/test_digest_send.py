@@ -6,7 +6,7 @@ import html as html_mod
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from mailer import delivery, digests, tasks
 from mailer import subscriptions as subs
@@ -22,6 +22,7 @@ from mailer.models import (
 )
 from mailer.rendering import EmailRenderer
 from mailer.tokens import Purpose
+from tests.conftest import configure
 from tests.integration.test_digest_support import (
     SITE,
     add_article,
@@ -253,3 +254,21 @@ def test_preparing_twice_makes_one_set_of_rows(session, settings, renderer, smtp
 def test_unknown_edition_is_a_clear_error(session, settings, renderer):
     with pytest.raises(digests.DigestError, match="no edition 999"):
         digests.prepare(session, settings, renderer, 999)
+
+
+def test_a_big_edition_leaves_the_planner_fresh_statistics_for_its_claims(pg_url, monkeypatch):
+    """Claims filter on `digest_id = N`: with statistics from before the rows were
+    written, PostgreSQL read the whole edition's index entries in every claim."""
+    from benchmarks.send import populate
+    from mailer import config, db
+
+    configure(monkeypatch, database_url=pg_url)
+    _, digest_id = populate(pg_url, digests.ANALYZE_AFTER, 2)
+    settings = config.get_settings()
+    with db.session_scope(pg_url) as session:
+        digests.prepare(session, settings, EmailRenderer(settings.email_templates), digest_id)
+    with db.session_scope(pg_url) as session:
+        estimated = session.scalar(
+            text("SELECT reltuples FROM pg_class WHERE relname = 'delivery'")
+        )
+    assert estimated == digests.ANALYZE_AFTER
