@@ -490,9 +490,7 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
             + ", ".join(f"{g} {1000 * v / max(1, len(expected)):.2f}" for g, v in used.items())
             + f"; machine busy {sum(used.values()) / seconds:.2f} of {os.cpu_count()} cores"
         )
-        print(
-            "waited for a CPU (s): " + ", ".join(f"{g} {v:.1f}" for g, v in waited.items())
-        )
+        print("waited for a CPU (s): " + ", ".join(f"{g} {v:.1f}" for g, v in waited.items()))
         counts = sink.counts()
         peak = max(rss_peak_mb(p.pid) for p in procs)
         print(f"pipeline: {sum(counts.values())} messages in {seconds:.2f} s")

@@ -7,8 +7,10 @@ beat at once: WAL and a busy timeout keep writers from failing on a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,50 @@ def among(column: Any, values: list[Any], postgres: bool) -> Any:
     if postgres:
         return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
     return column.in_(values)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A Core statement prepared on one libpq connection, run with text parameters.
+
+    SQLAlchemy's execution path (cache lookup, parameter processing, result
+    wrapping) cost more CPU than PostgreSQL spent running the per-message
+    write, so that one statement goes through libpq directly; it is still
+    written once, in Core, and SQLite runs the same statement through the
+    session. The casts SQLAlchemy renders fix the parameter types, so one
+    plan serves every call.
+    """
+
+    name: bytes
+    names: tuple[str, ...]
+    constants: Mapping[str, Any]
+
+    def values(self, params: Mapping[str, Any]) -> list[bytes | None]:
+        """The call's parameters, and the statement's own literals, in placeholder order."""
+        return [_pg_text(params[n] if n in params else self.constants[n]) for n in self.names]
+
+
+def _pg_text(value: object) -> bytes | None:
+    """A parameter in PostgreSQL's text format (aware datetimes as ISO 8601)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat().encode()
+    return str(value).encode()
+
+
+def prepare(pgconn: Any, name: bytes, statement: Any) -> Prepared:
+    """Prepare `statement` as `name` on a psycopg `pgconn` (once per connection:
+    a pooled connection that has it already is fine)."""
+    from psycopg import errors
+    from psycopg.pq import DiagnosticField, ExecStatus
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    # No expanding IN (...) in it: its placeholders would need values to render.
+    compiled = statement.compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"))
+    result = pgconn.prepare(name, compiled.string.encode())
+    if result.status != ExecStatus.COMMAND_OK and (
+        result.error_field(DiagnosticField.SQLSTATE) != b"42P05"  # already prepared here
+    ):
+        raise errors.error_from_result(result)
+    return Prepared(name, tuple(compiled.positiontup or ()), dict(compiled.params))

@@ -1,31 +1,33 @@
-"""Sending an edition: claim rows, send over one connection, record every reply.
+"""Sending an edition: claim each row as it goes, send over one connection, record every reply.
 
 Exactly-once is impossible over SMTP (the message may have gone between the
 final "." and the reply), so the aim is: nothing lost, and at most one
 duplicate per connection that dies. That is kept by three rules:
 
-- Rows are claimed with one conditional UPDATE (`FOR UPDATE SKIP LOCKED` on
-  PostgreSQL) that moves them to `sending` with a lease; the subscription's
-  status and the suppression list are checked in the same transaction, so a
-  reader who left after the edition was prepared is not mailed.
-- Before each message its Message-ID is written to the row, in the same
-  commit that records the previous message's reply. A row found in `sending`
-  after its lease ran out is therefore either untouched (no Message-ID: back
-  to `queued`, nobody got it) or the one that was in flight (`unknown`, sent
-  again: the one possible duplicate).
+- A sender reads the due rows of its range a couple of hundred at a time,
+  with their readers' status and the suppression list (a reader who left
+  after the edition was prepared is skipped, not mailed), and locks nothing.
+  Each row is claimed by one conditional UPDATE just before its message goes:
+  still queued (or a retry that is due), it moves to `sending` with a lease,
+  one more attempt and its Message-ID. A row another sender claimed first,
+  or that was cancelled, is passed over.
+- That claim is committed in the same statement that records the previous
+  message's reply, and before any byte of DATA. A row found in `sending`
+  after its lease ran out is therefore the one that was in flight
+  (`unknown`, sent again: the one possible duplicate); rows never claimed
+  are simply still queued.
 - Replies drive the state machine: 2xx `sent`; 4xx `deferred` with an
   exponential `next_attempt_at` until the attempts run out; 5xx `failed`,
   and a 550-class reply also suppresses the address and marks the
   subscription bounced. A lost connection puts the in-flight row in
-  `unknown`, hands the rest of the batch back and asks for a retry.
+  `unknown` and asks for a retry of the batch.
 """
 
 from __future__ import annotations
 
 import logging
 import smtplib
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
@@ -35,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     Table,
     and_,
     bindparam,
@@ -51,7 +54,7 @@ from sqlalchemy.orm import Session
 from mailer import bounces, digests
 from mailer.addresses import address_hash
 from mailer.config import Settings
-from mailer.db import among
+from mailer.db import among, is_postgres, prepare
 from mailer.dkim_signing import DKIMSigner, signer_for
 from mailer.links import Links, Tokened
 from mailer.messages import MessageTemplate, Placeholder
@@ -85,9 +88,8 @@ log = logging.getLogger(__name__)
 # Replies that say the mailbox does not exist or never will: stop mailing it.
 HARD_BOUNCE = frozenset({550, 551, 553})
 MAX_BACKOFF = timedelta(hours=12)
-# Rows per claim. Each claim is five statements and a commit; at 50 rows that was
-# ~10 % of a send. The status check it does is then at most one chunk old
-# (under a second of sending at these rates).
+# Rows read per step (due_rows): a few statements and a commit each; the readers'
+# status they carry is then at most one step old (under a second of sending).
 CLAIM_CHUNK = 200
 
 Opener = Callable[[], smtplib.SMTP]
@@ -203,26 +205,26 @@ def _claimable(now: datetime) -> Any:
     )
 
 
-def claim(
+def due_rows(
     session: Session,
     digest_id: int,
     lo: int,
     hi: int,
     *,
     limit: int,
-    lease: int,
     now: datetime,
     after: int | None = None,
-) -> tuple[datetime, list[Claimed]]:
-    """Take up to `limit` due rows of the range for this sender; commits.
+) -> list[Claimed]:
+    """Up to `limit` rows of the range that may be sent now, with their readers; commits.
 
-    Rows whose reader is no longer active or is suppressed are marked
-    `skipped` in the same transaction instead of being handed out.
+    Nothing is locked or written for them here: each row is claimed by the
+    write that marks it in flight, just before its message goes (_Marks), so a
+    row another sender took first is passed over. Rows whose reader is no
+    longer active or is suppressed are marked `skipped` here (while still
+    claimable) instead of being handed out: the reader's status is read fresh,
+    so one who left after the edition was prepared is not mailed.
     """
-    postgres = session.get_bind().dialect.name == "postgresql"
-    # The rows and their readers in one statement: the reader's status is read
-    # fresh here, in the claiming transaction (a reader who left after prepare
-    # is seen), as Core rows rather than ORM objects.
+    postgres = is_postgres(session)
     query = (
         select(
             Delivery.id,
@@ -245,33 +247,28 @@ def claim(
     )
     if after is not None:
         query = query.where(Delivery.id > after)
-    if postgres:
-        query = query.with_for_update(skip_locked=True, of=Delivery)
     picked = session.execute(query).all()
-    lease_until = now + timedelta(seconds=lease)
     if not picked:
         session.commit()
-        return lease_until, []
-    blocked = digests.suppressed_hashes(session, [r.email for r in picked])
+        return []
+    hashes = {r.email: address_hash(r.email) for r in picked}
+    blocked = digests.suppressed(session, set(hashes.values()))
     out: list[Claimed] = []
-    skipped: dict[str, list[tuple[int, int]]] = {}
+    skipped: dict[str, list[int]] = {}
     for row in picked:
         if row.status is not Status.ACTIVE:
-            skipped.setdefault(f"not mailed: subscription {row.status.value}", []).append(
-                (row.id, row.sub_id)
-            )
-        elif address_hash(row.email) in blocked:
-            skipped.setdefault("not mailed: address suppressed", []).append((row.id, row.sub_id))
+            skipped.setdefault(f"not mailed: subscription {row.status.value}", []).append(row.id)
+        elif hashes[row.email] in blocked:
+            skipped.setdefault("not mailed: address suppressed", []).append(row.id)
         elif row.variant_id is None:
-            skipped.setdefault("not mailed: nothing to send", []).append((row.id, row.sub_id))
+            skipped.setdefault("not mailed: nothing to send", []).append(row.id)
         else:
             reader = Reader(row.sub_id, row.generation)
             out.append(Claimed(row.id, row.variant_id, row.attempts + 1, reader, row.email))
-    c = DELIVERY.c
-    for reason, pairs in skipped.items():
+    for reason, ids in skipped.items():
         session.execute(
             update(DELIVERY)
-            .where(c.id.in_([d for d, _ in pairs]))
+            .where(among(DELIVERY.c.id, ids, postgres), _claimable(now))
             .values(
                 status=DeliveryStatus.SKIPPED,
                 smtp_reply=reason,
@@ -280,21 +277,8 @@ def claim(
                 released=True,  # its articles go back: a later edition may bring them
             )
         )
-    if out:
-        # Core, not the ORM-enabled UPDATE: no session synchronisation to pay for.
-        session.execute(
-            update(DELIVERY)
-            .where(among(c.id, [r.delivery_id for r in out], postgres))
-            .values(
-                status=DeliveryStatus.SENDING,
-                lease_until=lease_until,
-                attempts=c.attempts + 1,
-                message_id=None,
-                updated_at=now,
-            )
-        )
     session.commit()
-    return lease_until, out
+    return out
 
 
 def _ours(delivery_id: int, lease_until: datetime) -> Any:
@@ -318,6 +302,7 @@ class BatchResult:
     skipped: int = 0
     bounced: int = 0
     lost_lease: int = 0
+    not_ours: int = 0  # claimed by another sender first, or cancelled, before their turn
     replies: list[tuple[int, int]] = field(default_factory=list)
 
 
@@ -378,29 +363,6 @@ def hard_bounce(session: Session, sub: Subscription, email: str, reply: str) -> 
     session.flush()
 
 
-def _hand_back(
-    session: Session, rows: Sequence[Claimed], lease_until: datetime, now: datetime
-) -> None:
-    """Rows claimed but never tried go back to the queue, their attempt not counted."""
-    ids = [r.delivery_id for r in rows]
-    if ids:
-        session.execute(
-            update(Delivery)
-            .where(
-                Delivery.id.in_(ids),
-                Delivery.status == DeliveryStatus.SENDING,
-                Delivery.lease_until == lease_until,
-                Delivery.message_id.is_(None),
-            )
-            .values(
-                status=DeliveryStatus.QUEUED,
-                lease_until=None,
-                attempts=Delivery.attempts - 1,
-                updated_at=now,
-            )
-        )
-
-
 def _mark_unknown(
     session: Session, row: Claimed, lease_until: datetime, why: str, now: datetime
 ) -> None:
@@ -422,7 +384,7 @@ def _mark_unknown(
 
 @dataclass
 class _Sent:
-    """A 250 not yet written: it goes out with the next message's in-flight marker."""
+    """A 250 not yet written: it goes out with the next message's claim."""
 
     row: Claimed
     lease_until: datetime
@@ -430,75 +392,65 @@ class _Sent:
 
 
 def _mark_statement() -> Any:
-    """One UPDATE that records the previous message's 250 and marks the next in flight.
+    """One UPDATE that records the previous message's 250 and claims the next one.
 
-    Both rows are matched only while still ours (sending, same lease), and
-    RETURNING says which were, so a lost lease is noticed for either. An id
-    of -1 stands for "no such row" (the first message, or the last flush).
+    The previous row is matched only while still ours (sending, same lease);
+    the next only while it may be sent (queued, or a retry that is due), and it
+    leaves `sending` with its lease, one more attempt and its Message-ID: the
+    in-flight marker. RETURNING says which of the two matched, so a row taken
+    by another sender, or cancelled, is passed over. An id of -1 stands for
+    "no such row" (the first message, or the last 250).
     """
     c = DELIVERY.c
-    is_prev = c.id == bindparam("prev_id")
+    prev_id = bindparam("prev_id", type_=Integer)
+    next_id = bindparam("next_id", type_=Integer)
+    now = bindparam("now", type_=c.updated_at.type)
+    is_prev = c.id == prev_id
 
     def when_prev(value: Any, column: Any) -> Any:
         return case((is_prev, value), else_=column)
 
+    claimable = or_(  # _claimable's rule, spelt without IN (...) so it can be prepared
+        c.status == DeliveryStatus.QUEUED,
+        and_(
+            or_(c.status == DeliveryStatus.DEFERRED, c.status == DeliveryStatus.UNKNOWN),
+            c.next_attempt_at <= now,
+        ),
+    )
     return (
         update(DELIVERY)
         .where(
             # `id IN (a, b)` keeps this a two-row primary-key lookup in any plan.
-            c.id.in_([bindparam("prev_id"), bindparam("next_id")]),
-            c.status == DeliveryStatus.SENDING,
-            c.lease_until == when_prev(bindparam("prev_lease"), bindparam("next_lease")),
+            c.id.in_([prev_id, next_id]),
+            or_(
+                and_(
+                    is_prev,
+                    c.status == DeliveryStatus.SENDING,
+                    c.lease_until == bindparam("prev_lease", type_=c.lease_until.type),
+                ),
+                and_(c.id == next_id, claimable),
+            ),
         )
         .values(
-            status=when_prev(literal(DeliveryStatus.SENT, type_=c.status.type), c.status),
+            status=when_prev(
+                literal(DeliveryStatus.SENT, type_=c.status.type),
+                literal(DeliveryStatus.SENDING, type_=c.status.type),
+            ),
             smtp_code=when_prev(bindparam("code", type_=c.smtp_code.type), c.smtp_code),
             smtp_reply=when_prev(bindparam("reply", type_=c.smtp_reply.type), c.smtp_reply),
             message_id=when_prev(c.message_id, bindparam("message_id", type_=c.message_id.type)),
-            lease_until=when_prev(null(), c.lease_until),
-            sent_at=when_prev(bindparam("now", type_=c.sent_at.type), c.sent_at),
+            lease_until=when_prev(null(), bindparam("next_lease", type_=c.lease_until.type)),
+            attempts=when_prev(c.attempts, c.attempts + 1),
+            sent_at=when_prev(now, c.sent_at),
             next_attempt_at=when_prev(null(), c.next_attempt_at),
-            updated_at=bindparam("now", type_=c.updated_at.type),
+            updated_at=now,
         )
         .returning(c.id)
     )
 
 
-# The same statement as raw SQL for PostgreSQL, prepared once per connection and
-# run through libpq directly: SQLAlchemy's execution path (compiled-cache lookup,
-# parameter processing, result wrapping) cost more CPU than PostgreSQL spent
-# running the statement, and going through libpq lets the statement travel while
-# the SMTP envelope is being sent (see _Marks.start). The casts keep the
-# parameter types fixed, so one plan serves first, middle and last message.
-_MARK_NAME = b"mailer_delivery_mark"
-_MARK_SQL = f"""
-UPDATE delivery SET
-  status = CASE WHEN id = $1::int THEN '{DeliveryStatus.SENT.value}' ELSE status END,
-  smtp_code = CASE WHEN id = $1::int THEN $2::int ELSE smtp_code END,
-  smtp_reply = CASE WHEN id = $1::int THEN $3::text ELSE smtp_reply END,
-  message_id = CASE WHEN id = $1::int THEN message_id ELSE $4::varchar END,
-  lease_until = CASE WHEN id = $1::int THEN NULL ELSE lease_until END,
-  sent_at = CASE WHEN id = $1::int THEN $5::timestamptz ELSE sent_at END,
-  next_attempt_at = CASE WHEN id = $1::int THEN NULL ELSE next_attempt_at END,
-  updated_at = $5::timestamptz
-WHERE id IN ($1::int, $6::int)
-  AND status = '{DeliveryStatus.SENDING.value}'
-  AND lease_until = CASE WHEN id = $1::int THEN $7::timestamptz ELSE $8::timestamptz END
-RETURNING id
-""".encode()
-
-
-def _text(value: object) -> bytes | None:
-    """A parameter in PostgreSQL's text format (aware datetimes as ISO 8601)."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat().encode()
-    return str(value).encode()
-
-
 class _Marks:
-    """The per-message state writes, one statement and one round trip each.
+    """The per-message writes, one statement and one round trip each.
 
     On PostgreSQL they go over a connection of their own in autocommit with
     `synchronous_commit` off: each statement is its own transaction, and a
@@ -506,8 +458,11 @@ class _Marks:
     A worker killed with SIGKILL still loses nothing the server acknowledged;
     only a crash of the PostgreSQL server itself could lose the last fraction
     of a second of these writes, and what that brings back is rows found in
-    `sending` again, i.e. a resend of those messages (duplicates), never a
-    lost one. Elsewhere (SQLite) they go through the session, as before.
+    `sending` or `queued` again, i.e. a resend of those messages
+    (duplicates), never a lost one. The statement is prepared once per
+    connection and run through libpq: SQLAlchemy's execution path cost more
+    CPU than PostgreSQL spent running it. Elsewhere (SQLite) the same
+    statement goes through the session.
 
     A write goes in three steps: `stage` sets it up, `start` sends it and
     `finish` waits for its answer (the commit), sending it first if nobody
@@ -531,20 +486,9 @@ class _Marks:
             engine = bind if isinstance(bind, Engine) else bind.engine
             self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
-            # psycopg's Connection.wait sleeps in poll(); waiting.wait's default spins.
             self.raw = self.conn.connection.driver_connection
             self.pgconn = self.raw.pgconn
-            self._prepare()
-
-    def _prepare(self) -> None:
-        from psycopg import errors
-        from psycopg.pq import DiagnosticField, ExecStatus
-
-        result = self.pgconn.prepare(_MARK_NAME, _MARK_SQL)
-        if result.status != ExecStatus.COMMAND_OK and (
-            result.error_field(DiagnosticField.SQLSTATE) != b"42P05"  # prepared on this pooled conn
-        ):
-            raise errors.error_from_result(result)
+            self.prepared = prepare(self.pgconn, b"mailer_delivery_mark", self.stmt)
 
     def stage(
         self,
@@ -554,8 +498,8 @@ class _Marks:
         message_id: str | None,
         now: datetime,
     ) -> None:
-        """The write that records `sent` and marks `row` in flight, atomically; it
-        goes out at `start` (or at the latest when its answer is awaited)."""
+        """The write that records `sent` and claims `row`, atomically; it goes out
+        at `start` (or at the latest when its answer is awaited)."""
         self.finish()  # never two statements in flight
         self._staged = {
             "prev_id": sent.row.delivery_id if sent else -1,
@@ -579,7 +523,7 @@ class _Marks:
             return
         from psycopg import generators
 
-        self.pgconn.send_query_prepared(_MARK_NAME, [_text(v) for v in params.values()])
+        self.pgconn.send_query_prepared(self.prepared.name, self.prepared.values(params))
         self.raw.wait(generators.send(self.pgconn))
         self._pending = True
 
@@ -632,11 +576,8 @@ class _Marks:
 
 
 def claim_size(settings: Settings) -> int:
-    """Rows per claim: small enough that the rate limit can't outlast the lease."""
-    size = min(settings.send_batch_size, CLAIM_CHUNK)
-    if settings.send_rate > 0:
-        size = min(size, int(settings.send_rate * settings.send_lease / 4))
-    return max(1, size)
+    """Rows read per step: the readers' status they carry is at most one step old."""
+    return max(1, min(settings.send_batch_size, CLAIM_CHUNK))
 
 
 def send_range(
@@ -656,7 +597,7 @@ def send_range(
     The connection comes from `connections` (a worker keeps one between
     batches) or else from `opener`, and is closed at the end.
     Raises TemporaryFailure when the server can't be reached or the
-    connection breaks; whatever was not sent is then back in the queue.
+    connection breaks; whatever was not sent is then still in the queue.
     """
     limiter = limiter or Unlimited()
     result = BatchResult()
@@ -676,27 +617,18 @@ def send_range(
     clean = False
     try:
         while True:
-            lease_until, rows = claim(
-                session,
-                digest_id,
-                lo,
-                hi,
-                limit=claim_size(settings),
-                lease=settings.send_lease,
-                now=clock(),
-                after=cursor,
+            rows = due_rows(
+                session, digest_id, lo, hi, limit=claim_size(settings), now=clock(), after=cursor
             )
             if not rows:
                 break
             cursor = rows[-1].delivery_id
             if conn is None:
                 # Connect only once there is something to send: a duplicate task
-                # finding nothing claimable costs one query, not a connection.
+                # finding nothing to send costs one query, not a connection.
                 try:
                     conn = open_conn()
                 except ConnectionLost as exc:
-                    _hand_back(session, rows, lease_until, clock())
-                    session.commit()
                     raise TemporaryFailure(str(exc)) from exc
             for vid in {r.variant_id for r in rows} - templates.keys():
                 variant = session.get_one(DigestVariant, vid)
@@ -704,9 +636,9 @@ def send_range(
                 templates[vid] = message_template(
                     settings, nl, variant.subject, variant.html, variant.text
                 )
-            session.commit()  # no transaction left open while the chunk goes out
+            session.commit()  # no transaction left open while the rows go out
             conn = _send_rows(
-                session, settings, digest_id, rows, lease_until, templates, links, outgoing,
+                session, settings, digest_id, rows, templates, links, outgoing,
                 conn, open_conn, limiter, result, clock, marks,
             )  # fmt: skip
         clean = True
@@ -725,7 +657,6 @@ def _send_rows(
     settings: Settings,
     digest_id: int,
     rows: list[Claimed],
-    lease_until: datetime,
     templates: dict[int, MessageTemplate],
     links: Links,
     outgoing: Outgoing,
@@ -735,10 +666,10 @@ def _send_rows(
     result: BatchResult,
     clock: Callable[[], datetime],
     marks: _Marks,
-) -> smtplib.SMTP | None:
-    claimed_at = time.monotonic()
+) -> smtplib.SMTP:
     sent: _Sent | None = None
     accepted: list[int] = []
+    lease = timedelta(seconds=settings.send_lease)
     # The next row's message, built while the server takes in the current one.
     ahead: tuple[Claimed, str, bytes] | None = None
 
@@ -755,20 +686,27 @@ def _send_rows(
         except Exception:  # raised again where it belongs, when that row's turn comes
             ahead = None
 
+    def write_down() -> None:
+        """The 250 we hold goes in on its own before the sender idles (rate limit),
+        so its row never sits in `sending` past its lease."""
+        nonlocal sent
+        if sent is not None:
+            _settle(sent, marks.write(sent, None, None, None, clock()), result)
+            sent = None
+
     for index, row in enumerate(rows):
-        if time.monotonic() - claimed_at > settings.send_lease / 2:
-            lease_until = _renew(session, rows[index:], lease_until, settings.send_lease, clock())
-            claimed_at = time.monotonic()
         if ahead is not None and ahead[0] is row:
             _, message_id, data = ahead
         else:
             message_id, data = build(row)
         ahead = None
-        limiter.acquire()
-        # The previous row's 250 and this row's in-flight marker, in one commit. It
-        # goes out once MAIL FROM has (the server reads that meanwhile) and travels
-        # while MAIL FROM and RCPT TO do; DATA waits for its commit (ready).
-        marks.stage(sent, row, lease_until, message_id, clock())
+        limiter.acquire(before_waiting=write_down)
+        # The previous row's 250 and this row's claim (its in-flight marker), in one
+        # commit. It goes out once MAIL FROM has (the server reads that meanwhile)
+        # and travels while MAIL FROM and RCPT TO do; DATA waits for it (ready).
+        now = clock()
+        lease_until = now + lease
+        marks.stage(sent, row, lease_until, message_id, now)
         previous, sent = sent, None
         try:
             reply = send_when(
@@ -781,20 +719,20 @@ def _send_rows(
                 meanwhile=partial(build_ahead, rows[index + 1]) if index + 1 < len(rows) else None,
             )
         except ConnectionLost as exc:
-            _settle(previous, marks.finish(), result)
-            now = clock()
-            _mark_unknown(session, row, lease_until, f"connection lost: {exc}", now)
-            _hand_back(session, rows[index + 1 :], lease_until, now)
-            session.commit()
+            ours = marks.finish()
+            _settle(previous, ours, result)
+            if row.delivery_id in ours:  # claimed, so perhaps sent: sent again later
+                _mark_unknown(session, row, lease_until, f"connection lost: {exc}", clock())
+                session.commit()
             close(conn)
             raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
         # A refused envelope never asked `ready`: the write is awaited here then.
         ours = marks.finish()
         _settle(previous, ours, result)
         if reply is None or row.delivery_id not in ours:
-            # Our lease ran out and someone else owns the row now. If the server
-            # refused the envelope anyway there is nothing of ours to record.
-            result.lost_lease += 1
+            # Another sender claimed the row first (a second task over this range), or
+            # it was cancelled: not ours, and the server was told RSET if it got this far.
+            result.not_ours += 1
             continue
         if reply.ok:
             sent = _Sent(row, lease_until, reply)
@@ -812,11 +750,8 @@ def _send_rows(
             try:
                 conn = open_conn()
             except ConnectionLost as exc:
-                _hand_back(session, rows[index + 1 :], lease_until, clock())
-                session.commit()
                 raise TemporaryFailure(str(exc)) from exc
-    if sent is not None:
-        _settle(sent, marks.write(sent, None, None, None, clock()), result)
+    write_down()
     # Soft bounces count only in a row: a 250 starts the count again (one UPDATE).
     bounces.reset_soft_bounces(session, accepted)
     session.commit()
@@ -834,23 +769,6 @@ def _settle(sent: _Sent | None, ours: set[int], result: BatchResult) -> None:
         # Our lease ran out and someone else owns the row now; theirs is the record.
         result.lost_lease += 1
         log.warning("delivery %s: lease lost before the reply was recorded", sent.row.delivery_id)
-
-
-def _renew(
-    session: Session, rows: Sequence[Claimed], old: datetime, lease: int, now: datetime
-) -> datetime:
-    new = now + timedelta(seconds=lease)
-    session.execute(
-        update(Delivery)
-        .where(
-            Delivery.id.in_([r.delivery_id for r in rows]),
-            Delivery.status == DeliveryStatus.SENDING,
-            Delivery.lease_until == old,
-        )
-        .values(lease_until=new)
-    )
-    session.commit()
-    return new
 
 
 # -- sweeping (the tick) ------------------------------------------------------------------------

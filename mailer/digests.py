@@ -343,10 +343,6 @@ def window_items(
     )
 
 
-def suppressed_hashes(session: Session, emails: Iterable[str]) -> set[str]:
-    return _suppressed(session, {address_hash(e) for e in emails})
-
-
 def holding() -> Any:
     """Deliveries that hold their variant's articles for their reader."""
     return and_(Delivery.variant_id.is_not(None), Delivery.released.is_(False))
@@ -724,7 +720,7 @@ def _prepare_chunk(
     lo, hi = readers[0].subscription_id, readers[-1].subscription_id
     sent = already_sent(session, held, between=(lo, hi))
     hashes = {r.subscription_id: address_hash(r.email) for r in readers}
-    blocked = _suppressed(session, set(hashes.values()))
+    blocked = suppressed(session, set(hashes.values()))
     # Readers with no history get the same list as everyone with their topics.
     fresh: dict[frozenset[int], Selection] = {}
     sub_ids: list[int] = []
@@ -762,7 +758,7 @@ def _prepare_chunk(
     return queued, len(states) - queued
 
 
-def _suppressed(session: Session, hashes: set[str]) -> set[str]:
+def suppressed(session: Session, hashes: set[str]) -> set[str]:
     """Which of these address hashes are suppressed: one query on PostgreSQL (an
     array parameter), 1,000 at a time elsewhere (SQLite's parameter limit)."""
     wanted = list(hashes)

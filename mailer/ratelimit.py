@@ -42,7 +42,10 @@ class Limiter(Protocol):
         """Claim the next send slot; returns how many seconds to wait for it."""
         ...
 
-    def acquire(self) -> None: ...
+    def acquire(self, before_waiting: Callable[[], None] | None = None) -> None:
+        """Take the next send slot, waiting for it; `before_waiting` runs first when
+        there is a wait (the sender writes down what it holds before idling)."""
+        ...
 
 
 class _Base:
@@ -52,9 +55,11 @@ class _Base:
     def reserve(self) -> float:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def acquire(self) -> None:
+    def acquire(self, before_waiting: Callable[[], None] | None = None) -> None:
         wait = self.reserve()
         if wait > 0:
+            if before_waiting is not None:
+                before_waiting()
             self._sleep(wait)
 
 

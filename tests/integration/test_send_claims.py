@@ -1,0 +1,92 @@
+"""Each row is claimed by the write that marks it in flight: senders racing over one
+range mail every reader once, and a sender that must wait writes its 250 down first."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from sqlalchemy import select
+
+from mailer import db, delivery, digests
+from mailer.models import Delivery, DeliveryStatus, Frequency
+from mailer.ratelimit import Unlimited
+from mailer.rendering import EmailRenderer
+from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
+
+
+def edition(session, settings, readers: int):
+    nl = make_newsletter(session)
+    for i in range(readers):
+        add_reader(session, nl, f"r{i:03d}@example.org")
+    add_article(session, nl, "Story")
+    session.commit()
+    made = digests.create_now(session, nl, Frequency.DAILY)
+    prepared = digests.prepare(session, settings, EmailRenderer(settings.email_templates), made.id)
+    session.commit()
+    lo, hi = prepared.ranges[0][0], prepared.ranges[-1][1]
+    return made.id, lo, hi
+
+
+def test_two_senders_over_the_same_range_mail_each_reader_once(session, settings, smtp_server):
+    digest_id, lo, hi = edition(session, settings, 60)
+    results: list[delivery.BatchResult] = []
+    start = threading.Barrier(2)
+
+    def sender() -> None:
+        own = db.session_factory(settings.database)()
+        try:
+            start.wait()
+            results.append(delivery.send_range(own, settings, digest_id, lo, hi))
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=sender) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    got = Counter(r.rcpt_tos[0] for r in smtp_server.received)
+    assert len(got) == 60 and set(got.values()) == {1}
+    assert sum(r.sent for r in results) == 60
+    rows = session.scalars(select(Delivery).where(Delivery.digest_id == digest_id)).all()
+    assert {(r.status, r.attempts) for r in rows} == {(DeliveryStatus.SENT, 1)}
+
+
+class SlowLimiter(Unlimited):
+    """Makes every sender wait before its second and later messages, and looks at
+    the database while it does."""
+
+    def __init__(self, look) -> None:
+        super().__init__(sleep=lambda seconds: None)
+        self.look = look
+        self.calls = 0
+        self.seen: list[dict[str, str]] = []
+
+    def reserve(self) -> float:
+        self.calls += 1
+        return 0.0 if self.calls == 1 else 5.0
+
+    def acquire(self, before_waiting=None) -> None:
+        super().acquire(before_waiting)
+        if self.calls > 1:
+            self.seen.append(self.look())
+
+
+def test_a_sender_that_must_wait_writes_its_250_down_first(session, settings, smtp_server):
+    digest_id, lo, hi = edition(session, settings, 3)
+
+    def statuses() -> dict[str, str]:
+        with db.session_scope(settings.database) as look:
+            rows = look.scalars(select(Delivery).where(Delivery.digest_id == digest_id))
+            return {str(r.id): r.status.value for r in rows}
+
+    limiter = SlowLimiter(statuses)
+    result = delivery.send_range(session, settings, digest_id, lo, hi, limiter=limiter)
+    assert result.sent == 3
+    # While it waited for its second and third slot, nothing it had sent was left in flight.
+    assert [sorted(seen.values()) for seen in limiter.seen] == [
+        ["queued", "queued", "sent"],
+        ["queued", "sent", "sent"],
+    ]
