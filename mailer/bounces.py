@@ -47,7 +47,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
-from mailer.db import session_scope
+from mailer.db import among, is_postgres, session_scope
 from mailer.messages import sender_domain
 from mailer.models import (
     Delivery,
@@ -545,7 +545,7 @@ def reset_soft_bounces(session: Session, subscription_ids: Iterable[int]) -> Non
     if ids:
         session.execute(
             update(Subscription)
-            .where(Subscription.id.in_(ids), Subscription.soft_bounces > 0)
+            .where(among(Subscription.id, ids, is_postgres(session)), Subscription.soft_bounces > 0)
             .values(soft_bounces=0)
         )
 

@@ -53,6 +53,24 @@ def get_engine(url: str) -> Engine:
         return _engines[url]
 
 
+def async_commit_engine(url: str) -> Engine:
+    """PostgreSQL connections in autocommit whose commits don't wait for the WAL
+    flush (`synchronous_commit` off), for the per-message send writes only: a
+    pool of their own, so the setting never leaks into any other unit of work
+    and is not set and reset around every batch."""
+    key = url + "#async-commit"
+    with _lock:
+        if key not in _engines:
+            _engines[key] = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=2,
+                isolation_level="AUTOCOMMIT",
+                connect_args={"options": "-c synchronous_commit=off"},
+            )
+        return _engines[key]
+
+
 def session_factory(url: str) -> sessionmaker[Session]:
     get_engine(url)
     return _factories[url]

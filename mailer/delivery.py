@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 from mailer import bounces, digests
 from mailer.addresses import address_hash
 from mailer.config import Settings
-from mailer.db import among, is_postgres, prepare
+from mailer.db import among, async_commit_engine, is_postgres, prepare
 from mailer.dkim_signing import DKIMSigner, signer_for
 from mailer.links import Links, Tokened
 from mailer.messages import MessageTemplate, Placeholder
@@ -484,11 +484,17 @@ class _Marks:
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
             engine = bind if isinstance(bind, Engine) else bind.engine
-            self.conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self.conn.exec_driver_sql("SET synchronous_commit TO OFF")
+            url = engine.url.render_as_string(hide_password=False)
+            self.conn = async_commit_engine(url).connect()
             self.raw = self.conn.connection.driver_connection
             self.pgconn = self.raw.pgconn
-            self.prepared = prepare(self.pgconn, b"mailer_delivery_mark", self.stmt)
+            # Prepared once per database connection, which outlives this batch.
+            kept = self.conn.connection.info
+            if "mailer_delivery_mark" not in kept:
+                kept["mailer_delivery_mark"] = prepare(
+                    self.pgconn, b"mailer_delivery_mark", self.stmt
+                )
+            self.prepared = kept["mailer_delivery_mark"]
 
     def stage(
         self,
@@ -565,7 +571,6 @@ class _Marks:
             return
         try:
             self.finish()
-            self.conn.exec_driver_sql("RESET synchronous_commit")
         except Exception:  # a broken connection must not go back to the pool
             self.conn.invalidate()
         finally:
@@ -671,13 +676,14 @@ def _send_rows(
     accepted: list[int] = []
     lease = timedelta(seconds=settings.send_lease)
     # The next row's message, built while the server takes in the current one.
-    ahead: tuple[Claimed, str, bytes] | None = None
+    ahead: tuple[Claimed, str, bytes, str] | None = None
 
-    def build(row: Claimed) -> tuple[str, bytes]:
+    def build(row: Claimed) -> tuple[str, bytes, str]:
+        """Message-ID, wire bytes and VERP return path: all of a message but its sending."""
         template = templates[row.variant_id]
         message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
         data = personalise(template, links, row.subscription, row.email, message_id)
-        return message_id, outgoing.sign(data)
+        return message_id, outgoing.sign(data), outgoing.return_path(row.delivery_id)
 
     def build_ahead(row: Claimed) -> None:
         nonlocal ahead
@@ -696,9 +702,9 @@ def _send_rows(
 
     for index, row in enumerate(rows):
         if ahead is not None and ahead[0] is row:
-            _, message_id, data = ahead
+            _, message_id, data, return_path = ahead
         else:
-            message_id, data = build(row)
+            message_id, data, return_path = build(row)
         ahead = None
         limiter.acquire(before_waiting=write_down)
         # The previous row's 250 and this row's claim (its in-flight marker), in one
@@ -711,7 +717,7 @@ def _send_rows(
         try:
             reply = send_when(
                 conn,
-                outgoing.return_path(row.delivery_id),
+                return_path,
                 row.email,
                 data,
                 sent_mail=marks.start,

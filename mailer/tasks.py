@@ -166,17 +166,18 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
             limiter=limiter_for(settings),
             connections=kept(settings.smtp, settings.smtp_timeout),
         )
+        # Counting every status of a 100,000-row edition after each of its 500
+        # batches cost more than the batches' own queries; the batch that finds
+        # nothing open closes it, and the tick refreshes the counts meanwhile.
+        session.expire_all()  # the edition as it is now (an operator may have cancelled it)
+        if not digests.has_open(session, digest_id):
+            digests.close_if_done(session, digest_id)
+        session.commit()
     except delivery.TemporaryFailure as exc:
         # A short wait only; anything longer waits in the database for the tick.
         raise self.retry(exc=exc, countdown=min(60, 5 * 2**self.request.retries)) from exc
     finally:
         session.close()
-    with session_scope(settings.database) as session:
-        # Counting every status of a 100,000-row edition after each of its 500
-        # batches cost more than the batches' own queries; the batch that finds
-        # nothing open closes it, and the tick refreshes the counts meanwhile.
-        if not digests.has_open(session, digest_id):
-            digests.close_if_done(session, digest_id)
     return result.sent
 
 

@@ -90,3 +90,12 @@ def test_a_sender_that_must_wait_writes_its_250_down_first(session, settings, sm
         ["queued", "queued", "sent"],
         ["queued", "sent", "sent"],
     ]
+
+
+def test_only_the_per_message_writes_skip_the_wal_flush(session, settings, smtp_server):
+    digest_id, lo, hi = edition(session, settings, 3)
+    assert delivery.send_range(session, settings, digest_id, lo, hi).sent == 3
+    with db.get_engine(settings.database).connect() as other:
+        assert other.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    with db.async_commit_engine(settings.database).connect() as marks:
+        assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
