@@ -117,6 +117,25 @@ def add_article(
     return article
 
 
+def prepared_edition(session, settings, emails):
+    """One story for these readers, prepared: (edition id, its send ranges, subscription
+    by address)."""
+    from mailer import digests
+    from mailer.models import Frequency
+    from mailer.rendering import EmailRenderer
+
+    nl = make_newsletter(session)
+    subs_by_email = {e: add_reader(session, nl, e) for e in emails}
+    add_article(session, nl, "Story")
+    session.commit()
+    edition = digests.create_now(session, nl, Frequency.DAILY)
+    prepared = digests.prepare(
+        session, settings, EmailRenderer(settings.email_templates), edition.id
+    )
+    session.commit()
+    return edition.id, prepared.ranges, subs_by_email
+
+
 def statuses(session, digest_id: int) -> dict[str, DeliveryStatus]:
     session.expire_all()
     rows = session.execute(

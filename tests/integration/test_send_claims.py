@@ -8,24 +8,18 @@ from collections import Counter
 
 from sqlalchemy import select
 
-from mailer import db, delivery, digests
-from mailer.models import Delivery, DeliveryStatus, Frequency
+from mailer import db, delivery
+from mailer.models import Delivery, DeliveryStatus
 from mailer.ratelimit import Unlimited
-from mailer.rendering import EmailRenderer
-from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
+from tests.integration.test_digest_support import prepared_edition
 
 
 def edition(session, settings, readers: int):
-    nl = make_newsletter(session)
-    for i in range(readers):
-        add_reader(session, nl, f"r{i:03d}@example.org")
-    add_article(session, nl, "Story")
-    session.commit()
-    made = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(session, settings, EmailRenderer(settings.email_templates), made.id)
-    session.commit()
-    lo, hi = prepared.ranges[0][0], prepared.ranges[-1][1]
-    return made.id, lo, hi
+    """One edition of `readers` readers; its whole id range."""
+    digest_id, ranges, _ = prepared_edition(
+        session, settings, [f"r{i:03d}@example.org" for i in range(readers)]
+    )
+    return digest_id, ranges[0][0], ranges[-1][1]
 
 
 def test_two_senders_over_the_same_range_mail_each_reader_once(session, settings, smtp_server):

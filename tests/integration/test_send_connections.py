@@ -6,12 +6,11 @@ import socket
 
 import pytest
 
-from mailer import delivery, digests
-from mailer.models import DeliveryStatus, Frequency
-from mailer.rendering import EmailRenderer
+from mailer import delivery
+from mailer.models import DeliveryStatus
 from mailer.transport import Connections, connect
 from tests.conftest import configure
-from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
+from tests.integration.test_digest_support import prepared_edition
 from tests.integration.test_send_replies import row_for
 
 EMAILS = [f"r{i}@example.org" for i in range(4)]
@@ -21,17 +20,9 @@ EMAILS = [f"r{i}@example.org" for i in range(4)]
 def two_batches(session, settings, monkeypatch):
     """An edition of four readers in two send ranges of two."""
     settings = configure(monkeypatch, send_batch_size="2")
-    nl = make_newsletter(session)
-    subs = [add_reader(session, nl, e) for e in EMAILS]
-    add_article(session, nl, "Story")
-    session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
-        session, settings, EmailRenderer(settings.email_templates), edition.id
-    )
-    session.commit()
-    assert len(prepared.ranges) == 2
-    return settings, edition.id, prepared.ranges, subs
+    digest_id, ranges, subs = prepared_edition(session, settings, EMAILS)
+    assert len(ranges) == 2
+    return settings, digest_id, ranges, list(subs.values())
 
 
 def send_all(session, settings, digest_id, ranges, connections=None):

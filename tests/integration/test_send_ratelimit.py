@@ -89,21 +89,12 @@ def test_settings_choose_the_limiter(monkeypatch, settings, redis_url):
 
 
 def test_every_message_of_a_batch_waits_for_its_shared_slot(session, settings, smtp_server):
-    from mailer import delivery, digests
-    from mailer.models import Frequency
-    from mailer.rendering import EmailRenderer
-    from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
+    from mailer import delivery
+    from tests.integration.test_digest_support import prepared_edition
 
-    nl = make_newsletter(session)
-    for i in range(3):
-        add_reader(session, nl, f"r{i}@example.org")
-    add_article(session, nl, "Story")
-    session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
-        session, settings, EmailRenderer(settings.email_templates), edition.id
+    digest_id, ranges, _ = prepared_edition(
+        session, settings, [f"r{i}@example.org" for i in range(3)]
     )
-    session.commit()
     clock = Clock()
     engine, name = get_engine(settings.database), f"batch-{RUN_ID}"
     limiter = DatabaseLimiter(engine, name, 10, clock=clock)
@@ -112,7 +103,7 @@ def test_every_message_of_a_batch_waits_for_its_shared_slot(session, settings, s
     slept: list[float] = []
     limiter._sleep = slept.append
 
-    delivery.send_range(session, settings, edition.id, *prepared.ranges[0], limiter=limiter)
+    delivery.send_range(session, settings, digest_id, *ranges[0], limiter=limiter)
 
     assert slept == pytest.approx([0.1, 0.2, 0.3])
     assert len(smtp_server.received) == 3

@@ -22,6 +22,7 @@ from mailer.rendering import EmailRenderer
 from mailer.subscriptions import is_suppressed
 from mailer.transport import connect
 from tests.conftest import configure, wait_for
+from tests.integration import test_digest_support as support
 from tests.integration.test_digest_support import (
     add_article,
     add_reader,
@@ -37,14 +38,8 @@ def renderer(settings):
 
 
 def prepared_edition(session, settings, renderer, emails):
-    nl = make_newsletter(session)
-    subs = {e: add_reader(session, nl, e) for e in emails}
-    add_article(session, nl, "Story")
-    session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(session, settings, renderer, edition.id)
-    session.commit()
-    return edition.id, prepared.ranges[0], subs
+    digest_id, ranges, subs = support.prepared_edition(session, settings, emails)
+    return digest_id, ranges[0], subs
 
 
 def row_for(session, sub) -> Delivery:
