@@ -25,6 +25,7 @@ duplicate per connection that dies. That is kept by three rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import smtplib
 from collections.abc import Callable
@@ -700,63 +701,80 @@ def _send_rows(
             _settle(sent, marks.write(sent, None, None, None, clock()), result)
             sent = None
 
-    for index, row in enumerate(rows):
-        if ahead is not None and ahead[0] is row:
-            _, message_id, data, return_path = ahead
-        else:
-            message_id, data, return_path = build(row)
-        ahead = None
-        limiter.acquire(before_waiting=write_down)
-        # The previous row's 250 and this row's claim (its in-flight marker), in one
-        # commit. It goes out once MAIL FROM has (the server reads that meanwhile)
-        # and travels while MAIL FROM and RCPT TO do; DATA waits for it (ready).
-        now = clock()
-        lease_until = now + lease
-        marks.stage(sent, row, lease_until, message_id, now)
-        previous, sent = sent, None
-        try:
-            reply = send_when(
-                conn,
-                return_path,
-                row.email,
-                data,
-                sent_mail=marks.start,
-                ready=partial(marks.holds, row.delivery_id),
-                meanwhile=partial(build_ahead, rows[index + 1]) if index + 1 < len(rows) else None,
-            )
-        except ConnectionLost as exc:
+    try:
+        for index, row in enumerate(rows):
+            if ahead is not None and ahead[0] is row:
+                _, message_id, data, return_path = ahead
+            else:
+                message_id, data, return_path = build(row)
+            ahead = None
+            limiter.acquire(before_waiting=write_down)
+            # The previous row's 250 and this row's claim (its in-flight marker), in one
+            # commit. It goes out once MAIL FROM has (the server reads that meanwhile)
+            # and travels while MAIL FROM and RCPT TO do; DATA waits for it (ready).
+            now = clock()
+            lease_until = now + lease
+            marks.stage(sent, row, lease_until, message_id, now)
+            previous, sent = sent, None
+            try:
+                reply = send_when(
+                    conn,
+                    return_path,
+                    row.email,
+                    data,
+                    sent_mail=marks.start,
+                    ready=partial(marks.holds, row.delivery_id),
+                    meanwhile=partial(build_ahead, rows[index + 1])
+                    if index + 1 < len(rows)
+                    else None,
+                )
+            except ConnectionLost as exc:
+                ours = marks.finish()
+                _settle(previous, ours, result)
+                if row.delivery_id in ours:  # claimed, so perhaps sent: sent again later
+                    _mark_unknown(session, row, lease_until, f"connection lost: {exc}", clock())
+                    session.commit()
+                close(conn)
+                raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
+            # A refused envelope never asked `ready`: the write is awaited here then.
             ours = marks.finish()
             _settle(previous, ours, result)
-            if row.delivery_id in ours:  # claimed, so perhaps sent: sent again later
-                _mark_unknown(session, row, lease_until, f"connection lost: {exc}", clock())
+            if reply is None or row.delivery_id not in ours:
+                # Another sender claimed the row first (a second task over this range), or
+                # it was cancelled: not ours, and the server was told RSET if it got this far.
+                result.not_ours += 1
+                continue
+            if reply.ok:
+                sent = _Sent(row, lease_until, reply)
+                accepted.append(row.subscription.id)
+            else:
+                # Rare, and may touch the subscription and the suppression list: the session.
+                record(
+                    session,
+                    settings,
+                    digest_id,
+                    row,
+                    lease_until,
+                    reply,
+                    message_id,
+                    result,
+                    clock(),
+                )
                 session.commit()
-            close(conn)
-            raise TemporaryFailure(f"SMTP connection lost: {exc}") from exc
-        # A refused envelope never asked `ready`: the write is awaited here then.
-        ours = marks.finish()
-        _settle(previous, ours, result)
-        if reply is None or row.delivery_id not in ours:
-            # Another sender claimed the row first (a second task over this range), or
-            # it was cancelled: not ours, and the server was told RSET if it got this far.
-            result.not_ours += 1
-            continue
-        if reply.ok:
-            sent = _Sent(row, lease_until, reply)
-            accepted.append(row.subscription.id)
-        else:
-            # Rare, and may touch the subscription and the suppression list: the session.
-            record(
-                session, settings, digest_id, row, lease_until, reply, message_id, result, clock()
-            )
-            session.commit()
-        if reply.code == 421:
-            # The server is closing the connection (smtplib already has): open another.
-            session.commit()
-            close(conn)
-            try:
-                conn = open_conn()
-            except ConnectionLost as exc:
-                raise TemporaryFailure(str(exc)) from exc
+            if reply.code == 421:
+                # The server is closing the connection (smtplib already has): open another.
+                session.commit()
+                close(conn)
+                try:
+                    conn = open_conn()
+                except ConnectionLost as exc:
+                    raise TemporaryFailure(str(exc)) from exc
+    except BaseException:
+        # Whatever broke, a 250 we hold is written down if the database lets us:
+        # otherwise its row would come back as `unknown` and be sent twice.
+        with contextlib.suppress(Exception):
+            write_down()
+        raise
     write_down()
     # Soft bounces count only in a row: a 250 starts the count again (one UPDATE).
     bounces.reset_soft_bounces(session, accepted)

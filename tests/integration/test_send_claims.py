@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import pytest
 from sqlalchemy import select
 
 from mailer import db, delivery
@@ -93,3 +94,27 @@ def test_only_the_per_message_writes_skip_the_wal_flush(session, settings, smtp_
         assert other.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
     with db.async_commit_engine(settings.database).connect() as marks:
         assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+
+
+def test_a_crash_between_messages_still_writes_down_the_250_it_held(
+    session, settings, smtp_server, monkeypatch
+):
+    """The first message was accepted; building the second one fails. The first row is
+    `sent`, not left in flight to come back as `unknown` and go out twice."""
+    digest_id, lo, hi = edition(session, settings, 2)
+    built = []
+    real = delivery.personalise
+
+    def personalise(*args, **kwargs):
+        built.append(args[3])
+        if len(built) > 1:
+            raise RuntimeError("template blew up")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "personalise", personalise)
+    with pytest.raises(RuntimeError, match="template blew up"):
+        delivery.send_range(session, settings, digest_id, lo, hi)
+    session.expire_all()
+    rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+    assert [r.status for r in rows] == [DeliveryStatus.SENT, DeliveryStatus.QUEUED]
+    assert len(smtp_server.received) == 1
