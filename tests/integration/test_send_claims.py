@@ -118,3 +118,22 @@ def test_a_crash_between_messages_still_writes_down_the_250_it_held(
     rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
     assert [r.status for r in rows] == [DeliveryStatus.SENT, DeliveryStatus.QUEUED]
     assert len(smtp_server.received) == 1
+
+
+def test_the_embedded_default_sends_an_edition_on_sqlite(sqlite_url, smtp_server, monkeypatch):
+    """The same claim-and-record statement, run through the session on SQLite."""
+    from tests.conftest import configure
+
+    settings = configure(monkeypatch, database_url=sqlite_url, smtp_url=smtp_server.url)
+    sqlite = db.session_factory(sqlite_url)()
+    try:
+        digest_id, lo, hi = edition(sqlite, settings, 5)
+        result = delivery.send_range(sqlite, settings, digest_id, lo, hi)
+        rows = sqlite.scalars(select(Delivery).where(Delivery.digest_id == digest_id)).all()
+    finally:
+        sqlite.close()
+    assert result.sent == 5
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == [
+        f"r{i:03d}@example.org" for i in range(5)
+    ]
+    assert {(r.status, r.attempts, r.lease_until) for r in rows} == {(DeliveryStatus.SENT, 1, None)}
