@@ -196,12 +196,15 @@ class Claimed:
     email: str
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: Any) -> Any:
+    """A row that may be sent at `now` (a time, or the claim's bound parameter): queued,
+    or a retry that is due. Spelt without IN (...), so the claim can be prepared."""
+    c = DELIVERY.c
     return or_(
-        Delivery.status == DeliveryStatus.QUEUED,
+        c.status == DeliveryStatus.QUEUED,
         and_(
-            Delivery.status.in_((DeliveryStatus.DEFERRED, DeliveryStatus.UNKNOWN)),
-            Delivery.next_attempt_at <= now,
+            or_(c.status == DeliveryStatus.DEFERRED, c.status == DeliveryStatus.UNKNOWN),
+            c.next_attempt_at <= now,
         ),
     )
 
@@ -411,13 +414,6 @@ def _mark_statement() -> Any:
     def when_prev(value: Any, column: Any) -> Any:
         return case((is_prev, value), else_=column)
 
-    claimable = or_(  # _claimable's rule, spelt without IN (...) so it can be prepared
-        c.status == DeliveryStatus.QUEUED,
-        and_(
-            or_(c.status == DeliveryStatus.DEFERRED, c.status == DeliveryStatus.UNKNOWN),
-            c.next_attempt_at <= now,
-        ),
-    )
     return (
         update(DELIVERY)
         .where(
@@ -429,7 +425,7 @@ def _mark_statement() -> Any:
                     c.status == DeliveryStatus.SENDING,
                     c.lease_until == bindparam("prev_lease", type_=c.lease_until.type),
                 ),
-                and_(c.id == next_id, claimable),
+                and_(c.id == next_id, _claimable(now)),
             ),
         )
         .values(

@@ -324,9 +324,8 @@ class Offers:
             found = self._kept.get(slug)
         if found is not None and now - found[0] < self.ttl:
             return found[1]
-        with self.sessions() as session:
+        with self.sessions() as session:  # closing it ends the read-only transaction
             fresh = offer(session, slug)
-            session.rollback()
         with self._lock:  # only newsletters that exist are kept: a handful
             self._kept[slug] = (now, fresh)
         return fresh
