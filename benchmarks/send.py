@@ -93,6 +93,18 @@ def run_delay(pid: int) -> float:
         return 0.0
 
 
+def machine_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, summed over its CPUs.
+
+    Steal is time the hypervisor gave this VM's CPUs to someone else: on a
+    shared host it is the part of a slow run that no process here caused.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
 def pids_named(name: str) -> list[int]:
     """Every process whose command is `name` (postgres backends, redis-server)."""
     out = []
@@ -394,6 +406,7 @@ class Outcome:
     unexpected: int
     peak_rss_mb: float
     raw_msgs_per_s: float
+    steal_s: tuple[float, float]  # stolen by the host during the pipeline, the raw loop
 
 
 def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> Outcome:
@@ -449,6 +462,7 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
             }
         )
         meter.start()
+        machine_before = machine_seconds()
         started = time.time()
         tasks.prepare_digest.delay(digest_id)
         prepared_at: float | None = None
@@ -485,24 +499,38 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
         seconds = last.timestamp() - started
         used = meter.stop()
         waited = meter.waited()
+        machine_after = machine_seconds()
+        busy, steal_pipeline = (a - b for a, b in zip(machine_after, machine_before, strict=True))
         print(
             "CPU per message (ms): "
             + ", ".join(f"{g} {1000 * v / max(1, len(expected)):.2f}" for g, v in used.items())
-            + f"; machine busy {sum(used.values()) / seconds:.2f} of {os.cpu_count()} cores"
+            + f"; these busy {sum(used.values()) / seconds:.2f} of {os.cpu_count()} cores,"
+            + f" the whole machine {busy / seconds:.2f}"
         )
-        print("waited for a CPU (s): " + ", ".join(f"{g} {v:.1f}" for g, v in waited.items()))
+        print(
+            "waited for a CPU (s): "
+            + ", ".join(f"{g} {v:.1f}" for g, v in waited.items())
+            + f"; CPU stolen by the host {steal_pipeline:.1f}"
+        )
         counts = sink.counts()
         peak = max(rss_peak_mb(p.pid) for p in procs)
         print(f"pipeline: {sum(counts.values())} messages in {seconds:.2f} s")
 
         recipients, bodies = raw_messages(url, digest_id)
         sink.reset()
+        raw_before = machine_seconds()
         raw = raw_rate("127.0.0.1", sink_port, "news@news.example.org", recipients, bodies, workers)
+        raw_after = machine_seconds()
         raw_counts = sink.counts()
         if sum(raw_counts.values()) != len(recipients):
             print(f"warning: the raw loop delivered {sum(raw_counts.values())}/{len(recipients)}")
         sizes = "/".join(str(len(b)) for b in bodies)
         print(f"raw smtplib: {raw:.0f} msgs/s over {workers} connection(s); bodies {sizes} bytes")
+        raw_seconds = len(recipients) / raw if raw else 0.0
+        print(
+            f"raw phase: machine busy {(raw_after[0] - raw_before[0]) / max(raw_seconds, 1e-9):.2f}"
+            f" of {os.cpu_count()} cores; CPU stolen by the host {raw_after[1] - raw_before[1]:.1f}"
+        )
         return Outcome(
             messages=sum(counts.values()),
             seconds=seconds,
@@ -512,6 +540,7 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
             unexpected=len(counts.keys() - expected),
             peak_rss_mb=peak,
             raw_msgs_per_s=raw,
+            steal_s=(steal_pipeline, raw_after[1] - raw_before[1]),
         )
     finally:
         # The broker may be what failed; then there is nothing left to tidy.
@@ -539,7 +568,8 @@ def repeat(args: argparse.Namespace) -> None:
         print(f"run {i + 1}: " + done.stdout.strip().splitlines()[-1], flush=True)
     ordered = sorted(runs, key=lambda r: r["ratio"])
     median = ordered[len(ordered) // 2]
-    summary = {key: [r[key] for r in runs] for key in ("ratio", "msgs_per_s", "raw_msgs_per_s")}
+    keys = ("ratio", "msgs_per_s", "raw_msgs_per_s", "steal_s")
+    summary = {key: [r[key] for r in runs] for key in keys}
     print(json.dumps(median | {"runs": summary}), flush=True)
 
 
@@ -591,6 +621,7 @@ def main() -> None:
         "unexpected": out.unexpected,
         "subscribers": args.subscribers,
         "workers": args.workers,
+        "steal_s": [round(v, 1) for v in out.steal_s],
     }
     print(json.dumps(result), flush=True)
 
