@@ -674,6 +674,9 @@ def _send_rows(
     lease = timedelta(seconds=settings.send_lease)
     # The next row's message, built while the server takes in the current one.
     ahead: tuple[Claimed, str, bytes, str] | None = None
+    # Pipelined, a message withdrawn after DATA costs the connection (transport._pipelined):
+    # after one, the rest of these rows go step by step, where RSET withdraws one.
+    pipelining = True
 
     def build(row: Claimed) -> tuple[str, bytes, str]:
         """Message-ID, wire bytes and VERP return path: all of a message but its sending."""
@@ -723,6 +726,7 @@ def _send_rows(
                     meanwhile=partial(build_ahead, rows[index + 1])
                     if index + 1 < len(rows)
                     else None,
+                    pipelining=pipelining,
                 )
             except ConnectionLost as exc:
                 ours = marks.finish()
@@ -737,8 +741,12 @@ def _send_rows(
             _settle(previous, ours, result)
             if reply is None or row.delivery_id not in ours:
                 # Another sender claimed the row first (a second task over this range), or
-                # it was cancelled: not ours, and the server was told RSET if it got this far.
+                # it was cancelled: not ours, and the server was told RSET if it got this far,
+                # or was hung up on if it waited for the message.
                 result.not_ours += 1
+                if conn.sock is None:
+                    pipelining = False
+                    conn = _reconnect(session, conn, open_conn)
                 continue
             if reply.ok:
                 sent = _Sent(row, lease_until, reply)
@@ -757,14 +765,10 @@ def _send_rows(
                     clock(),
                 )
                 session.commit()
-            if reply.code == 421:
-                # The server is closing the connection (smtplib already has): open another.
-                session.commit()
-                close(conn)
-                try:
-                    conn = open_conn()
-                except ConnectionLost as exc:
-                    raise TemporaryFailure(str(exc)) from exc
+            if reply.code == 421 or conn.sock is None:
+                # The server is closing the connection (smtplib already has), or we hung
+                # up on a refused envelope it still waited for: open another.
+                conn = _reconnect(session, conn, open_conn)
     except BaseException:
         # Whatever broke, a 250 we hold is written down if the database lets us:
         # otherwise its row would come back as `unknown` and be sent twice.
@@ -776,6 +780,15 @@ def _send_rows(
     bounces.reset_soft_bounces(session, accepted)
     session.commit()
     return conn
+
+
+def _reconnect(session: Session, conn: smtplib.SMTP, open_conn: Opener) -> smtplib.SMTP:
+    session.commit()
+    close(conn)
+    try:
+        return open_conn()
+    except ConnectionLost as exc:
+        raise TemporaryFailure(str(exc)) from exc
 
 
 def _settle(sent: _Sent | None, ours: set[int], result: BatchResult) -> None:

@@ -136,8 +136,9 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SMTPServer]:
-    server = start_smtp_server()
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    """Step by step unless a test asks for PIPELINING (indirect parametrisation: True)."""
+    server = start_smtp_server(pipelining=getattr(request, "param", False))
     yield server
     server.stop()
 

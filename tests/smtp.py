@@ -17,7 +17,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailer.sink import free_port
+from mailer.sink import Pipelining, free_port
 
 
 @dataclass
@@ -37,20 +37,41 @@ class Received:
 class Script:
     """Optional hooks; each returns an SMTP reply string to refuse, or None to accept."""
 
+    on_mail: Callable[[str], str | None] | None = None
     on_rcpt: Callable[[str], str | None] | None = None
     on_data: Callable[[Envelope], str | None] | None = None
     delay: float = 0.0
 
 
-class RecordingHandler:
-    def __init__(self) -> None:
+class RecordingHandler(Pipelining):
+    """Records each message; says PIPELINING only when asked (`pipelining`), so a test
+    picks the client's pipelined or step-by-step conversation."""
+
+    def __init__(self, pipelining: bool = False) -> None:
         self.received: list[Received] = []
         self.script = Script()
         self.lock = threading.Lock()
+        self.pipelining = pipelining
+        self.data_before_rcpt_reply = 0  # DATA already waiting when RCPT is answered
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.script.on_mail is not None:
+            reply = self.script.on_mail(address)
+            if reply is not None:
+                return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        # Proof that the client pipelined: its DATA arrived before we answered RCPT.
+        waiting = bytes(getattr(server._reader, "_buffer", b""))
+        if waiting.upper().startswith(b"DATA"):
+            self.data_before_rcpt_reply += 1
         if self.script.on_rcpt is not None:
             reply = self.script.on_rcpt(address)
             if reply is not None:
@@ -102,8 +123,8 @@ class SMTPServer:
             self.controller.stop()
 
 
-def start_smtp_server() -> SMTPServer:
-    handler = RecordingHandler()
+def start_smtp_server(pipelining: bool = False) -> SMTPServer:
+    handler = RecordingHandler(pipelining)
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True)
     controller.start()

@@ -39,8 +39,8 @@ class FaultyHandler(RecordingHandler):
     """The recording handler plus faults that need the SMTP session: count RCPTs
     per connection, or drop a connection after its data arrived."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, pipelining: bool = False) -> None:
+        super().__init__(pipelining)
         self.rcpts_per_connection: Counter[int] = Counter()
         self.rcpt_limit: int | None = None
         self.drop_every: int = 0
@@ -78,9 +78,9 @@ class FaultyHandler(RecordingHandler):
         return reply
 
 
-@pytest.fixture
-def faulty() -> Iterator[SMTPServer]:
-    handler = FaultyHandler()
+@pytest.fixture(params=[False, True], ids=["stepwise", "pipelined"])
+def faulty(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    handler = FaultyHandler(pipelining=request.param)
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()

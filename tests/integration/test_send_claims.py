@@ -23,6 +23,7 @@ def edition(session, settings, readers: int):
     return digest_id, ranges[0][0], ranges[-1][1]
 
 
+@pytest.mark.parametrize("smtp_server", [False, True], indirect=True, ids=["stepwise", "pipelined"])
 def test_two_senders_over_the_same_range_mail_each_reader_once(session, settings, smtp_server):
     digest_id, lo, hi = edition(session, settings, 60)
     results: list[delivery.BatchResult] = []

@@ -31,6 +31,11 @@ from tests.integration.test_digest_support import (
     wait_done,
 )
 
+# Every reply is read the same whether the server takes commands one by one or pipelined.
+pytestmark = pytest.mark.parametrize(
+    "smtp_server", [False, True], indirect=True, ids=["stepwise", "pipelined"]
+)
+
 
 @pytest.fixture
 def renderer(settings):
