@@ -225,7 +225,7 @@ def live_server(settings: config.Settings, web_port: int) -> Iterator[str]:
     thread.join(timeout=10)
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05):
     """Poll until predicate() is truthy; return its value or fail with the last one."""
     deadline = time.monotonic() + timeout
     value = predicate()

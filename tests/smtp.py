@@ -30,7 +30,7 @@ class Received:
     @property
     def message(self) -> EmailMessage:
         msg: Any = message_from_bytes(self.data, policy=policy.default)
-        return msg  # type: ignore[no-any-return]
+        return msg
 
 
 @dataclass

@@ -231,7 +231,7 @@ def test_the_outbox_link_shows_only_with_the_built_in_sink(client, news, monkeyp
 
 def test_refusals_from_the_domain_are_shown_and_change_nothing(client, news, session):
     value = logged_in(client)
-    csrf = admin.csrf_token(client.app.state.settings, value)  # type: ignore[attr-defined]
+    csrf = admin.csrf_token(client.app.state.settings, value)
     gone = client.post("/admin/editions/999/cancel", data={"csrf": csrf})
     assert gone.status_code == 404 and "There is no edition 999." in gone.text
     bad = client.post("/admin/newsletters/news/send", data={"csrf": csrf, "frequency": "hourly"})

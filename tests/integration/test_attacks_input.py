@@ -153,7 +153,9 @@ def test_line_breaks_in_topic_and_article_title_never_reach_a_digest_header(
     assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
     head = got.data.split(b"\r\n\r\n", 1)[0]
     assert b"\r\nBcc:" not in head and b"\r\nX-Evil:" not in head
-    html = message.get_body(("html",)).get_content()
+    body = message.get_body(("html",))
+    assert body is not None
+    html = body.get_content()
     assert "<script" not in html and "&lt;script&gt;" in html  # shown as text, never run
 
 

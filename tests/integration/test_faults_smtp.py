@@ -13,6 +13,7 @@ first round are in test_send_replies.py; these run the faults to the end.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -73,7 +74,7 @@ class FaultyHandler(RecordingHandler):
             # The message is here, but the client never hears so: the classic in-flight loss.
             self.drops_left -= 1
             self.drops += 1
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
         return reply
 

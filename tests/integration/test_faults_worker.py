@@ -92,7 +92,7 @@ def edition_with_readers(session: Session, readers: int) -> int:
 
 def drive_until_sent(
     session: Session, digest_id: int, readers: int, tick=tasks.digest_tick, timeout: float = 90
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     def finished() -> bool:
         tick()  # what beat does every minute: recover leases, re-enqueue what is owed
         return tally(session, digest_id).get("sent", 0) == readers
@@ -220,7 +220,7 @@ class PrivateRedis:
             self.proc.wait(timeout=10)
 
 
-def _pings(client) -> bool:  # type: ignore[no-untyped-def]
+def _pings(client) -> bool:
     try:
         return bool(client.ping())
     except Exception:
@@ -326,7 +326,7 @@ def test_database_unreachable_mid_send_fails_batches_marks_nothing_unsent_and_co
 def start_auth_smtp_server(user: str, password: str) -> SMTPServer:
     """The recording SMTP server, but with AUTH, so the SMTP URL carries a password."""
 
-    def authenticator(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+    def authenticator(server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and (
             auth_data.login.decode(),
             auth_data.password.decode(),

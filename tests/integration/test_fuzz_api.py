@@ -20,6 +20,7 @@ replay it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -115,9 +116,9 @@ def test_api_never_answers_500_nor_outside_its_own_schema(api_schema: Any) -> No
     for operation in operations:
         pinned = any(p in operation.path for p in ("{slug}", "{ref}"))
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            runs.append(lambda o=operation, m=mode: _run(o, m, pin=False))
+            runs.append(partial(_run, operation, mode, pin=False))
             if pinned:
-                runs.append(lambda o=operation, m=mode: _run(o, m, pin=True))
+                runs.append(partial(_run, operation, mode, pin=True))
     for run in runs:
         failure = run()
         if failure:

@@ -10,8 +10,8 @@ from mailer.digests import DigestError, check_schedule, due_fire, last_fire, win
 from mailer.models import Frequency
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def test_first_edition_window_reaches_back_one_period():
