@@ -231,9 +231,25 @@ def _pipelined(
     not ours) cannot be taken back by RSET while the server waits for it, so
     the connection is closed instead: a server delivers nothing it did not
     receive to the final ".". The caller sees the closed connection
-    (`conn.sock is None`) and opens another.
+    (`conn.sock is None`) and opens another. For the same reason a hook that
+    raises (the database write failed) hangs up before the error goes on: a
+    QUIT would be read as part of the message.
     """
     conn.send(commands)
+    try:
+        return _pipelined_replies(conn, data, sent_mail, ready, meanwhile)
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _pipelined_replies(
+    conn: smtplib.SMTP,
+    data: bytes,
+    sent_mail: Callable[[], None] | None,
+    ready: Callable[[], bool] | None,
+    meanwhile: Callable[[], None] | None,
+) -> Reply | None:
     if sent_mail is not None:
         sent_mail()
     replies: list[tuple[int, bytes]] = []

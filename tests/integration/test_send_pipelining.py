@@ -115,6 +115,22 @@ def test_a_message_withdrawn_before_its_data_is_never_delivered(smtp_server):
     assert [r.rcpt_tos for r in smtp_server.received] == [["c@example.org"]]
 
 
+def test_a_failing_database_write_hangs_up_before_anything_is_delivered(smtp_server):
+    """The in-flight marker could not be written: the message must not go, and with
+    DATA already accepted only hanging up keeps it from going (a QUIT would be read
+    as message text)."""
+    smtp_server.handler.pipelining = True
+
+    def database_down() -> bool:
+        raise RuntimeError("database unreachable")
+
+    conn = connect(smtp_server.url)
+    with pytest.raises(RuntimeError, match="database unreachable"):
+        send_when(conn, "a@example.org", "b@example.org", MESSAGE, ready=database_down)
+    assert conn.sock is None
+    assert smtp_server.received == []
+
+
 class CancelsMidway(Unlimited):
     """Cancels the edition, as an operator would, just before the sender's sixth message."""
 
