@@ -742,13 +742,10 @@ def _send_rows(
             if reply is None or row.delivery_id not in ours:
                 # Another sender claimed the row first (a second task over this range), or
                 # it was cancelled: not ours, and the server was told RSET if it got this far,
-                # or was hung up on if it waited for the message.
+                # or was hung up on if it waited for the message; then the rest go step by step.
                 result.not_ours += 1
-                if conn.sock is None:
-                    pipelining = False
-                    conn = _reconnect(session, conn, open_conn)
-                continue
-            if reply.ok:
+                pipelining = pipelining and conn.sock is not None
+            elif reply.ok:
                 sent = _Sent(row, lease_until, reply)
                 accepted.append(row.subscription.id)
             else:
@@ -765,9 +762,9 @@ def _send_rows(
                     clock(),
                 )
                 session.commit()
-            if reply.code == 421 or conn.sock is None:
-                # The server is closing the connection (smtplib already has), or we hung
-                # up on a refused envelope it still waited for: open another.
+            if conn.sock is None:
+                # The server is closing the connection (a 421: smtplib already has closed
+                # it), or we hung up on a message it waited for: open another.
                 conn = _reconnect(session, conn, open_conn)
     except BaseException:
         # Whatever broke, a 250 we hold is written down if the database lets us:

@@ -154,25 +154,18 @@ def send_when(
                 options += " SMTPUTF8"
         elif env_from.smtputf8 or env_to.smtputf8:
             return Reply(553, "server does not support SMTPUTF8")
+        # Refused with ValueError, before anything is sent, if they would carry CR or LF.
+        mail = _command("mail", f"FROM:<{env_from.address}>{options}")
+        rcpt = _command("rcpt", f"TO:<{env_to.address}>")
         if pipelining and conn.has_extn("pipelining"):
-            return _pipelined(
-                conn,
-                _command("mail", f"FROM:<{env_from.address}>{options}")
-                + _command("rcpt", f"TO:<{env_to.address}>")
-                + _command("data"),
-                data,
-                sent_mail,
-                ready,
-                meanwhile,
-            )
-        # putcmd refuses CR and LF in a command (ValueError), as sendmail would.
-        conn.putcmd("mail", f"FROM:<{env_from.address}>{options}")
+            return _pipelined(conn, mail + rcpt + DATA, data, sent_mail, ready, meanwhile)
+        conn.send(mail)
         if sent_mail is not None:
             sent_mail()
         code, text = conn.getreply()
         if code != 250:
             return _refused(conn, code, text)
-        conn.putcmd("rcpt", f"TO:<{env_to.address}>")
+        conn.send(rcpt)
         code, text = conn.getreply()
         if code not in (250, 251):
             return _refused(conn, code, text)
@@ -180,7 +173,7 @@ def send_when(
             with contextlib.suppress(smtplib.SMTPServerDisconnected):
                 conn.rset()
             return None
-        conn.putcmd("data")
+        conn.send(DATA)
         code, text = conn.getreply()
         if code != 354:
             return _refused(conn, code, text)
@@ -194,13 +187,16 @@ def send_when(
         raise ConnectionLost(str(exc) or type(exc).__name__) from exc
 
 
-def _command(name: str, args: str = "") -> str:
+def _command(name: str, args: str) -> str:
     """One command line, refused with ValueError if it would carry CR or LF (as putcmd)."""
-    line = f"{name} {args}" if args else name
+    line = f"{name} {args}"
     if "\r" in line or "\n" in line:
         shown = line.replace("\n", "\\n").replace("\r", "\\r")
         raise ValueError(f"command and arguments contain prohibited newline characters: {shown}")
     return line + "\r\n"
+
+
+DATA = "data\r\n"
 
 
 def _content(conn: smtplib.SMTP, data: bytes, meanwhile: Callable[[], None] | None) -> Reply:
@@ -252,18 +248,14 @@ def _pipelined_replies(
 ) -> Reply | None:
     if sent_mail is not None:
         sent_mail()
-    replies: list[tuple[int, bytes]] = []
-    for _ in range(3):
+    refusal: tuple[int, bytes] | None = None
+    for wanted in ((250,), (250, 251), (354,)):  # MAIL, RCPT, DATA
         code, text = conn.getreply()
         if code == 421:  # the server is closing: whatever else it said is moot
             return _refused(conn, code, text)
-        replies.append((code, text))
-    refusal: tuple[int, bytes] | None = None
-    for (code, text), wanted in zip(replies, ((250,), (250, 251), (354,)), strict=True):
-        if code not in wanted:
+        if code not in wanted and refusal is None:
             refusal = (code, text)  # the first one says why: after it come 503s
-            break
-    waiting = replies[2][0] == 354
+    waiting = code == 354  # DATA's reply, read last
     if refusal is None and (ready is None or ready()):
         return _content(conn, data, meanwhile)
     if waiting:
