@@ -105,6 +105,12 @@ def machine_seconds() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
+def machine_since(before: tuple[float, float]) -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine since `before` = machine_seconds()."""
+    busy, steal = machine_seconds()
+    return busy - before[0], steal - before[1]
+
+
 def pids_named(name: str) -> list[int]:
     """Every process whose command is `name` (postgres backends, redis-server)."""
     out = []
@@ -499,8 +505,7 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
         seconds = last.timestamp() - started
         used = meter.stop()
         waited = meter.waited()
-        machine_after = machine_seconds()
-        busy, steal_pipeline = (a - b for a, b in zip(machine_after, machine_before, strict=True))
+        busy, steal_pipeline = machine_since(machine_before)
         print(
             "CPU per message (ms): "
             + ", ".join(f"{g} {1000 * v / max(1, len(expected)):.2f}" for g, v in used.items())
@@ -520,7 +525,7 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
         sink.reset()
         raw_before = machine_seconds()
         raw = raw_rate("127.0.0.1", sink_port, "news@news.example.org", recipients, bodies, workers)
-        raw_after = machine_seconds()
+        raw_busy, raw_steal = machine_since(raw_before)
         raw_counts = sink.counts()
         if sum(raw_counts.values()) != len(recipients):
             print(f"warning: the raw loop delivered {sum(raw_counts.values())}/{len(recipients)}")
@@ -528,8 +533,8 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
         print(f"raw smtplib: {raw:.0f} msgs/s over {workers} connection(s); bodies {sizes} bytes")
         raw_seconds = len(recipients) / raw if raw else 0.0
         print(
-            f"raw phase: machine busy {(raw_after[0] - raw_before[0]) / max(raw_seconds, 1e-9):.2f}"
-            f" of {os.cpu_count()} cores; CPU stolen by the host {raw_after[1] - raw_before[1]:.1f}"
+            f"raw phase: machine busy {raw_busy / max(raw_seconds, 1e-9):.2f}"
+            f" of {os.cpu_count()} cores; CPU stolen by the host {raw_steal:.1f}"
         )
         return Outcome(
             messages=sum(counts.values()),
@@ -540,7 +545,7 @@ def run(url: str, readers: int, workers: int, articles: int, timeout: float) -> 
             unexpected=len(counts.keys() - expected),
             peak_rss_mb=peak,
             raw_msgs_per_s=raw,
-            steal_s=(steal_pipeline, raw_after[1] - raw_before[1]),
+            steal_s=(steal_pipeline, raw_steal),
         )
     finally:
         # The broker may be what failed; then there is nothing left to tidy.
