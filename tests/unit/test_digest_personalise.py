@@ -65,7 +65,16 @@ def build(template, settings, sub_id: int, email: str):
     return data, message_from_bytes(data, policy=policy.default)
 
 
-def test_each_reader_gets_their_own_address_tokens_and_message_id(template, settings):
+@pytest.fixture
+def still_clock(monkeypatch):
+    """Tokens carry the second they were signed in: one made for the message and one
+    made here to compare with it differ when a second boundary falls between them."""
+    from itsdangerous.timed import TimestampSigner
+
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: 1_790_000_000)
+
+
+def test_each_reader_gets_their_own_address_tokens_and_message_id(template, settings, still_clock):
     links = Links.from_settings(settings)
     _, first = build(template, settings, 7, "ann@example.org")
     _, second = build(template, settings, 8, "bob@example.org")
