@@ -10,7 +10,8 @@ one suppression lookup, one `INSERT … ON CONFLICT DO NOTHING` each for
 subscribers and subscriptions, and bulk rows for topics, audit events and
 confirm notices (on PostgreSQL all of it one statement for the chunk's new
 addresses, with two chunks written at once; see `Importer.run`), and from
-checking each distinct domain once (`addresses.CachedNormaliser`). The
+checking each distinct domain once and splitting an everyday address at its
+@ directly (`addresses.CachedNormaliser`). The
 rules are not copied: addresses go through
 `addresses.normalise`, topics through `subscriptions.resolve_topics`,
 frequency through `subscriptions.parse_frequency`, suppression by the same

@@ -259,6 +259,14 @@ def test_the_domain_cache_gives_normalise_s_verdict_on_every_address_every_time(
         "s@",
         "bad..local@example.org",
         "x" * 240 + "@example.org",
+        # The split's own cases: most of them are left to email-validator's walk.
+        "a b@example.org",
+        "@example.org",
+        "a@b@example.org",
+        '"quoted"@example.org',
+        "Reader <a@example.org>",
+        "a\u0301@example.org",
+        "a＠example.org",
     ]
 
     def verdict(check, address):

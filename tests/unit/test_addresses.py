@@ -41,3 +41,54 @@ def test_internationalised_domain_is_accepted():
 
 def test_internationalised_local_part_is_accepted():
     assert normalise("пользователь@пример.рф").email == "пользователь@пример.рф"
+
+
+SPLIT_CASES = [
+    "a@example.org",
+    "@example.org",
+    "a@",
+    "a b@example.org",
+    "a\\b@example.org",
+    "a>b@example.org",
+    "a@b@example.org",
+    "a@@example.org",
+    "no-at-sign.example.org",
+    '"quoted@local"@example.org',
+    '"a"@example.org',
+    "Reader <a@example.org>",
+    "<a@example.org>",
+    "a<b@example.org",
+    "a\u0301@example.org",
+    "a@\u0338example.org",
+    "ü@example.org",
+    "a@münchen.de",
+    "a＠example.org",
+    "a﹫example.org",
+]
+
+
+@pytest.mark.parametrize("raw", SPLIT_CASES)
+def test_the_plain_split_is_split_email_s_own_answer_or_none(raw):
+    """Where the fast split answers, it must be exactly what email-validator's split gives."""
+    from email_validator.syntax import split_email
+
+    from mailer.addresses import plain_split
+
+    found = plain_split(raw)
+    if found is None:
+        return  # left to split_email itself
+    assert found == split_email(raw)
+
+
+def test_the_plain_split_takes_the_everyday_address_and_leaves_the_rest():
+    from mailer.addresses import plain_split
+
+    taken = [raw for raw in SPLIT_CASES if plain_split(raw) is not None]
+    assert taken == [
+        "a@example.org",
+        "@example.org",
+        "a@",
+        "a b@example.org",
+        "a\\b@example.org",
+        "a>b@example.org",
+    ]
