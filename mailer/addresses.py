@@ -35,7 +35,7 @@ def normalise(raw: str, *, check_deliverability: bool = False) -> Address:
     if not isinstance(raw, str) or not raw.strip():
         raise InvalidAddress("Please enter an email address.")
     text = raw.strip()
-    if any(ch in text for ch in "\r\n\0"):
+    if "\n" in text or "\r" in text or "\0" in text:
         raise InvalidAddress("An email address cannot contain line breaks.")
     if len(text) > MAX_LENGTH:
         raise InvalidAddress("That email address is too long.")
