@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     subscribe_rate_ip_per_minute: int = 20
     subscribe_rate_address_per_hour: int = 5
+    # Admin login attempts from one client address an hour, right or wrong; 0 turns it off.
+    admin_login_attempts_per_hour: int = 20
     max_body_bytes: int = 5 * 1024 * 1024
     trusted_proxies: Annotated[list[str], NoDecode] = []
     templates_dir: Path | None = None

@@ -16,6 +16,11 @@ touched. The login form has none: it carries the API token itself, which a
 forger does not have (and with one operator account there is no one else
 to log the victim in as).
 
+Login attempts, right or wrong, are counted per client address with the same
+counters as the subscribe limits (`MAILER_ADMIN_LOGIN_ATTEMPTS_PER_HOUR`):
+past the allowance even the right token gets 429, so an operator-chosen
+token can't be guessed at the web's speed.
+
 The digest preview is served to an iframe on the preview page; that one
 route says `frame-ancestors 'self'` and sandboxes the mail's HTML, every
 other page keeps the app's `frame-ancestors 'none'`.
@@ -36,11 +41,11 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
 from mailer import operators as ops
-from mailer import tasks
+from mailer import tasks, throttle
 from mailer.config import Settings
 from mailer.models import DeliveryStatus, Frequency
 from mailer.web.api_editions import get_renderer
-from mailer.web.deps import SessionDep, SettingsDep
+from mailer.web.deps import IPDep, SessionDep, SettingsDep
 from mailer.web.pages import page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -178,7 +183,22 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, settings: SettingsDep, token: Annotated[str, Form()] = "") -> Response:
+def login(
+    request: Request, settings: SettingsDep, ip: IPDep, token: Annotated[str, Form()] = ""
+) -> Response:
+    """The allowance is spent before the token is looked at (see the module docstring)."""
+    counters: throttle.Throttle = request.app.state.throttle
+    wait = counters.hit(f"login:{ip}", settings.admin_login_attempts_per_hour, 3600) if ip else None
+    if wait:
+        refused = _render(
+            request,
+            "admin_login.html",
+            None,
+            429,
+            error=f"Too many login attempts from here; try again in {-(-wait // 60)} minutes.",
+        )
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     expected: str = request.app.state.api_token
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         return _render(

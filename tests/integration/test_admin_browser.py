@@ -180,6 +180,33 @@ def holding(client, value: str):
     return client
 
 
+def test_login_attempts_past_the_hourly_allowance_are_refused_even_with_the_right_token(
+    monkeypatch, settings
+):
+    limited = configure(
+        monkeypatch,
+        admin_login_attempts_per_hour="3",
+        trusted_proxies="testclient",
+        database_url=settings.database_url,
+    )
+    with TestClient(create_app(limited), base_url=limited.base_url) as client:
+        for guess in ("a", "b", "c"):
+            wrong = client.post("/admin/login", data={"token": guess}, follow_redirects=False)
+            assert wrong.status_code == 401 and "not the API token" in wrong.text
+        refused = client.post("/admin/login", data={"token": TOKEN}, follow_redirects=False)
+        assert refused.status_code == 429 and "Too many login attempts" in refused.text
+        assert 0 < int(refused.headers["Retry-After"]) <= 3600
+        assert admin.COOKIE not in refused.cookies and not client.cookies
+        # The allowance is per client address: the operator elsewhere still gets in.
+        elsewhere = client.post(
+            "/admin/login",
+            data={"token": TOKEN},
+            headers={"X-Forwarded-For": "203.0.113.9"},
+            follow_redirects=False,
+        )
+        assert elsewhere.status_code == 303 and admin.COOKIE in elsewhere.cookies
+
+
 def test_the_cookie_is_secure_when_the_public_address_is_https(monkeypatch, settings):
     secure = configure(monkeypatch, base_url="https://news.example.org")
     with TestClient(create_app(secure), base_url="https://news.example.org") as client:
