@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+API_TOKEN_MIN_LENGTH = 24
 
 
 class ConfigError(RuntimeError):
@@ -127,9 +128,20 @@ class Settings(BaseSettings):
         return path.read_text().strip()
 
     def api_secret(self) -> str:
-        """The operator API's bearer token; generated once in development."""
+        """The operator API's bearer token; generated once in development.
+
+        A production token shorter than API_TOKEN_MIN_LENGTH is refused: the API
+        answers a wrong token as fast as it can serve, so the token's length is
+        what stands between it and guessing (the admin form is rate-limited too).
+        """
         if self.api_token is not None and self.api_token.get_secret_value():
-            return self.api_token.get_secret_value()
+            token = self.api_token.get_secret_value()
+            if self.env == "production" and len(token) < API_TOKEN_MIN_LENGTH:
+                raise ConfigError(
+                    f"MAILER_API_TOKEN is {len(token)} characters; production needs at least "
+                    f"{API_TOKEN_MIN_LENGTH} (e.g. openssl rand -base64 24)"
+                )
+            return token
         if self.env == "production":
             raise ConfigError("MAILER_API_TOKEN is not set; production mode needs an API token")
         path = self.data_dir / "api.token"

@@ -8,6 +8,8 @@ from mailer.config import ConfigError, Settings
 from mailer.migrate import NotMigrated
 from mailer.web.app import create_app
 
+TOKEN = "a-long-enough-operator-api-token"
+
 
 @pytest.fixture(autouse=True)
 def no_secrets_in_environment(monkeypatch):
@@ -19,7 +21,7 @@ def test_production_without_secret_key_is_a_startup_error(tmp_path):
     settings = Settings(
         env="production",
         data_dir=tmp_path,
-        api_token="t",
+        api_token=TOKEN,
         database_url="postgresql+psycopg://x@127.0.0.1/x",
         smtp_url="smtp://h:25",
     )
@@ -40,9 +42,23 @@ def test_production_without_api_token_is_a_startup_error(tmp_path):
         settings.check()
 
 
+def test_production_refuses_an_api_token_short_enough_to_guess(tmp_path):
+    settings = Settings(
+        env="production",
+        data_dir=tmp_path,
+        secret_key="s",
+        api_token="x" * 23,
+        database_url="postgresql+psycopg://x@127.0.0.1/x",
+        smtp_url="smtp://h:25",
+    )
+    with pytest.raises(ConfigError, match=r"MAILER_API_TOKEN is 23 characters; .* at least 24"):
+        settings.check()
+    assert settings.model_copy(update={"env": "development"}).api_secret() == "x" * 23
+
+
 def test_production_on_the_embedded_database_is_refused(tmp_path):
     settings = Settings(
-        env="production", data_dir=tmp_path, secret_key="s", api_token="t", smtp_url="smtp://h:25"
+        env="production", data_dir=tmp_path, secret_key="s", api_token=TOKEN, smtp_url="smtp://h:25"
     )
     with pytest.raises(ConfigError, match="MAILER_DATABASE_URL"):
         settings.check()
