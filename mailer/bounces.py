@@ -612,7 +612,9 @@ def poll_imap(url: str, handle: Handler, limit: int = 500, timeout: float = 30.0
     """Handle each message in an IMAP mailbox (imaps://user:pass@host/INBOX), then delete it.
 
     A message is deleted only after its outcome was committed by `handle`;
-    if handling raises, the rest stay for the next poll.
+    if handling raises, it and the rest stay for the next poll, and those
+    handled before it are still expunged. A refused login or a session the
+    server breaks is a ValueError naming the server, like a missing mailbox.
     """
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
@@ -631,12 +633,16 @@ def poll_imap(url: str, handle: Handler, limit: int = 500, timeout: float = 30.0
             f"the bounce mailbox URL must be imaps:// or imap://, got {parts.scheme!r}"
         )
     result = PollResult()
+    selected = False
     try:
         conn.login(unquote(parts.username or ""), unquote(parts.password or ""))
         typ, _ = conn.select(_imap_quote(mailbox))
         if typ != "OK":
             raise ValueError(f"cannot open the IMAP mailbox {mailbox!r}")
-        typ, data = conn.uid("SEARCH", "ALL")
+        selected = True
+        # UNDELETED: a report handled and flagged by a poll that then broke off is not
+        # read (and counted) again if that poll could not expunge it.
+        typ, data = conn.uid("SEARCH", "UNDELETED")
         uids = data[0].split() if typ == "OK" and data and data[0] else []
         for uid in uids[:limit]:
             typ, fetched = conn.uid("FETCH", uid, "(BODY.PEEK[])")
@@ -649,11 +655,22 @@ def poll_imap(url: str, handle: Handler, limit: int = 500, timeout: float = 30.0
             conn.uid("STORE", uid, "+FLAGS", "(\\Deleted)")
             result.add(outcome)
             log.info("bounce uid %s: %s (%s)", uid.decode(), outcome.result, outcome.reason)
-        conn.expunge()
+    except imaplib.IMAP4.error as exc:  # a refused login, a broken session: say which server
+        raise ValueError(f"the IMAP server {host} said: {_text(exc)}") from exc
     finally:
+        # What was handled goes even when a later report broke the poll off.
+        with contextlib.suppress(Exception):
+            if selected:
+                conn.expunge()
         with contextlib.suppress(Exception):
             conn.logout()
     return result
+
+
+def _text(exc: imaplib.IMAP4.error) -> str:
+    """imaplib's errors carry the server's reply as bytes."""
+    arg = exc.args[0] if exc.args else exc
+    return arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
 
 
 def _imap_quote(name: str) -> str:

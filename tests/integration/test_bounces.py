@@ -288,3 +288,100 @@ def test_the_cli_says_what_to_set_when_there_is_no_mailbox(settings):
 
     result = CliRunner().invoke(main, ["bounces", "poll"])
     assert result.exit_code != 0 and "MAILER_BOUNCE_MAILDIR" in result.output
+
+
+# -- the same mailbox over IMAP, against a real server (a private Dovecot) -----------------
+
+
+@pytest.fixture(scope="module")
+def imap_server():
+    from tests.conftest import service_missing
+    from tests.imap import DovecotUnavailable, start_dovecot
+
+    try:
+        server = start_dovecot()
+        running = server.__enter__()
+    except DovecotUnavailable as exc:
+        service_missing("Dovecot (a real IMAP server)", exc)
+    try:
+        yield running
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def imap(imap_server, request):
+    """The module's server, with a mailbox of this test's own (a name with a space)."""
+    import dataclasses
+
+    return dataclasses.replace(imap_server, mailbox=f"Bounces {request.node.name}")
+
+
+def test_a_hard_bounce_in_the_imap_mailbox_suppresses_the_reader_and_is_removed(
+    session, world, verp, imap, monkeypatch
+):
+    genuine = verp.for_delivery(world["delivery"].id, SENDER)
+    imap.append(load("postfix_hard", genuine, READER))
+    imap.append(load("auto_reply", genuine, READER))
+    settings = configure(monkeypatch, bounce_imap_url=imap.url())
+
+    result = bounces.poll(settings)
+
+    assert [o.result for o in result.outcomes] == ["hard-bounce", "not-a-report"]
+    assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]
+    assert session.get(Delivery, world["delivery"].id).status is DeliveryStatus.FAILED
+    assert imap.messages() == []
+
+
+def test_a_report_whose_handling_fails_stays_and_the_one_before_it_is_not_counted_twice(
+    session, world, verp, imap, monkeypatch
+):
+    """Three soft bounces in a row bounce the reader: the third, not a re-read first."""
+    settings = configure(monkeypatch, bounce_imap_url=imap.url(), soft_bounce_limit="3")
+    raw = load("exim_delayed", verp.for_delivery(world["delivery"].id, SENDER), READER)
+    for _ in range(3):
+        imap.append(raw)
+    handle = bounces.handler_for(settings)
+    calls = []
+
+    def database_down_on_the_second(report: bytes) -> bounces.Outcome:
+        calls.append(report)
+        if len(calls) == 2:
+            raise ConnectionError("database unreachable")
+        return handle(report)
+
+    with pytest.raises(ConnectionError):
+        bounces.poll_imap(settings.bounce_imap_url.get_secret_value(), database_down_on_the_second)
+    assert len(imap.messages()) == 2
+    session.expire_all()
+    assert session.get(Subscription, world["weekly"].id).soft_bounces == 1
+
+    again = bounces.poll(settings)
+
+    assert [o.result for o in again.outcomes] == ["soft-bounce", "soft-bounce-limit"]
+    assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]
+    assert imap.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param(lambda s: s.url(password="wrong"), "AUTHENTICATIONFAILED", id="password"),
+        pytest.param(lambda s: s.url("No Such Box"), "No Such Box", id="mailbox"),
+    ],
+)
+def test_a_wrong_password_or_mailbox_is_a_clear_error_and_leaves_the_reports(
+    session, world, verp, imap, monkeypatch, url, message
+):
+    from mailer.cli import main
+
+    imap.append(load("postfix_hard", verp.for_delivery(world["delivery"].id, SENDER), READER))
+    configure(monkeypatch, bounce_imap_url=url(imap))
+    before = state(session)
+
+    result = CliRunner().invoke(main, ["bounces", "poll"])
+
+    assert result.exit_code == 1 and "cannot read the bounce mailbox" in result.output
+    assert message in result.output and result.exception.__class__ is SystemExit
+    assert state(session) == before
+    assert len(imap.messages()) == 1
