@@ -163,7 +163,11 @@ class _Rejects:
                 self.file = self.path.open("w", newline="", encoding="utf-8")
                 self.writer = csv.writer(self.file)
                 self.writer.writerow([*self.header, "line", "reason"])
-            self.writer.writerow([*raw, line, reason])
+            # Under the header's own columns, so "line" and "reason" stay in theirs
+            # however many cells the row had; cells past the header's go after them.
+            width = len(self.header)
+            cells = [*raw[:width], *[""] * (width - len(raw))]
+            self.writer.writerow([*cells, line, reason, *raw[width:]])
 
     def flush(self) -> None:
         with self.lock:
@@ -411,13 +415,6 @@ class _PostgresStore(_Store):
                 out.notes.append(number)
         out.notes.sort()
         return out
-
-    def suppressed(self, hashes: list[str]) -> set[str]:
-        rows = self._run(
-            f"SELECT address_hash FROM suppression WHERE address_hash = ANY({_T('h')})",
-            h=_texts(hashes),
-        )
-        return {h for (h,) in rows}
 
     def subscribers(
         self, pairs: list[tuple[str, str]], newsletter_id: int, now: datetime

@@ -1,4 +1,9 @@
-"""CSV import on PostgreSQL: bad rows, duplicates, a crash part-way and the rerun, the CLI."""
+"""CSV import: bad rows, duplicates, a crash part-way and the rerun, the CLI.
+
+Every test runs on PostgreSQL (production: one statement a chunk, two
+chunks in flight) and on SQLite (the embedded default: step by step, one
+writer), which share the rules but not the writes.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from mailer import db
 from mailer import subscriptions as subs
 from mailer.cli import main
 from mailer.importer import import_csv
@@ -19,6 +25,19 @@ from mailer.models import (
     SubscriptionEvent,
     SubscriptionTopic,
 )
+from tests.conftest import configure
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def session(request, settings, monkeypatch):
+    """The import's database, which the CLI reads too (through the settings)."""
+    url = settings.database
+    if request.param == "sqlite":
+        url = request.getfixturevalue("sqlite_url")
+        configure(monkeypatch, database_url=url)
+    s = db.session_factory(url)()
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -82,6 +101,49 @@ def test_import_reports_added_invalid_with_lines_and_writes_rejects(session, new
     ).one()
     assert (event.old_status, event.new_status, event.source) == (None, "active", "import:list.csv")
     assert count(session, Notification) == 0
+
+
+def test_a_rejected_row_keeps_line_and_reason_in_their_columns_however_many_cells_it_had(
+    session, newsletter, tmp_path
+):
+    path = tmp_path / "ragged.csv"
+    path.write_text(
+        "email,name,topics\n"
+        "short-row\n"
+        "long@row,Long,astrology,extra,cells\n"
+        f'huge@example.org,"{"x" * 200_000}"\n'  # past the csv module's 128 KiB field limit
+        "ann@example.org,Ann,\n"
+    )
+    report = import_csv(session, path, "weekly", confirmed=True)
+    assert (report.rows, report.added, report.invalid) == (4, 1, 3)
+    short, long, huge = rejects(report.rejects_path)
+    assert (short["email"], short["name"], short["line"]) == ("short-row", "", "2")
+    assert "not valid" in short["reason"]
+    assert (long["email"], long["topics"], long["line"]) == ("long@row", "astrology", "3")
+    assert "not valid" in long["reason"] and long[None] == ["extra", "cells"]
+    assert (huge["email"], huge["line"]) == ("", "4") and "unreadable CSV" in huge["reason"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("", "The file is empty", id="empty"),
+        pytest.param(
+            f'"{"e" * 200_000}"\nann@example.org\n', "header row can't be read", id="header"
+        ),
+    ],
+)
+def test_a_file_without_a_readable_header_is_refused_and_nothing_is_stored(
+    session, newsletter, tmp_path, content, message
+):
+    from mailer.importer import ImportFileError
+
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(ImportFileError, match=message):
+        import_csv(session, path, "weekly", confirmed=True)
+    assert count(session, Subscriber) == 0
+    assert not (tmp_path / "bad.rejects.csv").exists()
 
 
 def test_import_without_confirmed_queues_one_confirm_notice_per_new_reader(
@@ -320,6 +382,7 @@ def _stored(session):
     }
 
 
+@pytest.mark.parametrize("session", ["postgresql"], indirect=True)  # SQLite keeps one writer
 def test_two_writers_count_reject_and_store_exactly_what_one_writer_does(
     session, newsletter, tmp_path
 ):
@@ -369,6 +432,7 @@ class ChunkFailed(RuntimeError):
     pass
 
 
+@pytest.mark.parametrize("session", ["postgresql"], indirect=True)  # SQLite keeps one writer
 def test_a_chunk_that_fails_rolls_back_the_one_written_beside_it(session, newsletter, tmp_path):
     """Two chunks in flight: the later commits after the earlier, so a failure leaves a prefix."""
     import threading
