@@ -33,8 +33,6 @@ os.environ.update(
         "MAILER_QUEUE": f"test-{RUN_ID}",
         "MAILER_SECRET_KEY": "test-secret-key-" + RUN_ID,
         "MAILER_API_TOKEN": "test-api-token",
-        # The hourly login allowance would be spent across the run; its own test turns it on.
-        "MAILER_ADMIN_LOGIN_ATTEMPTS_PER_HOUR": "0",
         "MAILER_DATA_DIR": str(_DATA),
         "MAILER_DATABASE_URL": f"sqlite:///{_DATA}/default.db",
         # rich sizes its tables to the terminal; tests read them whole whatever runs them
