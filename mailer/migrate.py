@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -33,8 +34,17 @@ def head_revision(url: str) -> str | None:
 
 
 def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    """Asked at every start of the CLI, web and worker: without alembic's INFO lines
+    about its DDL mode, which `mailer db upgrade` shows but an operator's
+    `mailer newsletter list` should not."""
+    chatty = logging.getLogger("alembic.runtime.migration")
+    level = chatty.level
+    chatty.setLevel(max(level, logging.WARNING))
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        chatty.setLevel(level)
 
 
 def require_current(engine: Engine) -> None:

@@ -94,3 +94,25 @@ def test_cli_on_an_unmigrated_database_says_what_to_run(tmp_path, monkeypatch):
         assert CliRunner().invoke(main, ["newsletter", "list"]).exit_code == 0
     finally:
         config.get_settings.cache_clear()
+
+
+def test_an_everyday_command_does_not_print_alembic_s_start_up_lines(tmp_path, monkeypatch, caplog):
+    """`mailer db upgrade` says what it ran; `mailer newsletter list` says only the list."""
+    import logging
+
+    from mailer import config
+
+    monkeypatch.setenv("MAILER_DATABASE_URL", f"sqlite:///{tmp_path}/m.db")
+    config.get_settings.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO):
+            assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+            upgraded = [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+            caplog.clear()
+            assert CliRunner().invoke(main, ["newsletter", "list"]).exit_code == 0
+            listed = [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+    finally:
+        config.get_settings.cache_clear()
+    assert any("Running upgrade" in m for m in upgraded)
+    assert listed == []
+    assert logging.getLogger("alembic.runtime.migration").level == logging.NOTSET
