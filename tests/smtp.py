@@ -26,6 +26,8 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     peer: Any = None  # the client's (host, port): one per connection
+    tls: bool = False  # the conversation was encrypted (STARTTLS or implicit TLS)
+    login: str | None = None  # whom the client authenticated as, if it did
 
     @property
     def message(self) -> EmailMessage:
@@ -93,6 +95,13 @@ class RecordingHandler(Pipelining):
                     list(envelope.rcpt_tos),
                     envelope.original_content or b"",
                     session.peer,
+                    # STARTTLS fills session.ssl; implicit TLS only shows on the transport.
+                    session.ssl is not None
+                    or (
+                        server.transport is not None
+                        and server.transport.get_extra_info("ssl_object") is not None
+                    ),
+                    session.auth_data if session.authenticated else None,
                 )
             )
         return "250 2.0.0 OK queued"
@@ -123,9 +132,13 @@ class SMTPServer:
             self.controller.stop()
 
 
-def start_smtp_server(pipelining: bool = False) -> SMTPServer:
+def start_smtp_server(pipelining: bool = False, **options: Any) -> SMTPServer:
+    """`options` go to aiosmtpd's Controller: tls_context and require_starttls for
+    STARTTLS, ssl_context for implicit TLS, authenticator for AUTH, and so on."""
     handler = RecordingHandler(pipelining)
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True, **options
+    )
     controller.start()
     return SMTPServer("127.0.0.1", port, handler, controller)
