@@ -236,6 +236,44 @@ def test_server_error_keeps_the_last_good_state_and_backs_off(
     assert healed.error_count == 0 and healed.last_error is None
 
 
+@pytest.mark.parametrize(
+    ("status", "retry_after", "seconds"),
+    [
+        pytest.param(429, "7200", 7200, id="429 in seconds"),
+        pytest.param(503, "HTTP-date in three hours", 3 * 3600, id="503 as a date"),
+        pytest.param(429, "soon", None, id="unreadable: the backoff"),
+        pytest.param(500, "7200", None, id="500: not a request to wait"),
+    ],
+)
+def test_a_feed_that_asks_us_to_wait_is_not_polled_before_its_retry_after(
+    cfg: Settings, newsletter: str, server: FeedServer, status, retry_after, seconds
+) -> None:
+    from email.utils import format_datetime
+
+    if retry_after.startswith("HTTP-date"):
+        retry_after = format_datetime(utcnow() + timedelta(hours=3), usegmt=True)
+    url = server.serve(
+        "/busy",
+        b"slow down",
+        status=status,
+        content_type="text/plain",
+        headers={"Retry-After": retry_after},
+    )
+    feed_id = add(cfg, url)
+
+    report = feeds.poll(cfg, feed_id)
+
+    assert report.status == "error" and str(status) in (report.error or "")
+    row = feed_row(cfg, feed_id)
+    wait = (row.next_poll_at - row.last_polled_at).total_seconds()  # type: ignore[operator]
+    if seconds is None:
+        assert wait == feeds.backoff(row.interval, 1)
+    else:
+        assert abs(wait - seconds) <= 2 and wait > feeds.backoff(row.interval, 1)
+    assert feeds.poll_due(cfg) == []  # not due yet: the site is not asked again
+    assert len(server.requests_to("/busy")) == 1
+
+
 def test_slow_feed_times_out_without_stopping_the_others(
     cfg: Settings, newsletter: str, server: FeedServer
 ) -> None:
