@@ -510,22 +510,6 @@ def _find(session: Session, source: str, guid: str) -> Article | None:
     return session.scalar(select(Article).where(Article.source == source, Article.guid == guid))
 
 
-def ingest(
-    session: Session,
-    newsletter: Newsletter,
-    source: str,
-    items: Iterable[CleanArticle],
-    *,
-    extra_topics: Sequence[str] = (),
-) -> dict[Outcome, int]:
-    """Upsert several articles; counts per outcome, for logs and answers."""
-    counts = dict.fromkeys(Outcome, 0)
-    for item in items:
-        _, outcome = upsert_article(session, newsletter, source, item, extra_topics=extra_topics)
-        counts[outcome] += 1
-    return counts
-
-
 def api_source(newsletter: Newsletter) -> str:
     return f"api:{newsletter.id}"
 
