@@ -628,10 +628,7 @@ def send_range(
             if conn is None:
                 # Connect only once there is something to send: a duplicate task
                 # finding nothing to send costs one query, not a connection.
-                try:
-                    conn = open_conn()
-                except ConnectionLost as exc:
-                    raise TemporaryFailure(str(exc)) from exc
+                conn = _open(open_conn)
             for vid in {r.variant_id for r in rows} - templates.keys():
                 variant = session.get_one(DigestVariant, vid)
                 # Built once per variant per batch; the bodies are shared, not copied.
@@ -779,13 +776,18 @@ def _send_rows(
     return conn
 
 
-def _reconnect(session: Session, conn: smtplib.SMTP, open_conn: Opener) -> smtplib.SMTP:
-    session.commit()
-    close(conn)
+def _open(open_conn: Opener) -> smtplib.SMTP:
+    """A connection for the range; an unreachable server is a TemporaryFailure (retry)."""
     try:
         return open_conn()
     except ConnectionLost as exc:
         raise TemporaryFailure(str(exc)) from exc
+
+
+def _reconnect(session: Session, conn: smtplib.SMTP, open_conn: Opener) -> smtplib.SMTP:
+    session.commit()
+    close(conn)
+    return _open(open_conn)
 
 
 def _settle(sent: _Sent | None, ours: set[int], result: BatchResult) -> None:
