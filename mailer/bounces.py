@@ -633,13 +633,11 @@ def poll_imap(url: str, handle: Handler, limit: int = 500, timeout: float = 30.0
             f"the bounce mailbox URL must be imaps:// or imap://, got {parts.scheme!r}"
         )
     result = PollResult()
-    selected = False
     try:
         conn.login(unquote(parts.username or ""), unquote(parts.password or ""))
         typ, _ = conn.select(_imap_quote(mailbox))
         if typ != "OK":
             raise ValueError(f"cannot open the IMAP mailbox {mailbox!r}")
-        selected = True
         # UNDELETED: a report handled and flagged by a poll that then broke off is not
         # read (and counted) again if that poll could not expunge it.
         typ, data = conn.uid("SEARCH", "UNDELETED")
@@ -660,7 +658,7 @@ def poll_imap(url: str, handle: Handler, limit: int = 500, timeout: float = 30.0
     finally:
         # What was handled goes even when a later report broke the poll off.
         with contextlib.suppress(Exception):
-            if selected:
+            if conn.state == "SELECTED":
                 conn.expunge()
         with contextlib.suppress(Exception):
             conn.logout()
