@@ -15,7 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailer.sink import Pipelining, free_port
 
@@ -130,6 +130,24 @@ class SMTPServer:
         """Stop listening; safe to call again (tests stop it early to simulate an outage)."""
         if self.controller._thread is not None:
             self.controller.stop()
+
+
+def password_check(user: str, password: str) -> Callable[..., AuthResult]:
+    """An aiosmtpd authenticator taking this one login; it records `user` as the login.
+
+    handled=False on a refusal: aiosmtpd then answers 535 itself (handled=True
+    would leave the client waiting for an answer that never comes)."""
+
+    def check(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (
+            auth_data.login.decode(),
+            auth_data.password.decode(),
+        ) == (user, password)
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+    return check
 
 
 def start_smtp_server(pipelining: bool = False, **options: Any) -> SMTPServer:

@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -44,7 +42,7 @@ from mailer.sink import free_port
 from tests.conftest import RUN_ID, configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.proxy import CuttableProxy
-from tests.smtp import RecordingHandler, SMTPServer
+from tests.smtp import SMTPServer, password_check, start_smtp_server
 from tests.workers import start_worker, stop
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -325,25 +323,7 @@ def test_database_unreachable_mid_send_fails_batches_marks_nothing_unsent_and_co
 
 def start_auth_smtp_server(user: str, password: str) -> SMTPServer:
     """The recording SMTP server, but with AUTH, so the SMTP URL carries a password."""
-
-    def authenticator(server, session, envelope, mechanism, auth_data):
-        ok = isinstance(auth_data, LoginPassword) and (
-            auth_data.login.decode(),
-            auth_data.password.decode(),
-        ) == (user, password)
-        return AuthResult(success=ok)
-
-    handler = RecordingHandler()
-    port = free_port()
-    controller = Controller(
-        handler,
-        hostname="127.0.0.1",
-        port=port,
-        authenticator=authenticator,
-        auth_require_tls=False,
-    )
-    controller.start()
-    return SMTPServer("127.0.0.1", port, handler, controller)
+    return start_smtp_server(authenticator=password_check(user, password), auth_require_tls=False)
 
 
 @pytest.mark.slow

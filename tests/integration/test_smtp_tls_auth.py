@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 import pytest
 import trustme
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from sqlalchemy import select
 
 from mailer import delivery, notices, transport
@@ -26,7 +25,7 @@ from mailer.models import Delivery, DeliveryStatus, Notification
 from mailer.rendering import EmailRenderer
 from tests.conftest import configure
 from tests.integration.test_send_claims import edition
-from tests.smtp import SMTPServer, start_smtp_server
+from tests.smtp import SMTPServer, password_check, start_smtp_server
 
 # The implicit-TLS relay asks for AUTH without aiosmtpd's own TLS check (it can't see that
 # TLS), and aiosmtpd warns about that combination.
@@ -54,15 +53,6 @@ def server_context(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-def check_login(server, session, envelope, mechanism, auth_data) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-        USER.encode(),
-        PASSWORD.encode(),
-    )
-    # handled=False: aiosmtpd answers the refusal (535) itself.
-    return AuthResult(success=ok, handled=False, auth_data=USER if ok else None)
-
-
 @pytest.fixture(params=["starttls", "implicit"])
 def relay(request: pytest.FixtureRequest, ca: trustme.CA) -> Iterator[tuple[SMTPServer, str]]:
     """A relay that refuses MAIL before TLS and a login; and the scheme to reach it by."""
@@ -73,7 +63,9 @@ def relay(request: pytest.FixtureRequest, ca: trustme.CA) -> Iterator[tuple[SMTP
         # Already encrypted from the first byte, which aiosmtpd's AUTH check can't see.
         else {"ssl_context": context, "auth_require_tls": False}
     )
-    server = start_smtp_server(authenticator=check_login, auth_required=True, **tls)
+    server = start_smtp_server(
+        authenticator=password_check(USER, PASSWORD), auth_required=True, **tls
+    )
     yield server, "smtp" if request.param == "starttls" else "smtps"
     server.stop()
 
