@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from collections import Counter
 import httpx
 from sqlalchemy import create_engine, text
 
-from mailer.sink import free_port
+from mailer.sink import free_port, port_answers
 
 ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -46,9 +45,8 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the web process exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if port_answers("127.0.0.1", port):
+            return
         time.sleep(0.1)
     raise RuntimeError("the web process did not answer")
 

@@ -26,6 +26,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts connections there yet: how a starter waits for a child."""
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        return s.connect_ex((host, port)) == 0
+
+
 class Pipelining:
     """Says PIPELINING (RFC 2920) in the EHLO reply.
 

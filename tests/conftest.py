@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import tempfile
 import threading
 import time
@@ -45,7 +44,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from mailer import config, db, migrate  # noqa: E402
 from mailer.models import Base  # noqa: E402
-from mailer.sink import free_port  # noqa: E402
+from mailer.sink import free_port, port_answers  # noqa: E402
 from tests.smtp import SMTPServer, start_smtp_server  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -56,12 +55,6 @@ def service_missing(what: str, error: Exception) -> None:
     if IN_CI:
         pytest.fail(f"{message} (under CI=true a missing service is a failure)")
     pytest.skip(f"{message}; not under CI, so skipped")  # CI fails above instead
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex((host, port)) == 0
 
 
 # -- PostgreSQL -------------------------------------------------------------------
@@ -216,7 +209,7 @@ def live_server(settings: config.Settings, web_port: int) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while not _port_open("127.0.0.1", web_port):
+    while not port_answers("127.0.0.1", web_port, timeout=1):
         if time.monotonic() > deadline:
             raise RuntimeError("the web app did not start")
         time.sleep(0.05)

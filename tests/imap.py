@@ -14,7 +14,6 @@ import contextlib
 import imaplib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailer.bounces import _imap_quote as quoted  # the poller's own quoting
-from mailer.sink import free_port
+from mailer.sink import free_port, port_answers
 
 CONFIG = """\
 protocols = imap
@@ -121,12 +120,6 @@ class ImapServer:
             return out
 
 
-def _accepting(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
-
 @contextlib.contextmanager
 def start_dovecot(user: str = "bounces", password: str = "s3cret pass") -> Iterator[ImapServer]:
     binary = shutil.which("dovecot", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
@@ -149,7 +142,7 @@ def start_dovecot(user: str = "bounces", password: str = "s3cret pass") -> Itera
         process = subprocess.Popen([binary, "-F", "-c", str(config)])
         try:
             deadline = time.monotonic() + 15
-            while not _accepting(port):
+            while not port_answers("127.0.0.1", port, timeout=0.2):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log = root / "dovecot.log"
                     said = log.read_text()[-2000:] if log.exists() else ""

@@ -134,12 +134,6 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def _port_answers(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
 @dataclass
 class Child:
     """One supervised process and the thread that prefixes its output."""
@@ -359,6 +353,8 @@ def _safe_url(url: str) -> str:
 @click.option("--concurrency", default=1, show_default=True, help="Worker concurrency.")
 def up(host: str, port: int, concurrency: int) -> None:
     """Run web, worker, beat and the SMTP sink together (Ctrl-C stops all)."""
+    from mailer.sink import port_answers
+
     settings = settings_or_exit()
     if not _port_free(host, port):
         raise click.ClickException(f"{host}:{port} is in use; pass --port")
@@ -383,7 +379,7 @@ def up(host: str, port: int, concurrency: int) -> None:
     try:
         supervisor.start()
         probe = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-        if supervisor.wait(until=lambda: _port_answers(probe, port), timeout=READY_TIMEOUT):
+        if supervisor.wait(until=lambda: port_answers(probe, port), timeout=READY_TIMEOUT):
             _banner(settings, env, sink_port)
             supervisor.wait()
         if not supervisor.stopping.is_set():
