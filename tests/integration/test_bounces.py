@@ -299,14 +299,10 @@ def imap_server():
     from tests.imap import DovecotUnavailable, start_dovecot
 
     try:
-        server = start_dovecot()
-        running = server.__enter__()
-    except DovecotUnavailable as exc:
+        with start_dovecot() as server:
+            yield server
+    except DovecotUnavailable as exc:  # raised only while it starts, before the yield
         service_missing("Dovecot (a real IMAP server)", exc)
-    try:
-        yield running
-    finally:
-        server.__exit__(None, None, None)
 
 
 @pytest.fixture
