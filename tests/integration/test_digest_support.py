@@ -136,15 +136,27 @@ def prepared_edition(session, settings, emails):
     return edition.id, prepared.ranges, subs_by_email
 
 
-def statuses(session, digest_id: int) -> dict[str, DeliveryStatus]:
+def sendable_edition(session, settings, readers: int):
+    """A prepared edition of `readers` readers (r000@example.org, ...): its id, the
+    first and last delivery id of its whole range, and the addresses."""
+    emails = [f"r{i:03d}@example.org" for i in range(readers)]
+    digest_id, ranges, _ = prepared_edition(session, settings, emails)
+    return digest_id, ranges[0][0], ranges[-1][1], emails
+
+
+def deliveries_by_email(session, digest_id: int) -> dict[str, Delivery]:
     session.expire_all()
     rows = session.execute(
-        select(Subscriber.email, Delivery.status)
+        select(Subscriber.email, Delivery)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
         .where(Delivery.digest_id == digest_id)
     ).all()
-    return dict(rows)
+    return {email: row for email, row in rows}
+
+
+def statuses(session, digest_id: int) -> dict[str, DeliveryStatus]:
+    return {e: row.status for e, row in deliveries_by_email(session, digest_id).items()}
 
 
 def wait_done(session, digest_id: int, timeout: float = 30.0) -> Digest:

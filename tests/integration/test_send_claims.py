@@ -12,20 +12,12 @@ from sqlalchemy import select
 from mailer import db, delivery
 from mailer.models import Delivery, DeliveryStatus
 from mailer.ratelimit import Unlimited
-from tests.integration.test_digest_support import prepared_edition
-
-
-def edition(session, settings, readers: int):
-    """One edition of `readers` readers; its whole id range."""
-    digest_id, ranges, _ = prepared_edition(
-        session, settings, [f"r{i:03d}@example.org" for i in range(readers)]
-    )
-    return digest_id, ranges[0][0], ranges[-1][1]
+from tests.integration.test_digest_support import sendable_edition
 
 
 @pytest.mark.parametrize("smtp_server", [False, True], indirect=True, ids=["stepwise", "pipelined"])
 def test_two_senders_over_the_same_range_mail_each_reader_once(session, settings, smtp_server):
-    digest_id, lo, hi = edition(session, settings, 60)
+    digest_id, lo, hi, _ = sendable_edition(session, settings, 60)
     results: list[delivery.BatchResult] = []
     start = threading.Barrier(2)
 
@@ -71,7 +63,7 @@ class SlowLimiter(Unlimited):
 
 
 def test_a_sender_that_must_wait_writes_its_250_down_first(session, settings, smtp_server):
-    digest_id, lo, hi = edition(session, settings, 3)
+    digest_id, lo, hi, _ = sendable_edition(session, settings, 3)
 
     def statuses() -> dict[str, str]:
         with db.session_scope(settings.database) as look:
@@ -89,7 +81,7 @@ def test_a_sender_that_must_wait_writes_its_250_down_first(session, settings, sm
 
 
 def test_only_the_per_message_writes_skip_the_wal_flush(session, settings, smtp_server):
-    digest_id, lo, hi = edition(session, settings, 3)
+    digest_id, lo, hi, _ = sendable_edition(session, settings, 3)
     assert delivery.send_range(session, settings, digest_id, lo, hi).sent == 3
     with db.get_engine(settings.database).connect() as other:
         assert other.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
@@ -102,7 +94,7 @@ def test_a_crash_between_messages_still_writes_down_the_250_it_held(
 ):
     """The first message was accepted; building the second one fails. The first row is
     `sent`, not left in flight to come back as `unknown` and go out twice."""
-    digest_id, lo, hi = edition(session, settings, 2)
+    digest_id, lo, hi, _ = sendable_edition(session, settings, 2)
     built = []
     real = delivery.personalise
 
@@ -128,7 +120,7 @@ def test_the_embedded_default_sends_an_edition_on_sqlite(sqlite_url, smtp_server
     settings = configure(monkeypatch, database_url=sqlite_url, smtp_url=smtp_server.url)
     sqlite = db.session_factory(sqlite_url)()
     try:
-        digest_id, lo, hi = edition(sqlite, settings, 5)
+        digest_id, lo, hi, _ = sendable_edition(sqlite, settings, 5)
         result = delivery.send_range(sqlite, settings, digest_id, lo, hi)
         rows = sqlite.scalars(select(Delivery).where(Delivery.digest_id == digest_id)).all()
     finally:

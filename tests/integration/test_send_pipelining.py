@@ -9,13 +9,12 @@ is never delivered.
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
 
 from mailer import db, delivery, operators
-from mailer.models import Delivery, DeliveryStatus
+from mailer.models import DeliveryStatus
 from mailer.ratelimit import Unlimited
 from mailer.transport import connect, send, send_when
-from tests.integration.test_digest_support import prepared_edition
+from tests.integration.test_digest_support import deliveries_by_email, sendable_edition
 from tests.smtp import start_smtp_server
 
 BOTH = pytest.mark.parametrize(
@@ -24,30 +23,11 @@ BOTH = pytest.mark.parametrize(
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 
 
-def edition(session, settings, readers: int):
-    emails = [f"r{i:03d}@example.org" for i in range(readers)]
-    digest_id, ranges, _ = prepared_edition(session, settings, emails)
-    return digest_id, ranges[0][0], ranges[-1][1], emails
-
-
-def rows_by_email(session, digest_id: int) -> dict[str, Delivery]:
-    from mailer.models import Subscriber, Subscription
-
-    session.expire_all()
-    found = session.execute(
-        select(Subscriber.email, Delivery)
-        .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(Delivery.digest_id == digest_id)
-    ).all()
-    return {email: row for email, row in found}
-
-
 @BOTH
 def test_a_relay_offering_pipelining_gets_the_envelope_and_data_in_one_write(
     session, settings, smtp_server
 ):
-    digest_id, lo, hi, emails = edition(session, settings, 20)
+    digest_id, lo, hi, emails = sendable_edition(session, settings, 20)
     result = delivery.send_range(session, settings, digest_id, lo, hi)
     assert result.sent == 20
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == emails
@@ -60,7 +40,7 @@ def test_refusals_between_acceptances_keep_each_reply_with_its_own_message(
     session, settings, smtp_server
 ):
     """A reply read one too few or one too many would shift every later verdict."""
-    digest_id, lo, hi, emails = edition(session, settings, 30)
+    digest_id, lo, hi, emails = sendable_edition(session, settings, 30)
     index = {e: i for i, e in enumerate(emails)}
     mails = 0
 
@@ -86,7 +66,7 @@ def test_refusals_between_acceptances_keep_each_reply_with_its_own_message(
             return DeliveryStatus.DEFERRED, 452
         return DeliveryStatus.SENT, 250
 
-    rows = rows_by_email(session, digest_id)
+    rows = deliveries_by_email(session, digest_id)
     assert {e: (rows[e].status, rows[e].smtp_code) for e in emails} == {
         e: expected(i) for i, e in enumerate(emails)
     }
@@ -151,14 +131,14 @@ class CancelsMidway(Unlimited):
 def test_rows_cancelled_mid_batch_are_passed_over_and_the_batch_goes_on(
     session, settings, smtp_server
 ):
-    digest_id, lo, hi, emails = edition(session, settings, 40)
+    digest_id, lo, hi, emails = sendable_edition(session, settings, 40)
     result = delivery.send_range(
         session, settings, digest_id, lo, hi, limiter=CancelsMidway(settings, digest_id)
     )
     # The cancel came before the sixth claim: five went, the sixth onwards are passed over.
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == emails[:5]
     assert (result.sent, result.not_ours) == (5, 35)
-    rows = rows_by_email(session, digest_id)
+    rows = deliveries_by_email(session, digest_id)
     assert {rows[e].status for e in emails[:5]} == {DeliveryStatus.SENT}
     assert {rows[e].status for e in emails[5:]} == {DeliveryStatus.CANCELLED}
 

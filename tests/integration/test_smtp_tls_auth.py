@@ -24,7 +24,7 @@ from mailer import subscriptions as subs
 from mailer.models import Delivery, DeliveryStatus, Notification
 from mailer.rendering import EmailRenderer
 from tests.conftest import configure
-from tests.integration.test_send_claims import edition
+from tests.integration.test_digest_support import sendable_edition
 from tests.smtp import SMTPServer, password_check, start_smtp_server
 
 # The implicit-TLS relay asks for AUTH without aiosmtpd's own TLS check (it can't see that
@@ -105,7 +105,7 @@ def test_a_digest_edition_goes_over_tls_with_a_login_once_a_connection(
     settings, session, relay, trusted, monkeypatch
 ):
     configured = configure(monkeypatch, smtp_url=url(relay))
-    digest_id, lo, hi = edition(session, configured, 12)
+    digest_id, lo, hi, _ = sendable_edition(session, configured, 12)
 
     result = delivery.send_range(session, configured, digest_id, lo, hi)
 
@@ -137,7 +137,7 @@ def test_an_untrusted_certificate_sends_nothing_and_leaves_the_edition_queued(
 ):
     """No test CA in the trust store: the relay could be anyone, so no login and no mail."""
     configured = configure(monkeypatch, smtp_url=url(relay))
-    digest_id, lo, hi = edition(session, configured, 3)
+    digest_id, lo, hi, _ = sendable_edition(session, configured, 3)
 
     with pytest.raises(delivery.TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
         delivery.send_range(session, configured, digest_id, lo, hi)
