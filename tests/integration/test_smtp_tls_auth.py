@@ -20,11 +20,11 @@ import trustme
 from sqlalchemy import select
 
 from mailer import delivery, notices, transport
-from mailer import subscriptions as subs
 from mailer.models import Delivery, DeliveryStatus, Notification
 from mailer.rendering import EmailRenderer
 from tests.conftest import configure
 from tests.integration.test_digest_support import sendable_edition
+from tests.integration.test_notices import queue_confirm
 from tests.smtp import SMTPServer, password_check, start_smtp_server
 
 # The implicit-TLS relay asks for AUTH without aiosmtpd's own TLS check (it can't see that
@@ -75,13 +75,6 @@ def url(relay: tuple[SMTPServer, str], password: str = PASSWORD) -> str:
     return (
         f"{scheme}://{quote(USER, safe='')}:{quote(password, safe='')}@{server.host}:{server.port}"
     )
-
-
-def queue_confirm(session, email: str) -> int:
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
-    out = subs.subscribe(session, email=email, newsletter="n")
-    session.commit()
-    return out.notification_ids[0]
 
 
 def test_a_notice_goes_over_tls_with_the_url_s_login(
