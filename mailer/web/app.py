@@ -2,13 +2,16 @@
 
 Routes stay thin: parse, call one domain function, commit, enqueue. The app
 refuses to start on an un-migrated database, and answers 503 with
-Retry-After, never a stack trace, while the database is unreachable.
+Retry-After, never a stack trace, while a service it needs on a request
+path is unreachable: the database, or Redis (the request counters of the
+rate-limited routes live there when it is the broker).
 """
 
 from __future__ import annotations
 
 import logging
 
+import redis
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -64,8 +67,11 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def database_down(request: Request, exc: Exception) -> Response:
-        log.error("database unavailable: %s", type(exc).__name__)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def service_down(request: Request, exc: Exception) -> Response:
+        what = "redis" if isinstance(exc, redis.RedisError) else "database"
+        log.error("%s unavailable: %s", what, type(exc).__name__)
         return JSONResponse(
             {"detail": "The service is briefly unavailable; please try again shortly."},
             status_code=503,
