@@ -23,6 +23,7 @@ from mailer.db import get_engine, session_factory
 from mailer.links import tokens_for
 from mailer.migrate import require_current
 from mailer.subscriptions import Offers
+from mailer.web.auth import AuthFirst
 from mailer.web.headers import SecurityHeaders
 from mailer.web.limits import BodyLimit
 
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.state.offers = Offers(session_factory(settings.database))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthFirst)  # outside BodyLimit: who asks is settled first
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
