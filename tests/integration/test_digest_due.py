@@ -130,3 +130,56 @@ def test_operators_own_templates_are_used(session, settings, monkeypatch, tmp_pa
     result = CliRunner().invoke(main, ["digest", "preview", "news", "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert "<title>Custom: 1 new</title>" in (tmp_path / "p").read_text()
+
+
+def ticks(start: datetime, hours: int, every: timedelta = timedelta(minutes=1)):
+    moment = start
+    while moment < start + timedelta(hours=hours):
+        yield moment
+        moment += every
+
+
+def test_a_daily_cron_fires_once_on_the_autumn_day_the_clock_shows_its_hour_twice(
+    session, settings
+):
+    """Berlin, 25 October 2026: 03:00 CEST becomes 02:00 CET, so 02:30 happens twice."""
+    nl = newsletter(session, "berlin", weekly_reader=False)
+    session.add(
+        Schedule(
+            newsletter_id=nl.id,
+            frequency=Frequency.DAILY,
+            cron="30 2 * * *",
+            timezone="Europe/Berlin",
+        )
+    )
+    session.flush()
+    for now in ticks(datetime(2026, 10, 24, 20, 0, tzinfo=UTC), hours=30):
+        digests.create_due(session, now)
+    session.commit()
+    assert sorted(end for _, _, end in made(session)) == [
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30 CEST, the first showing
+        datetime(2026, 10, 26, 1, 30, tzinfo=UTC),  # 02:30 CET the next day
+    ]
+
+
+def test_a_daily_cron_at_a_time_the_spring_change_skips_fires_once_at_the_end_of_the_gap(
+    session, settings
+):
+    """Berlin, 29 March 2026: 02:00 CET becomes 03:00 CEST; there is no 02:30 that day."""
+    nl = newsletter(session, "berlin", weekly_reader=False)
+    session.add(
+        Schedule(
+            newsletter_id=nl.id,
+            frequency=Frequency.DAILY,
+            cron="30 2 * * *",
+            timezone="Europe/Berlin",
+        )
+    )
+    session.flush()
+    for now in ticks(datetime(2026, 3, 28, 20, 0, tzinfo=UTC), hours=30):
+        digests.create_due(session, now)
+    session.commit()
+    assert sorted(end for _, _, end in made(session)) == [
+        datetime(2026, 3, 29, 1, 0, tzinfo=UTC),  # 03:00 CEST, where the gap ends
+        datetime(2026, 3, 30, 0, 30, tzinfo=UTC),  # 02:30 CEST the next day
+    ]
