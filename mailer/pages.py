@@ -34,8 +34,8 @@ from mailer.articles import (
     upsert_article,
 )
 from mailer.config import Settings
-from mailer.feeds import fetch
 from mailer.models import Article, Newsletter
+from mailer.outbound import fetch
 
 ARTICLE_TYPES = {
     "article",

@@ -147,6 +147,14 @@ def configure(monkeypatch: pytest.MonkeyPatch, **values: str) -> config.Settings
 
 
 @pytest.fixture
+def allow_private_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test feed and page servers listen on 127.0.0.1, which fetches refuse unless told
+    (MAILER_FETCH_ALLOW_PRIVATE). Used by the modules that fetch from them, before settings."""
+    monkeypatch.setenv("MAILER_FETCH_ALLOW_PRIVATE", "true")
+    config.get_settings.cache_clear()
+
+
+@pytest.fixture
 def web_port() -> int:
     return free_port()
 
