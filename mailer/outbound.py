@@ -81,6 +81,13 @@ def refusal(address: IPAddress) -> str | None:
     return None
 
 
+def is_loopback(address: IPAddress) -> bool:
+    """127.0.0.0/8 or ::1, also written as an IPv4-mapped IPv6 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def resolve(host: str, port: int) -> list[IPAddress]:
     """Every address `host` resolves to, in the resolver's order, each once."""
     found: dict[IPAddress, None] = {}
