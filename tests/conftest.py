@@ -210,9 +210,16 @@ def live_server(settings: config.Settings, web_port: int) -> Iterator[str]:
     import uvicorn
 
     from mailer.web.app import create_app
+    from mailer.web.proxies import UVICORN_OPTIONS
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=web_port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=web_port,
+            log_level="warning",
+            **UVICORN_OPTIONS,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

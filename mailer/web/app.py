@@ -26,6 +26,7 @@ from mailer.subscriptions import Offers
 from mailer.web.auth import AuthFirst
 from mailer.web.headers import SecurityHeaders
 from mailer.web.limits import BodyLimit
+from mailer.web.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         )
 
     app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
+    # Outermost: every layer inside sees the caller's address as our proxies tell it.
+    app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

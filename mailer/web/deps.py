@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -47,17 +46,9 @@ TokensDep = Annotated[Tokens, Depends(get_tokens)]
 
 
 async def client_ip(request: Request) -> str | None:
-    """The caller's address; X-Forwarded-For only when the peer is a trusted proxy."""
-    peer = request.client.host if request.client else None
-    settings: Settings = request.app.state.settings
-    forwarded = request.headers.get("x-forwarded-for")
-    if peer and forwarded and peer in settings.trusted_proxies:
-        candidate = forwarded.split(",")[-1].strip()
-        try:
-            return str(ipaddress.ip_address(candidate))
-        except ValueError:
-            return peer
-    return peer
+    """The caller's address. `X-Forwarded-For` has been applied already, by `TrustedProxies`,
+    and only if the connection came from one of MAILER_TRUSTED_PROXIES."""
+    return request.client.host if request.client else None
 
 
 IPDep = Annotated[str | None, Depends(client_ip)]
