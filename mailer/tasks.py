@@ -16,6 +16,7 @@ from celery import Task
 
 from mailer import (
     bounces,
+    broker,
     delivery,
     digests,
     feeds,
@@ -95,6 +96,7 @@ def tick() -> None:
         throttle.forget_before(session, time.time() - 86400)
     if purged:
         log.info("purged %d unconfirmed subscriptions", purged)
+    broker.purge_consumed(settings)
     enqueue_notices(lost)
     digest_tick()
     enqueue_feed_polls()
