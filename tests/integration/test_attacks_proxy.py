@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -63,7 +63,7 @@ def mailer_web(port: int) -> list[str]:
 
 
 @pytest.fixture(params=["mailer web", "mailer up's uvicorn"])
-def started(request, tmp_path) -> Iterator[tuple[Path, object]]:
+def started(request, tmp_path) -> Iterator[Callable[[str], str]]:
     def start(trusted: str) -> str:
         port = free_port()
         argv = mailer_web(port) if request.param == "mailer web" else web_argv("127.0.0.1", port)
