@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -139,10 +140,28 @@ def ticks(start: datetime, hours: int, every: timedelta = timedelta(minutes=1)):
         moment += every
 
 
-def test_a_daily_cron_fires_once_on_the_autumn_day_the_clock_shows_its_hour_twice(
-    session, settings
+@pytest.mark.parametrize(
+    ("start", "fires"),
+    [
+        pytest.param(
+            # Berlin, 25 October 2026: 03:00 CEST becomes 02:00 CET, so 02:30 happens twice.
+            # It fires at the first showing (CEST), and at 02:30 CET the next day.
+            datetime(2026, 10, 24, 20, 0, tzinfo=UTC),
+            [datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 26, 1, 30, tzinfo=UTC)],
+            id="autumn-the-hour-shown-twice-fires-once",
+        ),
+        pytest.param(
+            # Berlin, 29 March 2026: 02:00 CET becomes 03:00 CEST; there is no 02:30 that day.
+            # It fires once, at 03:00 CEST where the gap ends, and at 02:30 CEST the next day.
+            datetime(2026, 3, 28, 20, 0, tzinfo=UTC),
+            [datetime(2026, 3, 29, 1, 0, tzinfo=UTC), datetime(2026, 3, 30, 0, 30, tzinfo=UTC)],
+            id="spring-the-skipped-time-fires-once-at-the-end-of-the-gap",
+        ),
+    ],
+)
+def test_a_daily_cron_fires_once_a_local_day_across_the_dst_changes(
+    session, settings, start, fires
 ):
-    """Berlin, 25 October 2026: 03:00 CEST becomes 02:00 CET, so 02:30 happens twice."""
     nl = newsletter(session, "berlin", weekly_reader=False)
     session.add(
         Schedule(
@@ -153,33 +172,7 @@ def test_a_daily_cron_fires_once_on_the_autumn_day_the_clock_shows_its_hour_twic
         )
     )
     session.flush()
-    for now in ticks(datetime(2026, 10, 24, 20, 0, tzinfo=UTC), hours=30):
+    for now in ticks(start, hours=30):
         digests.create_due(session, now)
     session.commit()
-    assert sorted(end for _, _, end in made(session)) == [
-        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30 CEST, the first showing
-        datetime(2026, 10, 26, 1, 30, tzinfo=UTC),  # 02:30 CET the next day
-    ]
-
-
-def test_a_daily_cron_at_a_time_the_spring_change_skips_fires_once_at_the_end_of_the_gap(
-    session, settings
-):
-    """Berlin, 29 March 2026: 02:00 CET becomes 03:00 CEST; there is no 02:30 that day."""
-    nl = newsletter(session, "berlin", weekly_reader=False)
-    session.add(
-        Schedule(
-            newsletter_id=nl.id,
-            frequency=Frequency.DAILY,
-            cron="30 2 * * *",
-            timezone="Europe/Berlin",
-        )
-    )
-    session.flush()
-    for now in ticks(datetime(2026, 3, 28, 20, 0, tzinfo=UTC), hours=30):
-        digests.create_due(session, now)
-    session.commit()
-    assert sorted(end for _, _, end in made(session)) == [
-        datetime(2026, 3, 29, 1, 0, tzinfo=UTC),  # 03:00 CEST, where the gap ends
-        datetime(2026, 3, 30, 0, 30, tzinfo=UTC),  # 02:30 CEST the next day
-    ]
+    assert sorted(end for _, _, end in made(session)) == fires
