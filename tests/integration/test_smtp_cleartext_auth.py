@@ -37,3 +37,16 @@ def test_a_relay_on_loopback_still_gets_the_login_without_tls(tmp_path):
     assert out["notice"] == "sent" and out["digest"] == 3
     assert [login for login, _ in out["received"]] == ["mailer@example.org"] * 4
     assert out["delivery_rows"] == ["sent/1"]
+
+
+def test_no_imap_login_in_the_clear_to_a_bounce_mailbox_that_is_not_on_loopback():
+    """The bounce mailbox's password is kept the same way (a private Dovecot without TLS)."""
+    out = run_in_netns(NOT_LOOPBACK, "tests.helpers.netns_imap", NOT_LOOPBACK)
+    assert out["poll"].startswith(f"refusing to send the password to {NOT_LOOPBACK}")
+    assert "imaps://" in out["poll"]
+    assert out["left"] == 1  # the report waits for a poll that may log in
+
+
+def test_a_bounce_mailbox_on_loopback_still_gets_the_login_without_tls():
+    out = run_in_netns(NOT_LOOPBACK, "tests.helpers.netns_imap", "127.0.0.1")
+    assert out == {"poll": "read 1", "left": 0}
