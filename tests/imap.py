@@ -140,7 +140,9 @@ def start_dovecot(
         shutil.chown(root / "mail", MAIL_USER, MAIL_GROUP)
         (root / "users").write_text(f"{user}:{{PLAIN}}{password}\n")
         config = root / "dovecot.conf"
-        config.write_text(CONFIG.format(root=root, port=port, user=MAIL_USER, group=MAIL_GROUP, host=host))
+        config.write_text(
+            CONFIG.format(root=root, port=port, user=MAIL_USER, group=MAIL_GROUP, host=host)
+        )
         process = subprocess.Popen([binary, "-F", "-c", str(config)])
         try:
             deadline = time.monotonic() + 15
