@@ -58,6 +58,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.subscriptions import TRANSITIONS, change_status, subscriber_by_email, suppress
+from mailer.transport import cleartext_login_refusal
 
 log = logging.getLogger(__name__)
 
@@ -634,6 +635,12 @@ def poll_imap(url: str, handle: Handler, limit: int = 500, timeout: float = 30.0
         )
     result = PollResult()
     try:
+        why = cleartext_login_refusal(conn.socket(), host)
+        if why:
+            raise ValueError(
+                f"{why}: the IMAP server offers no STARTTLS; use imaps:// (only a mailbox "
+                "on a loopback address gets a login without TLS)"
+            )
         conn.login(unquote(parts.username or ""), unquote(parts.password or ""))
         typ, _ = conn.select(_imap_quote(mailbox))
         if typ != "OK":

@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     feed_poll_interval: int = 900
     feed_timeout: float = 20.0
     feed_max_bytes: int = 5 * 1024 * 1024
+    # Fetch feeds and pages from private, loopback and link-local addresses too.
+    fetch_allow_private: bool = False
     unsubscribe_mailto: str = ""
     dkim_selector: str = ""
     dkim_private_key_path: Path | None = None

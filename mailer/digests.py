@@ -22,7 +22,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -110,13 +110,27 @@ def last_fire(cron: str, timezone: str, now: datetime) -> datetime:
     """The most recent fire time at or before `now`, computed in the schedule's own zone.
 
     Evaluating in local time is what makes "08:00" stay 08:00 for the reader
-    across daylight-saving changes; the result is returned in UTC.
+    across daylight-saving changes; the result is returned in UTC. A cron
+    names wall-clock times, and each one fires once: on the autumn day the
+    clock shows 02:00-03:00 twice, a time in that hour fires at its first
+    showing only (croniter would fire it at both, so a daily `30 2 * * *`
+    went out twice). On the spring day a time the clock skips fires once,
+    at the end of the gap (02:30 → 03:00), which is croniter's own answer.
     """
     check_schedule(cron, timezone)
-    local_now = now.astimezone(_zone(timezone))
-    it = croniter(cron, local_now + timedelta(seconds=1))
-    prev: datetime = it.get_prev(datetime)
+    zone = _zone(timezone)
+    it = croniter(cron, now.astimezone(zone) + timedelta(seconds=1))
+    for _ in range(4):
+        prev: datetime = it.get_prev(datetime)
+        if not _second_showing(prev, zone):
+            break
     return prev.astimezone(now.tzinfo)
+
+
+def _second_showing(moment: datetime, zone: ZoneInfo) -> bool:
+    """Whether the wall-clock time of `moment` was already shown once, an hour earlier."""
+    wall = moment.astimezone(zone)
+    return wall.replace(fold=0).astimezone(UTC) < moment.astimezone(UTC)
 
 
 def due_fire(cron: str, timezone: str, now: datetime, last_end: datetime | None) -> datetime | None:

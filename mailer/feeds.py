@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import feedparser
-import httpx
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -43,6 +40,7 @@ from mailer.articles import (
 from mailer.config import Settings
 from mailer.db import is_postgres, session_scope
 from mailer.models import Feed, Newsletter, utcnow
+from mailer.outbound import FetchResult, fetch
 
 log = logging.getLogger(__name__)
 
@@ -51,127 +49,10 @@ MAX_INTERVAL = 7 * 86400
 MAX_BACKOFF = 6 * 3600
 # A claimed feed is not claimed again for this long, in case its task is lost.
 CLAIM_LEASE = 600
-MAX_REDIRECTS = 5
 
 
 class FeedError(ValueError):
     """A feed we refuse to add or cannot read; the message says which and why."""
-
-
-# -- fetching ----------------------------------------------------------------------
-
-
-@dataclass
-class FetchResult:
-    """What one GET gave: a body, "not modified", or an error message."""
-
-    url: str
-    status: str  # "ok" | "not_modified" | "error"
-    body: bytes = b""
-    content_type: str = ""
-    etag: str | None = None
-    last_modified: str | None = None
-    error: str | None = None
-    retry_after: int | None = None
-
-
-def user_agent(settings: Settings) -> str:
-    """Names us and where to find us, so a site owner who sees our polls can ask."""
-    return f"mailer/0.1 (newsletter digest; +{settings.base_url})"
-
-
-def _retry_after(value: str | None) -> int | None:
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return int(value.strip())
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0, int((when - utcnow()).total_seconds()))
-
-
-def fetch(
-    url: str,
-    settings: Settings,
-    *,
-    etag: str | None = None,
-    last_modified: str | None = None,
-    client: httpx.Client | None = None,
-    accept: str = "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5",
-) -> FetchResult:
-    """GET `url` within `feed_timeout` seconds in all and `feed_max_bytes`; never raises."""
-    if urlsplit(url).scheme not in ("http", "https"):
-        return FetchResult(url, "error", error="only http and https URLs can be fetched")
-    headers = {"User-Agent": user_agent(settings), "Accept": accept}
-    if etag:
-        headers["If-None-Match"] = etag
-    if last_modified:
-        headers["If-Modified-Since"] = last_modified
-    own = client is None
-    http = client or httpx.Client(
-        timeout=httpx.Timeout(settings.feed_timeout),
-        follow_redirects=True,
-        max_redirects=MAX_REDIRECTS,
-    )
-    deadline = time.monotonic() + settings.feed_timeout
-    limit = settings.feed_max_bytes
-    try:
-        with http.stream("GET", url, headers=headers) as response:
-            final = str(response.url)
-            if response.status_code == 304:
-                return FetchResult(final, "not_modified", etag=etag, last_modified=last_modified)
-            if response.status_code >= 400:
-                return FetchResult(
-                    final,
-                    "error",
-                    error=f"HTTP {response.status_code} {response.reason_phrase}".strip(),
-                    retry_after=_retry_after(response.headers.get("retry-after"))
-                    if response.status_code in (429, 503)
-                    else None,
-                )
-            if response.status_code >= 300:
-                return FetchResult(final, "error", error=f"HTTP {response.status_code} redirect")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                return FetchResult(final, "error", error=_too_large(limit))
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    return FetchResult(final, "error", error=_too_large(limit))
-                if time.monotonic() > deadline:
-                    return FetchResult(final, "error", error=_timed_out(settings))
-                chunks.append(chunk)
-            return FetchResult(
-                final,
-                "ok",
-                body=b"".join(chunks),
-                content_type=response.headers.get("content-type", ""),
-                etag=response.headers.get("etag"),
-                last_modified=response.headers.get("last-modified"),
-            )
-    except httpx.TimeoutException:
-        return FetchResult(url, "error", error=_timed_out(settings))
-    except httpx.TooManyRedirects:
-        return FetchResult(url, "error", error=f"more than {MAX_REDIRECTS} redirects")
-    except httpx.HTTPError as exc:
-        return FetchResult(url, "error", error=f"could not fetch: {type(exc).__name__}: {exc}")
-    finally:
-        if own:
-            http.close()
-
-
-def _too_large(limit: int) -> str:
-    return f"response larger than the {limit}-byte limit (MAILER_FEED_MAX_BYTES)"
-
-
-def _timed_out(settings: Settings) -> str:
-    return f"timed out after {settings.feed_timeout:g} s (MAILER_FEED_TIMEOUT)"
 
 
 # -- parsing -------------------------------------------------------------------------
@@ -422,14 +303,14 @@ def record(
     return report
 
 
-def poll(settings: Settings, feed_id: int, *, client: httpx.Client | None = None) -> PollReport:
+def poll(settings: Settings, feed_id: int) -> PollReport:
     """Fetch one feed and record the outcome; never raises for anything the feed did."""
     with session_scope(settings.database) as session:
         feed = session.get(Feed, feed_id)
         if feed is None:
             return PollReport(feed_id, "", "missing", error=f"there is no feed {feed_id}")
         url, etag, last_modified = feed.url, feed.etag, feed.last_modified
-    result = fetch(url, settings, etag=etag, last_modified=last_modified, client=client)
+    result = fetch(url, settings, etag=etag, last_modified=last_modified)
     try:
         with session_scope(settings.database) as session:
             feed = session.get(Feed, feed_id)
@@ -446,13 +327,11 @@ def poll(settings: Settings, feed_id: int, *, client: httpx.Client | None = None
             return record(session, feed, failed, settings)
 
 
-def poll_due(
-    settings: Settings, *, every_feed: bool = False, client: httpx.Client | None = None
-) -> list[PollReport]:
+def poll_due(settings: Settings, *, every_feed: bool = False) -> list[PollReport]:
     """Poll the feeds that are due (or all of them), one after another; for the CLI."""
     with session_scope(settings.database) as session:
         if every_feed:
             ids = list(session.scalars(select(Feed.id).order_by(Feed.id)))
         else:
             ids = claim_due_feeds(session, limit=10_000)
-    return [poll(settings, feed_id, client=client) for feed_id in ids]
+    return [poll(settings, feed_id) for feed_id in ids]

@@ -388,3 +388,30 @@ class SendWindow(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     tokens: Mapped[float] = mapped_column(Float, default=0.0)
     updated: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Sender(Base):
+    """A send task at work on a range of an edition, and when it last said it was alive.
+
+    A worker that dies (SIGKILL, OOM, a lost machine) stops beating; the tick
+    then hands its claimed rows back and enqueues its range again, instead of
+    waiting for their leases to run out (`delivery.reclaim_dead_senders`).
+    """
+
+    __tablename__ = "sender"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest_id: Mapped[int] = mapped_column(Integer)
+    lo: Mapped[int] = mapped_column(Integer)
+    hi: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime]
+
+
+class AdminSession(Base):
+    """A live /admin session: the signed cookie is only good while its row is here,
+    so logging out ends it on the server, not just in the browser."""
+
+    __tablename__ = "admin_session"
+
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime]

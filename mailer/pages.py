@@ -12,7 +12,6 @@ outside HTML.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ import lxml.html
 from lxml import etree
 from sqlalchemy.orm import Session
 
+from mailer import jsondata
 from mailer.articles import (
     ArticleError,
     Outcome,
@@ -34,8 +34,8 @@ from mailer.articles import (
     upsert_article,
 )
 from mailer.config import Settings
-from mailer.feeds import fetch
 from mailer.models import Article, Newsletter
+from mailer.outbound import fetch
 
 ARTICLE_TYPES = {
     "article",
@@ -163,8 +163,8 @@ def json_ld_article(doc: Any) -> dict[str, Any]:
     """The page's JSON-LD Article (or NewsArticle, BlogPosting…), or {} if none parses."""
     for script in doc.xpath("//script[@type='application/ld+json']"):
         try:
-            data = json.loads(script.text or "")
-        except (json.JSONDecodeError, ValueError):
+            data = jsondata.loads(script.text or "")
+        except ValueError:
             continue
         for node in _walk_ld(data):
             kinds = node.get("@type", [])

@@ -16,11 +16,13 @@ from celery import Task
 
 from mailer import (
     bounces,
+    broker,
     delivery,
     digests,
     feeds,
     notices,
     operators,
+    senders,
     subscriptions,
     throttle,
 )
@@ -95,6 +97,7 @@ def tick() -> None:
         throttle.forget_before(session, time.time() - 86400)
     if purged:
         log.info("purged %d unconfirmed subscriptions", purged)
+    broker.purge_consumed(settings)
     enqueue_notices(lost)
     digest_tick()
     enqueue_feed_polls()
@@ -157,15 +160,18 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
     settings = get_settings()
     session = session_factory(settings.database)()
     try:
-        result = delivery.send_range(
-            session,
-            settings,
-            digest_id,
-            lo,
-            hi,
-            limiter=limiter_for(settings),
-            connections=kept(settings.smtp, settings.smtp_timeout),
-        )
+        # Beats while it sends: if this worker dies, the tick hands its rows back in
+        # seconds instead of after their leases (mailer/senders.py).
+        with senders.at_work(session, settings.database, digest_id, lo, hi):
+            result = delivery.send_range(
+                session,
+                settings,
+                digest_id,
+                lo,
+                hi,
+                limiter=limiter_for(settings),
+                connections=kept(settings.smtp, settings.smtp_timeout),
+            )
         # Counting every status of a 100,000-row edition after each of its 500
         # batches cost more than the batches' own queries; the batch that finds
         # nothing open closes it, and the tick refreshes the counts meanwhile.
@@ -188,12 +194,13 @@ def digest_tick() -> None:
     with session_scope(settings.database) as session:
         created = digests.create_due(session)
         created += digests.stale_unprepared(session, older_than=lease)
+        orphaned = senders.reclaim_dead(session)  # ends their leases: recovered next line
         delivery.recover_expired(session, settings)
         operators.sweep_cancelled(session)
         ranges = delivery.due_ranges(session, settings)
         digests.close_finished(session)
     enqueue_prepare(sorted(set(created)))
-    enqueue_sends(ranges)
+    enqueue_sends(sorted(set(ranges + orphaned)))
 
 
 # -- bounces ---------------------------------------------------------------------------

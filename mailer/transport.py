@@ -1,7 +1,10 @@
 """SMTP connections from a URL, and one send that always ends in a reply.
 
 `smtp://user:pass@host:port` upgrades with STARTTLS when the server offers
-it; `smtps://` is TLS from the first byte. Every outcome of a send, success
+it; `smtps://` is TLS from the first byte. The password is sent only over
+TLS, or to a relay on a loopback address (a local Postfix): to anything else
+that offers no STARTTLS the login is refused before AUTH, with the reason,
+and the mail waits for a retry. Every outcome of a send, success
 or refusal, comes back as a `Reply` so callers record it instead of guessing;
 only a lost connection raises, because then nothing is known about the rest
 of the batch.
@@ -10,7 +13,9 @@ of the batch.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from mailer.messages import envelope_address
+from mailer.outbound import is_loopback
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,36 @@ def connect(url: str, timeout: float = 30.0) -> smtplib.SMTP:
                 conn.starttls(context=ssl.create_default_context())
                 conn.ehlo()
         if parts.username:
+            _refuse_cleartext_login(conn, host)
             conn.login(unquote(parts.username), unquote(parts.password or ""))
     except (OSError, smtplib.SMTPException) as exc:
         raise ConnectionLost(f"cannot connect to SMTP server {host}: {exc}") from exc
     return conn
+
+
+def cleartext_login_refusal(sock: socket.socket | None, host: str) -> str | None:
+    """Why a password may not go over `sock`, or None: it may over TLS, or in the clear
+    to a loopback address (the address actually connected to, not the URL's name)."""
+    if sock is None:
+        return f"not connected to {host}"
+    if isinstance(sock, ssl.SSLSocket):
+        return None
+    peer = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
+    if is_loopback(peer):
+        return None
+    return f"refusing to send the password to {host} ({peer}) in the clear"
+
+
+def _refuse_cleartext_login(conn: smtplib.SMTP, host: str) -> None:
+    why = cleartext_login_refusal(conn.sock, host)
+    if why is None:
+        return
+    conn.close()
+    raise smtplib.SMTPException(
+        f"{why.replace('the password', 'the SMTP password')}: it offers no STARTTLS; use a "
+        "relay that does, or smtps:// for TLS from the first byte (only a relay on a "
+        "loopback address gets a login without TLS)"
+    )
 
 
 def dot_stuff(data: bytes) -> bytes:

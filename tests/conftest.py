@@ -147,6 +147,14 @@ def configure(monkeypatch: pytest.MonkeyPatch, **values: str) -> config.Settings
 
 
 @pytest.fixture
+def allow_private_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test feed and page servers listen on 127.0.0.1, which fetches refuse unless told
+    (MAILER_FETCH_ALLOW_PRIVATE). Used by the modules that fetch from them, before settings."""
+    monkeypatch.setenv("MAILER_FETCH_ALLOW_PRIVATE", "true")
+    config.get_settings.cache_clear()
+
+
+@pytest.fixture
 def web_port() -> int:
     return free_port()
 
@@ -202,9 +210,16 @@ def live_server(settings: config.Settings, web_port: int) -> Iterator[str]:
     import uvicorn
 
     from mailer.web.app import create_app
+    from mailer.web.proxies import UVICORN_OPTIONS
 
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=web_port, log_level="warning")
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=web_port,
+            log_level="warning",
+            **UVICORN_OPTIONS,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

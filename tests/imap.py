@@ -27,7 +27,7 @@ from mailer.sink import free_port, port_answers
 
 CONFIG = """\
 protocols = imap
-listen = 127.0.0.1
+listen = {host}
 base_dir = {root}/run
 state_dir = {root}/state
 instance_name = mailer-test-{port}
@@ -51,7 +51,7 @@ userdb {{
 service imap-login {{
   chroot =
   inet_listener imap {{
-    address = 127.0.0.1
+    address = {host}
     port = {port}
   }}
   inet_listener imaps {{
@@ -121,7 +121,9 @@ class ImapServer:
 
 
 @contextlib.contextmanager
-def start_dovecot(user: str = "bounces", password: str = "s3cret pass") -> Iterator[ImapServer]:
+def start_dovecot(
+    user: str = "bounces", password: str = "s3cret pass", host: str = "127.0.0.1"
+) -> Iterator[ImapServer]:
     binary = shutil.which("dovecot", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
     if binary is None:
         raise DovecotUnavailable("dovecot is not installed (apt-get install -y dovecot-imapd)")
@@ -138,17 +140,19 @@ def start_dovecot(user: str = "bounces", password: str = "s3cret pass") -> Itera
         shutil.chown(root / "mail", MAIL_USER, MAIL_GROUP)
         (root / "users").write_text(f"{user}:{{PLAIN}}{password}\n")
         config = root / "dovecot.conf"
-        config.write_text(CONFIG.format(root=root, port=port, user=MAIL_USER, group=MAIL_GROUP))
+        config.write_text(
+            CONFIG.format(root=root, port=port, user=MAIL_USER, group=MAIL_GROUP, host=host)
+        )
         process = subprocess.Popen([binary, "-F", "-c", str(config)])
         try:
             deadline = time.monotonic() + 15
-            while not port_answers("127.0.0.1", port, timeout=0.2):
+            while not port_answers(host, port, timeout=0.2):
                 if process.poll() is not None or time.monotonic() > deadline:
                     log = root / "dovecot.log"
                     said = log.read_text()[-2000:] if log.exists() else ""
                     raise DovecotUnavailable(f"dovecot did not start on port {port}: {said}")
                 time.sleep(0.05)
-            yield ImapServer("127.0.0.1", port, user, password, root)
+            yield ImapServer(host, port, user, password, root)
         finally:
             process.terminate()
             try:

@@ -150,13 +150,13 @@ def password_check(user: str, password: str) -> Callable[..., AuthResult]:
     return check
 
 
-def start_smtp_server(pipelining: bool = False, **options: Any) -> SMTPServer:
+def start_smtp_server(
+    pipelining: bool = False, host: str = "127.0.0.1", **options: Any
+) -> SMTPServer:
     """`options` go to aiosmtpd's Controller: tls_context and require_starttls for
     STARTTLS, ssl_context for implicit TLS, authenticator for AUTH, and so on."""
     handler = RecordingHandler(pipelining)
     port = free_port()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True, **options
-    )
+    controller = Controller(handler, hostname=host, port=port, enable_SMTPUTF8=True, **options)
     controller.start()
-    return SMTPServer("127.0.0.1", port, handler, controller)
+    return SMTPServer(host, port, handler, controller)

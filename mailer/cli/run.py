@@ -75,6 +75,8 @@ def celery_beat_argv(settings: Settings) -> list[str]:
 
 
 def web_argv(host: str, port: int) -> list[str]:
+    from mailer.web.proxies import UVICORN_FLAGS  # uvicorn's own proxy handling off
+
     return [
         sys.executable,
         "-m",
@@ -86,6 +88,7 @@ def web_argv(host: str, port: int) -> list[str]:
         "--port",
         str(port),
         "--no-access-log",
+        *UVICORN_FLAGS,
     ]
 
 
@@ -97,8 +100,9 @@ def web(host: str, port: int) -> None:
     import uvicorn
 
     from mailer.web.app import create_app
+    from mailer.web.proxies import UVICORN_OPTIONS
 
-    uvicorn.run(create_app(), host=host, port=port)
+    uvicorn.run(create_app(), host=host, port=port, **UVICORN_OPTIONS)
 
 
 @click.command()

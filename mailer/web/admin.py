@@ -7,7 +7,10 @@ operator logs in with the API token; the page then holds a session cookie:
   expiring after `SESSION_MAX_AGE`; it carries a random session id and a tag
   of the API token, so rotating the token logs every session out;
 - HttpOnly, SameSite=Strict, path /admin, and Secure when the public
-  address is https.
+  address is https;
+- good only while its session id is live on the server
+  (`mailer.admin_sessions`): logging out deletes it, so the same cookie
+  replayed afterwards is refused.
 
 Every POST but the login carries a CSRF token in a hidden field: an HMAC of
 the session cookie, so it is per session and needs no server-side state. A
@@ -30,8 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -40,9 +43,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
+from mailer import admin_sessions, tasks, throttle
 from mailer import operators as ops
-from mailer import tasks, throttle
 from mailer.config import Settings
+from mailer.db import session_scope
 from mailer.models import DeliveryStatus, Frequency
 from mailer.web.api_editions import get_renderer
 from mailer.web.deps import IPDep, SessionDep, SettingsDep
@@ -73,6 +77,7 @@ PREVIEW_FRAME_HEADERS = {
 class AdminSession:
     cookie: str
     csrf: str
+    sid: str
 
 
 def _serializer(settings: Settings) -> URLSafeTimedSerializer:
@@ -107,7 +112,11 @@ def current_session(request: Request) -> AdminSession | None:
         str(data.get("tag", "")), _token_tag(request)
     ):
         return None
-    return AdminSession(cookie, csrf_token(settings, cookie))
+    sid = str(data.get("sid", ""))
+    with session_scope(settings.database) as session:
+        if not admin_sessions.is_live(session, sid):
+            return None
+    return AdminSession(cookie, csrf_token(settings, cookie), sid)
 
 
 def _no_store(response: HTMLResponse) -> HTMLResponse:
@@ -144,7 +153,7 @@ def _back(**note: str | int) -> RedirectResponse:
     return RedirectResponse(f"/admin?{urlencode(note)}" if note else "/admin", status_code=303)
 
 
-def _refused(request: Request, admin: AdminSession | None) -> HTMLResponse:
+def refused(request: Request, admin: AdminSession | None) -> HTMLResponse:
     return _render(
         request,
         "admin_message.html",
@@ -209,9 +218,9 @@ def login(
             error="That is not the API token (MAILER_API_TOKEN, or api.token in the data "
             "directory).",
         )
-    cookie = _serializer(settings).dumps(
-        {"sid": secrets.token_urlsafe(16), "tag": _token_tag(request)}
-    )
+    with session_scope(settings.database) as session:
+        sid = admin_sessions.start(session, timedelta(seconds=SESSION_MAX_AGE))
+    cookie = _serializer(settings).dumps({"sid": sid, "tag": _token_tag(request)})
     response = _back()
     response.set_cookie(
         COOKIE,
@@ -229,7 +238,9 @@ def login(
 def logout(request: Request, settings: SettingsDep, csrf: CsrfField = "") -> Response:
     admin = _checked(request, csrf)
     if admin is None:
-        return _refused(request, current_session(request))
+        return refused(request, current_session(request))
+    with session_scope(settings.database) as session:
+        admin_sessions.end(session, admin.sid)
     response = _to_login()
     response.delete_cookie(
         COOKIE,
@@ -308,7 +319,7 @@ def _set_paused(
 ) -> Response:
     admin = _checked(request, csrf)
     if admin is None:
-        return _refused(request, current_session(request))
+        return refused(request, current_session(request))
     try:
         ops.update_newsletter(session, slug, paused=paused)
     except ops.OperatorError as exc:
@@ -327,7 +338,7 @@ def send_now(
 ) -> Response:
     admin = _checked(request, csrf)
     if admin is None:
-        return _refused(request, current_session(request))
+        return refused(request, current_session(request))
     try:
         freq = ops.parse_frequency(frequency) if frequency else None
         digest, new = ops.send_now(session, slug, freq)
@@ -344,7 +355,7 @@ def send_now(
 def cancel(digest_id: int, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
     admin = _checked(request, csrf)
     if admin is None:
-        return _refused(request, current_session(request))
+        return refused(request, current_session(request))
     try:
         ops.cancel_edition(session, digest_id)
     except ops.OperatorError as exc:

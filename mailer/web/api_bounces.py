@@ -14,7 +14,6 @@ with the reason), 422 for JSON we can't read, 413 for a body over 5 MiB.
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from mailer import bounces
+from mailer import bounces, jsondata
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
 router = APIRouter(
@@ -61,7 +60,7 @@ async def _body(request: Request) -> bytes:
 
 def _event(body: bytes) -> bounces.BounceEvent:
     try:
-        data = BounceIn.model_validate(json.loads(body))
+        data = BounceIn.model_validate(jsondata.loads(body))
     except (ValueError, ValidationError) as exc:
         detail = exc.errors() if isinstance(exc, ValidationError) else f"invalid JSON: {exc}"
         raise HTTPException(422, detail) from exc

@@ -2,13 +2,16 @@
 
 Routes stay thin: parse, call one domain function, commit, enqueue. The app
 refuses to start on an un-migrated database, and answers 503 with
-Retry-After, never a stack trace, while the database is unreachable.
+Retry-After, never a stack trace, while a service it needs on a request
+path is unreachable: the database, or Redis (the request counters of the
+rate-limited routes live there when it is the broker).
 """
 
 from __future__ import annotations
 
 import logging
 
+import redis
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -20,8 +23,10 @@ from mailer.db import get_engine, session_factory
 from mailer.links import tokens_for
 from mailer.migrate import require_current
 from mailer.subscriptions import Offers
+from mailer.web.auth import AuthFirst
 from mailer.web.headers import SecurityHeaders
 from mailer.web.limits import BodyLimit
+from mailer.web.proxies import TrustedProxies
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.state.offers = Offers(session_factory(settings.database))
 
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthFirst)  # outside BodyLimit: who asks is settled first
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -61,11 +67,16 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         )
 
     app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
+    # Outermost: every layer inside sees the caller's address as our proxies tell it.
+    app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
-    async def database_down(request: Request, exc: Exception) -> Response:
-        log.error("database unavailable: %s", type(exc).__name__)
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def service_down(request: Request, exc: Exception) -> Response:
+        what = "redis" if isinstance(exc, redis.RedisError) else "database"
+        log.error("%s unavailable: %s", what, type(exc).__name__)
         return JSONResponse(
             {"detail": "The service is briefly unavailable; please try again shortly."},
             status_code=503,

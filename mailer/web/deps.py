@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -14,6 +12,7 @@ from sqlalchemy.orm import Session
 from mailer.config import Settings
 from mailer.db import session_factory
 from mailer.tokens import Tokens
+from mailer.web.auth import WRONG_TOKEN, bearer_matches
 
 # Light dependencies are `async def`: FastAPI runs a plain `def` dependency in the
 # thread pool, and a thread hop per dependency per request is real CPU at load.
@@ -47,17 +46,9 @@ TokensDep = Annotated[Tokens, Depends(get_tokens)]
 
 
 async def client_ip(request: Request) -> str | None:
-    """The caller's address; X-Forwarded-For only when the peer is a trusted proxy."""
-    peer = request.client.host if request.client else None
-    settings: Settings = request.app.state.settings
-    forwarded = request.headers.get("x-forwarded-for")
-    if peer and forwarded and peer in settings.trusted_proxies:
-        candidate = forwarded.split(",")[-1].strip()
-        try:
-            return str(ipaddress.ip_address(candidate))
-        except ValueError:
-            return peer
-    return peer
+    """The caller's address. `X-Forwarded-For` has been applied already, by `TrustedProxies`,
+    and only if the connection came from one of MAILER_TRUSTED_PROXIES."""
+    return request.client.host if request.client else None
 
 
 IPDep = Annotated[str | None, Depends(client_ip)]
@@ -72,11 +63,9 @@ async def require_api_token(
     """Bearer MAILER_API_TOKEN; a wrong or missing token learns nothing but 401."""
     expected: str = request.app.state.api_token
     given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not bearer_matches(f"Bearer {given}", expected):
         raise HTTPException(
-            status_code=401,
-            detail="missing or wrong API token",
-            headers={"WWW-Authenticate": "Bearer"},
+            status_code=401, detail=WRONG_TOKEN, headers={"WWW-Authenticate": "Bearer"}
         )
 
 

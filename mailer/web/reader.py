@@ -10,7 +10,6 @@ reads what.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Annotated, Any
 
@@ -20,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
-from mailer import subscriptions, tasks, throttle
+from mailer import jsondata, subscriptions, tasks, throttle
 from mailer.addresses import address_hash
 from mailer.config import Settings
 from mailer.models import Newsletter, Status, Subscription, utcnow
@@ -80,8 +79,8 @@ async def _read_subscribe_body(request: Request) -> dict[str, Any]:
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = jsondata.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, jsondata.UnreadableJSON) as exc:
             raise SubscriptionError("The request body is not valid JSON.") from exc
         if not isinstance(data, dict):
             raise SubscriptionError("The request body must be a JSON object.")

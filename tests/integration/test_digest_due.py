@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -130,3 +131,48 @@ def test_operators_own_templates_are_used(session, settings, monkeypatch, tmp_pa
     result = CliRunner().invoke(main, ["digest", "preview", "news", "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert "<title>Custom: 1 new</title>" in (tmp_path / "p").read_text()
+
+
+def ticks(start: datetime, hours: int, every: timedelta = timedelta(minutes=1)):
+    moment = start
+    while moment < start + timedelta(hours=hours):
+        yield moment
+        moment += every
+
+
+@pytest.mark.parametrize(
+    ("start", "fires"),
+    [
+        pytest.param(
+            # Berlin, 25 October 2026: 03:00 CEST becomes 02:00 CET, so 02:30 happens twice.
+            # It fires at the first showing (CEST), and at 02:30 CET the next day.
+            datetime(2026, 10, 24, 20, 0, tzinfo=UTC),
+            [datetime(2026, 10, 25, 0, 30, tzinfo=UTC), datetime(2026, 10, 26, 1, 30, tzinfo=UTC)],
+            id="autumn-the-hour-shown-twice-fires-once",
+        ),
+        pytest.param(
+            # Berlin, 29 March 2026: 02:00 CET becomes 03:00 CEST; there is no 02:30 that day.
+            # It fires once, at 03:00 CEST where the gap ends, and at 02:30 CEST the next day.
+            datetime(2026, 3, 28, 20, 0, tzinfo=UTC),
+            [datetime(2026, 3, 29, 1, 0, tzinfo=UTC), datetime(2026, 3, 30, 0, 30, tzinfo=UTC)],
+            id="spring-the-skipped-time-fires-once-at-the-end-of-the-gap",
+        ),
+    ],
+)
+def test_a_daily_cron_fires_once_a_local_day_across_the_dst_changes(
+    session, settings, start, fires
+):
+    nl = newsletter(session, "berlin", weekly_reader=False)
+    session.add(
+        Schedule(
+            newsletter_id=nl.id,
+            frequency=Frequency.DAILY,
+            cron="30 2 * * *",
+            timezone="Europe/Berlin",
+        )
+    )
+    session.flush()
+    for now in ticks(start, hours=30):
+        digests.create_due(session, now)
+    session.commit()
+    assert sorted(end for _, _, end in made(session)) == fires

@@ -15,7 +15,8 @@ from mailer.models import Article, Feed, Topic
 from mailer.subscriptions import create_newsletter
 from tests.fixtures.feedserver import FIXTURES, FeedServer, fixture
 
-pytestmark = pytest.mark.timeout(60)
+# The test servers are on 127.0.0.1: these fetches are allowed to go there.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("allow_private_fetch")]
 
 
 @pytest.fixture
