@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
-from mailer.cli.output import Column, json_option, print_json, show, when
+from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
 from mailer.links import Links
 from mailer.messages import Placeholder
@@ -151,18 +151,14 @@ def _wait(database: str, digest_id: int, total: int, timeout: float) -> None:
         )
 
 
-def _tally(counts: dict[str, int]) -> str:
-    """Only the counts there are, in the pipeline's order: "3 sent · 1 deferred"."""
-    return " · ".join(f"{counts[s]} {s}" for s in STATUS_COLUMNS if counts.get(s)) or "no mail"
-
-
+STATUS_COLUMNS = [s.value for s in DeliveryStatus]
 EDITION_COLUMNS = (
     Column("id", lambda e: str(e.id)),
     Column("newsletter", lambda e: e.newsletter),
     Column("freq", lambda e: e.frequency.value),
     Column("window end (UTC)", lambda e: when(e.window_end)),
     Column("status", lambda e: e.status),
-    Column("mail", lambda e: _tally(e.counts)),
+    Column("mail", lambda e: tally(e.counts, STATUS_COLUMNS, "no mail")),
 )
 
 
@@ -204,10 +200,7 @@ def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: b
         ),
     )
     for state, reply in problems:
-        console.print(f"  {state.value}: {reply}", highlight=False)
-
-
-STATUS_COLUMNS = [s.value for s in DeliveryStatus]
+        console.print(f"  {state.value}: {reply or '(no reply recorded)'}", highlight=False)
 
 
 @digest.command()

@@ -6,7 +6,7 @@ import click
 
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session
-from mailer.cli.output import Column, json_option, print_json, show, when
+from mailer.cli.output import Column, json_option, print_json, show
 from mailer.models import Frequency
 
 
@@ -42,8 +42,7 @@ SCHEDULE_COLUMNS = (
     Column("frequency", lambda s: s.frequency.value),
     Column("cron", lambda s: s.cron),
     Column("time zone", lambda s: s.timezone),
-    Column("next (local)", lambda s: f"{s.next_run_local:%Y-%m-%d %H:%M %Z}"),
-    Column("next (UTC)", lambda s: when(s.next_run_utc)),
+    Column("next", lambda s: f"{s.next_run_local:%Y-%m-%d %H:%M %Z}\n{s.next_run_utc:%H:%M} UTC"),
     Column("", lambda s: "paused" if s.paused else ""),
 )
 

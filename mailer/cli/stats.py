@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
 from mailer import operators as ops
 from mailer.cli.base import domain_session
-from mailer.cli.output import Column, json_option, print_json, show, when
+from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.models import Status
 
 EDITION_COLUMNS = ("sent", "deferred", "failed", "skipped")
-
-
-def _readers(status: str) -> Callable[[ops.NewsletterStats], str]:
-    return lambda row: str(row.by_status[status])
-
-
-def _mail(state: str) -> Callable[[tuple[str, ops.EditionStats]], str]:
-    return lambda row: str(row[1].counts.get(state, 0))
 
 
 @click.command()
@@ -37,7 +27,7 @@ def stats(newsletter: str | None, editions: int, as_json: bool) -> None:
         rows,
         (
             Column("newsletter", lambda r: r.newsletter + (" (paused)" if r.paused else "")),
-            *(Column(s.value, _readers(s.value)) for s in Status),
+            Column("readers", lambda r: tally(r.by_status, [s.value for s in Status], "none")),
             Column("new 7d", lambda r: str(r.new_active_7d)),
             Column("new 30d", lambda r: str(r.new_active_30d)),
         ),
@@ -52,7 +42,7 @@ def stats(newsletter: str | None, editions: int, as_json: bool) -> None:
             Column("edition", lambda r: f"{r[1].id} ({r[1].frequency.value})"),
             Column("window end", lambda r: when(r[1].window_end)),
             Column("status", lambda r: r[1].status),
-            *(Column(c, _mail(c)) for c in EDITION_COLUMNS),
+            Column("mail", lambda r: tally(r[1].counts, EDITION_COLUMNS, "none")),
             Column(
                 "bounces",
                 lambda r: "" if r[1].bounce_rate is None else f"{r[1].bounce_rate:.1%}",

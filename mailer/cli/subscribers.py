@@ -38,7 +38,7 @@ SUBSCRIPTION_COLUMNS = (
     Column("email", lambda r: r[0].email),
     Column("newsletter", lambda r: r[1].newsletter if r[1] else ""),
     Column("status", lambda r: r[1].status.value if r[1] else ""),
-    Column("frequency", lambda r: r[1].frequency.value if r[1] else ""),
+    Column("freq", lambda r: r[1].frequency.value if r[1] else ""),
     Column("topics", lambda r: (", ".join(r[1].topics) or "all") if r[1] else ""),
     Column("since", lambda r: r[1].status_changed_at.strftime("%Y-%m-%d") if r[1] else ""),
 )

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from mailer.models import Status, Subscription
 from mailer.sink import Outbox, OutboxItem, free_port
+from tests.helpers.processes import alive, cmdline, descendants, mailer_argv
 
 START_TIMEOUT = 90.0
 MAIL_TIMEOUT = 60.0
@@ -47,39 +47,6 @@ def eventually(what: str, probe: Callable[[], T | None], timeout: float, up: Emb
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {timeout:.0f}s\n{up.log()}")
         time.sleep(0.2)
-
-
-def mailer_argv(*args: str) -> list[str]:
-    """The installed console script when there is one, else the same entry point via -c."""
-    script = Path(sys.executable).with_name("mailer")
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-c", "from mailer.cli import main; main()", *args]
-
-
-def descendants(pid: int) -> set[int]:
-    """Processes whose parent chain leads to pid (read from /proc, no extra dependency)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 @dataclass
@@ -236,13 +203,6 @@ def test_a_reader_subscribes_confirms_and_unsubscribes_on_the_embedded_default(
     assert code == 0, up.log()
     assert not [pid for pid in family if alive(pid)], up.log()
     assert "stopped" in up.log()
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
 
 
 def test_mailer_up_stops_the_rest_and_fails_when_a_child_dies(embedded: Embedded) -> None:
