@@ -10,9 +10,9 @@ do, never a traceback: a child that dies before it is ready is summed up from
 its own last words (its output is held back until all three are ready).
 
 Each child gets its own process group so that Ctrl-C in a terminal reaches
-only the supervisor, which then stops the children in an order it controls
-(web first, so no new work arrives; beat; worker last, so it can finish the
-task in hand) and escalates to SIGKILL after a timeout. Each is started
+only the supervisor, which then stops the children itself (SIGTERM to all:
+web takes no new request, the worker finishes the task in hand) and
+escalates to SIGKILL after a timeout. Each is started
 through `mailer.lifeline`, so it also dies when the supervisor is SIGKILLed,
 and beat holds the data directory's lock: one beat per data directory.
 """
@@ -162,6 +162,7 @@ def _port_free(host: str, port: int) -> bool:
 @contextlib.contextmanager
 def _one_line(doing: str, hint: str = "") -> Iterator[None]:
     """Whatever goes wrong while `doing` becomes one line with what to do, not a traceback."""
+    from kombu.exceptions import KombuError
     from sqlalchemy.exc import SQLAlchemyError
 
     from mailer import migrate
@@ -170,7 +171,7 @@ def _one_line(doing: str, hint: str = "") -> Iterator[None]:
         yield
     except migrate.NotMigrated as exc:
         raise click.ClickException(str(exc)) from exc
-    except (SQLAlchemyError, OSError, ConnectionError) as exc:
+    except (SQLAlchemyError, KombuError, OSError, ConnectionError) as exc:
         raise click.ClickException(f"{doing}: {first_line(exc)}{hint}") from exc
 
 
@@ -178,7 +179,7 @@ def first_line(exc: BaseException) -> str:
     """The gist of an error: its first line, without SQLAlchemy's `(Class)` prefix."""
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
-    return re.sub(r"^\([\w.]+\)\s*", "", line)
+    return re.sub(r"^\([\w.]+\)\s*", "", line).rstrip(".")
 
 
 # A Python exception at the end of a child's output: `pkg.mod.SomeError: what happened`.
@@ -278,9 +279,13 @@ class Child:
 
     def stop(self, timeout: float) -> int | None:
         """SIGTERM the group, wait, then SIGKILL it; the return code, or None if never started."""
+        self.signal(signal.SIGTERM)
+        return self.finish(timeout)
+
+    def finish(self, timeout: float) -> int | None:
+        """Wait for the child to exit after SIGTERM, then SIGKILL what is left of its group."""
         if self.proc is None:
             return None
-        self.signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -340,13 +345,18 @@ class Supervisor:
         return False
 
     def stop_all(self, timeout: float = STOP_TIMEOUT) -> bool:
-        """Stop in list order; True if every child stopped on SIGTERM with status 0."""
+        """SIGTERM all in list order, then wait for each; True if every child stopped on
+        SIGTERM with status 0. Together, not one after another: web takes no new request
+        at once, and the worker still finishes the task in hand (what web accepted in the
+        meantime waits in the broker)."""
+        already = {child.name: child.poll() for child in self.children}
+        for child in self.children:
+            child.signal(signal.SIGTERM)
         clean = True
         for child in self.children:
-            already = child.poll()
-            code = child.stop(timeout)
+            code = child.finish(timeout)
             # Celery exits 0 on warm shutdown; uvicorn re-raises the SIGTERM it handled.
-            if already is None and (code not in CLEAN_EXITS or child.killed):
+            if already[child.name] is None and (code not in CLEAN_EXITS or child.killed):
                 how = "killed after timeout" if child.killed else f"exit status {code}"
                 console.print(f"[yellow]{child.name} did not stop cleanly ({how})[/yellow]")
                 clean = False
@@ -520,8 +530,8 @@ def up(host: str, port: int, concurrency: int) -> None:
         raise click.ClickException(str(exc)) from exc
     if not _port_free(host, port):
         raise click.ClickException(f"{host}:{port} is in use; pass --port")
-    _prepare_database(settings)
     _prepare_broker(settings)
+    _prepare_database(settings)
     _check_relay(settings)
 
     sink = _start_sink(settings)
