@@ -56,7 +56,8 @@ def _walk(node: Any, variables: Mapping[str, str]) -> Any:
 
 def load(path: Path, variables: Mapping[str, str]) -> dict[str, Any]:
     """The compose file with anchors merged and every variable filled in."""
-    return _walk(yaml.safe_load(path.read_text()), variables)  # type: ignore[no-any-return]
+    loaded: dict[str, Any] = _walk(yaml.safe_load(path.read_text()), variables)
+    return loaded
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def point_url(value: str, hosts: Mapping[str, StandIn]) -> str:
     """A URL whose host is a compose service, pointed at that service's stand-in;
     the scheme, user and password stay as the compose file gives them."""
     parts = urlsplit(value)
-    if not parts.scheme or parts.hostname not in hosts:
+    if not parts.scheme or parts.hostname is None or parts.hostname not in hosts:
         return value
     to = hosts[parts.hostname]
     creds = parts.netloc.rpartition("@")[0]

@@ -200,7 +200,9 @@ def journey(given: dict[str, str], catcher: SMTPServer, logs) -> None:
         def found() -> str | None:
             for item in catcher.to(READER):
                 if subject_has.lower() in str(item.message["Subject"]).lower():
-                    return str(item.message.get_body(("plain",)).get_content())
+                    body = item.message.get_body(("plain",))
+                    assert body is not None
+                    return str(body.get_content())
             return None
 
         try:

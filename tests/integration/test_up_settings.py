@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +140,7 @@ def _read(path: Path) -> str:
 
 
 @pytest.fixture
-def relay() -> SMTPServer:
+def relay() -> Iterator[SMTPServer]:
     server = start_smtp_server()
     yield server
     server.stop()
@@ -268,7 +268,8 @@ def test_a_child_that_dies_at_start_is_summed_up_from_its_last_words(tmp_path):
     supervisor.start()
     try:
         assert web.proc is not None and web.proc.wait(timeout=60) != 0
-        web.pump.join(timeout=10)  # type: ignore[union-attr]
+        assert web.pump is not None
+        web.pump.join(timeout=10)
     finally:
         supervisor.stop_all(timeout=5)
     assert (tmp_path / "out.log").read_text() == ""  # held back, not printed
