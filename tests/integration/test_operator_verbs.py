@@ -12,6 +12,7 @@ from mailer import digests, feeds, operators
 from mailer import subscriptions as subs
 from mailer.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
+from mailer.web import admin
 from mailer.web.app import create_app
 from tests.helpers.cli import run
 
@@ -312,3 +313,33 @@ def test_the_new_verbs_are_in_the_openapi_schema(api):
     schemas = api.get("/openapi.json").json()["components"]["schemas"]
     assert {"archived_at", "active_readers"} <= set(schemas["NewsletterOut"]["properties"])
     assert set(schemas["FeedOut"]["properties"]) == set(operators.FeedOut.model_fields)
+
+
+def test_the_admin_page_edits_archives_and_unarchives_a_newsletter(
+    api, settings, session, newsletter
+):
+    login = api.post("/admin/login", data={"token": "test-api-token"}, follow_redirects=False)
+    assert login.status_code == 303
+    csrf = admin.csrf_token(settings, login.cookies[admin.COOKIE])
+    page = api.get("/admin").text
+    assert 'action="/admin/newsletters/weekly/edit"' in page and ">Archive<" in page
+
+    form = {"csrf": csrf, "name": "The Weekly", "sender": "Desk <desk@example.org>"}
+    saved = api.post("/admin/newsletters/weekly/edit", data=form | {"frequency": "daily"})
+    assert saved.status_code == 200 and "weekly is saved." in saved.text
+    assert newsletter_row(session)[:3] == ("The Weekly", "Desk <desk@example.org>", Frequency.DAILY)
+
+    before = newsletter_row(session)
+    bad = api.post(
+        "/admin/newsletters/weekly/edit", data=form | {"sender": "nobody", "frequency": "daily"}
+    )
+    assert bad.status_code == 422 and "sender" in bad.text.lower()
+    forged = api.post("/admin/newsletters/weekly/archive", data={"csrf": "0" * 64})
+    assert forged.status_code == 403
+    assert newsletter_row(session) == before
+
+    archived = api.post("/admin/newsletters/weekly/archive", data={"csrf": csrf})
+    assert "weekly is archived" in archived.text and ">Unarchive<" in archived.text
+    assert newsletter_row(session)[5] is not None
+    api.post("/admin/newsletters/weekly/unarchive", data={"csrf": csrf})
+    assert newsletter_row(session)[5] is None
