@@ -8,24 +8,16 @@ import os
 import subprocess
 
 import pytest
-from fastapi.testclient import TestClient
 
 from mailer import feeds, operators
 from mailer import subscriptions as subs
 from mailer.models import Delivery, DeliveryStatus, Frequency
-from mailer.web.app import create_app
+from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run, run_json
 from tests.helpers.processes import mailer_argv
 
-TOKEN = {"Authorization": "Bearer test-api-token"}
 LONG_URL = "https://a-rather-long-host-name.news.example.org/sections/science/feeds/all.atom.xml"
 TITLE = "Science [/] desk"  # rich markup in outside text must print as itself
-
-
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ PostgreSQL; each refusal is checked to change nothing."""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from mailer import digests, feeds, operators
@@ -13,17 +12,10 @@ from mailer import subscriptions as subs
 from mailer.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.web import admin
-from mailer.web.app import create_app
+from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run
 
-TOKEN = {"Authorization": "Bearer test-api-token"}
 FEED = "https://news.example.org/feed.xml"
-
-
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.fixture
