@@ -173,3 +173,11 @@ def test_a_second_up_or_beat_on_the_same_data_directory_is_refused_in_one_line(
         assert str(up.data_dir) in said[0]
     assert up.proc.poll() is None and answers(up.base_url)  # the first runs on, untouched
     assert up.stop() == 0, up.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Celery warns only when run as root")
+def test_running_as_root_is_one_line_not_celerys_warning_wall(embedded: Up) -> None:
+    log = embedded.log_path.read_text(errors="replace")
+    assert "SecurityWarning" not in log and "superuser privileges" not in log, log
+    assert log.count("running as root") == 1, log
+    assert embedded.stop() == 0

@@ -36,7 +36,8 @@ MAIL_TIMEOUT = 90.0
 
 FACTORS = {
     "database_url": ["unset", "sqlite-absolute-new-dir", "sqlite-relative", "postgresql"],
-    "data_dir": ["unset", "relative-new", "absolute-new", "absolute-existing"],
+    # unset is relative and new: `var` in the working directory, like any relative path
+    "data_dir": ["unset", "absolute-new", "absolute-existing"],
     "broker_url": ["unset", "sqlite-relative-new-dir", "redis"],
     "smtp_url": ["unset", "relay"],
     "secret_key": ["unset", "set"],
@@ -53,12 +54,25 @@ class Run:
         return f"run {self.number}: " + ", ".join(f"{k}={v}" for k, v in self.choice.items())
 
 
+# The combination issue 18 reported: a SQLite URL in a directory of its own, the secrets
+# set (so nothing generates them into the data dir), no data dir, the embedded broker.
+# Before the fix: `sqlite3.OperationalError: unable to open database file` (broker.db).
+REPORTED = {
+    "database_url": "sqlite-absolute-new-dir",
+    "data_dir": "unset",
+    "broker_url": "unset",
+    "smtp_url": "relay",
+    "secret_key": "set",
+    "api_token": "set",
+}
+
+
 def runs() -> list[Run]:
     names = list(FACTORS)
-    return [
-        Run(i, dict(zip(names, values, strict=True)))
-        for i, values in enumerate(AllPairs(list(FACTORS.values())))
-    ]
+    pairs = [dict(zip(names, values, strict=True)) for values in AllPairs(list(FACTORS.values()))]
+    if REPORTED not in pairs:
+        pairs.append(REPORTED)
+    return [Run(i, choice) for i, choice in enumerate(pairs)]
 
 
 @dataclass
@@ -77,15 +91,12 @@ def place(run: Run, root: Path, pg_url: str, relay: SMTPServer) -> Place:
     settings = {"queue": f"up-{RUN_ID}-{run.number}", "log_level": "INFO"}
     data_dir = {
         "unset": cwd / "var",
-        "relative-new": cwd / "state" / "data",
         "absolute-new": cwd / "abs" / "new" / "data",
         "absolute-existing": cwd / "existing",
     }[c["data_dir"]]
     if c["data_dir"] == "absolute-existing":
         data_dir.mkdir()
-    if c["data_dir"] == "relative-new":
-        settings["data_dir"] = "state/data"
-    elif c["data_dir"] != "unset":
+    if c["data_dir"] != "unset":
         settings["data_dir"] = str(data_dir)
     settings["database_url"] = {
         "unset": "",
@@ -150,7 +161,7 @@ def test_mailer_up_starts_and_works_in_every_pair_of_settings(
     tmp_path, pg_database, redis_url, relay
 ):
     plan = runs()
-    assert len(plan) < 30  # pairwise, not the full product of 768
+    assert len(plan) < 20  # pairwise, not the full product of 576
     failures: list[str] = []
 
     def attempt(run: Run) -> None:
