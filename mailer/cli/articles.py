@@ -43,7 +43,7 @@ def feed_add(newsletter: str, url: str, topics: tuple[str, ...], interval: int |
     settings = settings_or_exit()
     with domain_session() as session:
         added = ops.add_feed(session, settings, newsletter, url, topics=topics, interval=interval)
-    console.print(f"added feed {added.id} to [bold]{added.newsletter}[/bold]: " + _describe(added))
+    console.print(f"added feed {added.id} to {added.newsletter}: " + _describe(added))
 
 
 def _describe(f: ops.FeedOut) -> str:
@@ -189,7 +189,7 @@ def article_import(
             session, nl, data, settings, page_url=page_url, topics=list(topics)
         )
         console.print(
-            f"{outcome.value} article {stored.id} in [bold]{nl.slug}[/bold]: {stored.title}\n"
+            f"{outcome.value} article {stored.id} in {nl.slug}: {stored.title}\n"
             f"  {stored.url}\n  published {_when(stored.published_at)} UTC"
             + (f"; topics {', '.join(t.name for t in stored.topics)}" if stored.topics else ""),
             highlight=False,

@@ -15,7 +15,10 @@ from mailer.config import ConfigError, Settings, get_settings
 from mailer.db import get_engine, session_scope
 from mailer.migrate import NotMigrated, require_current
 
-console = Console()
+# Markup off: what the CLI prints is full of outside text (article titles, feed titles,
+# SMTP replies, bounce reasons), and rich would read `[/]` in it as a tag (a crash) or
+# `[link=...]` as a terminal hyperlink. Styles are given with `style=`, never in text.
+console = Console(markup=False)
 
 
 @click.group()

@@ -36,7 +36,7 @@ def create(slug: str, name: str, sender: str, frequency: str, site_url: str | No
             session, slug, name, sender, default_frequency=Frequency(frequency), site_url=site_url
         )
         console.print(
-            f"created newsletter [bold]{nl.slug}[/bold] ({nl.name}) from {nl.sender}",
+            f"created newsletter {nl.slug} ({nl.name}) from {nl.sender}",
             highlight=False,
         )
 

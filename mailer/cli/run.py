@@ -358,7 +358,7 @@ class Supervisor:
             # Celery exits 0 on warm shutdown; uvicorn re-raises the SIGTERM it handled.
             if already[child.name] is None and (code not in CLEAN_EXITS or child.killed):
                 how = "killed after timeout" if child.killed else f"exit status {code}"
-                console.print(f"[yellow]{child.name} did not stop cleanly ({how})[/yellow]")
+                console.print(f"{child.name} did not stop cleanly ({how})", style="yellow")
                 clean = False
         return clean
 
@@ -449,8 +449,9 @@ def _check_relay(settings: Settings) -> None:
         socket.create_connection((parts.hostname or "localhost", port), timeout=5).close()
     except OSError as exc:
         console.print(
-            f"[yellow]the SMTP relay {parts.hostname}:{port} does not answer "
-            f"({exc.strerror or exc}); mail waits and is retried until it does[/yellow]",
+            f"the SMTP relay {parts.hostname}:{port} does not answer "
+            f"({exc.strerror or exc}); mail waits and is retried until it does",
+            style="yellow",
             soft_wrap=True,
         )
 
@@ -480,9 +481,9 @@ def _banner(settings: Settings, env: dict[str, str], sink_port: int) -> None:
         if settings.api_token is not None and settings.api_token.get_secret_value()
         else str((settings.data_dir / "api.token").resolve())
     )
+    console.print()
+    console.print("mailer is up", style="bold green")
     lines = [
-        "",
-        "[bold green]mailer is up[/bold green]",
         f"  web           {base}   (reader pages: {base}/subscribe/<newsletter>)",
         f"  API docs      {base}/docs",
     ]
@@ -583,7 +584,7 @@ def up(host: str, port: int, concurrency: int) -> None:
                 problem = f"{dead.name} exited unexpectedly (status {dead.poll()})"
     finally:
         if problem:
-            console.print(f"[red]{problem}; stopping the others[/red]", soft_wrap=True)
+            console.print(f"{problem}; stopping the others", soft_wrap=True, style="red")
         else:
             console.print(f"{supervisor.reason or 'exit'}: stopping web, beat and worker")
         clean = supervisor.stop_all()

@@ -142,3 +142,24 @@ def test_bounces_poll_json_keeps_json_lines_on_stdout(settings, tmp_path, monkey
     assert result.exit_code == 0, result.output
     assert result.stdout == ""  # no report: no line, and the summary is not in the stream
     assert "0 report(s)" in result.stderr
+
+
+HOSTILE = "[link=https://evil.example]Read[/link] [bold]me[/] [/]"
+
+
+def test_outside_text_is_printed_as_written_never_read_as_markup(settings, tmp_path):
+    """rich would read `[/]` as a closing tag (a crash) and `[link=…]` as a terminal
+    hyperlink; names, titles and replies are printed as they are."""
+    made = run("newsletter", "create", "desk", "--name", f"Desk {HOSTILE}", "--from", "D <d@x.org>")
+    assert made.exit_code == 0, made.output
+    assert f"Desk {HOSTILE}" in made.output
+    page = tmp_path / "page.html"
+    page.write_text(
+        f"<html><head><title>{HOSTILE}</title></head><body><article><h1>{HOSTILE}</h1>"
+        + "<p>A paragraph long enough to be the article's text. " * 5
+        + "</p></article></body></html>"
+    )
+    imported = run("article", "import", str(page), "--url", "https://desk.example/a")
+    assert imported.exit_code == 0, imported.output
+    assert HOSTILE in imported.output
+    assert HOSTILE in run("newsletter", "list", width=200).output
