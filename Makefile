@@ -1,6 +1,7 @@
 # make run   - create .venv if needed, install, run web + worker + beat + SMTP sink
-# make test  - install, then the whole test suite (PostgreSQL and Redis tests skip
-#              unless those answer; under CI=true they fail instead)
+# make test  - install (the Python packages, and as root the system packages in
+#              .ci/system-packages.txt), then the whole test suite (PostgreSQL and
+#              Redis tests skip unless those answer; under CI=true they fail instead)
 # make lint  - ruff check, ruff format --check, mypy
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 # Re-install only when the dependencies change, not on every `make test`.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install system-packages clean
 
 install: $(STAMP)
 
@@ -27,8 +28,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: install
 	$(BIN)/mailer up --host $(HOST) --port $(PORT)
 
-test: install
+test: system-packages install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Nothing to do when they are there; else apt-get as root, starting no service,
+# or one message saying what to install.
+system-packages:
+	@scripts/system-packages
 
 lint: install
 	$(BIN)/ruff check .

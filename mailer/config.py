@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        name = value.strip().upper()
+        if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return name
+
     # -- derived values -------------------------------------------------
 
     @property
@@ -162,6 +170,10 @@ class Settings(BaseSettings):
                 raise ConfigError("production mode needs MAILER_DATABASE_URL (PostgreSQL)")
             if not self.smtp_url:
                 raise ConfigError("production mode needs MAILER_SMTP_URL")
+        if not self.email_templates.is_dir():
+            raise ConfigError(
+                f"MAILER_TEMPLATES_DIR {self.email_templates} is not a directory of templates"
+            )
         for url in (self.smtp,):
             if urlsplit(url).scheme not in ("smtp", "smtps"):
                 raise ConfigError(

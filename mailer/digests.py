@@ -159,7 +159,9 @@ def _insert(session: Session, model: Any) -> Any:
 def due_editions(session: Session, now: datetime) -> list[Due]:
     """Every (newsletter, frequency) whose schedule has fired and has no edition yet."""
     out: list[Due] = []
-    newsletters = session.scalars(select(Newsletter).where(Newsletter.paused.is_(False))).all()
+    newsletters = session.scalars(
+        select(Newsletter).where(Newsletter.paused.is_(False), Newsletter.archived_at.is_(None))
+    ).all()
     for nl in newsletters:
         rows = session.scalars(select(Schedule).where(Schedule.newsletter_id == nl.id)).all()
         plans: list[tuple[Frequency, str, str, int | None]] = [
@@ -228,6 +230,11 @@ def create_now(
     session: Session, newsletter: Newsletter, frequency: Frequency, now: datetime | None = None
 ) -> Digest:
     """An on-demand edition ending now, to the minute, so a double trigger makes one."""
+    if newsletter.archived_at is not None:
+        raise DigestError(
+            f"{newsletter.slug} is archived and sends nothing; "
+            f"`mailer newsletter unarchive {newsletter.slug}` first."
+        )
     now = now or utcnow()
     return create_edition(session, newsletter.id, frequency, now.replace(second=0, microsecond=0))
 

@@ -52,7 +52,16 @@ CLAIM_LEASE = 600
 
 
 class FeedError(ValueError):
-    """A feed we refuse to add or cannot read; the message says which and why."""
+    """A feed we refuse to add or cannot read; the message says which and why,
+    `field` names the input it is about when there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class FeedExists(FeedError):
+    pass
 
 
 # -- parsing -------------------------------------------------------------------------
@@ -152,9 +161,9 @@ def parse(body: bytes, url: str, content_type: str = "") -> ParsedFeed:
 def validate_url(url: str) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FeedError(f"a feed URL must be an absolute http(s) URL, got {url!r}")
+        raise FeedError(f"a feed URL must be an absolute http(s) URL, got {url!r}", "url")
     if len(url) > 2000:
-        raise FeedError("a feed URL is at most 2000 characters")
+        raise FeedError("a feed URL is at most 2000 characters", "url")
     return url.strip()
 
 
@@ -169,17 +178,66 @@ def add_feed(
 ) -> Feed:
     """A new feed, due at once; its topics exist from now on so readers can pick them."""
     url = validate_url(url)
-    every = interval if interval is not None else (settings.feed_poll_interval if settings else 900)
-    if not MIN_INTERVAL <= every <= MAX_INTERVAL:
-        raise FeedError(f"the interval is {MIN_INTERVAL}-{MAX_INTERVAL} seconds, got {every}")
+    every = check_interval(
+        interval if interval is not None else (settings.feed_poll_interval if settings else 900)
+    )
     exists = session.scalar(
         select(Feed.id).where(Feed.newsletter_id == newsletter.id, Feed.url == url)
     )
     if exists is not None:
-        raise FeedError(f"newsletter {newsletter.slug!r} already has the feed {url} (id {exists})")
+        raise FeedExists(
+            f"newsletter {newsletter.slug!r} already has the feed {url} (id {exists})", "url"
+        )
     names = [t.name for t in map_topics(session, newsletter, topics or [])]
     feed = Feed(newsletter_id=newsletter.id, url=url, topics=names, interval=every)
     session.add(feed)
+    session.flush()
+    return feed
+
+
+def check_interval(seconds: int) -> int:
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+        raise FeedError(
+            f"the interval is {MIN_INTERVAL}-{MAX_INTERVAL} seconds, got {seconds}", "interval"
+        )
+    return seconds
+
+
+def edit_feed(
+    session: Session,
+    feed: Feed,
+    *,
+    interval: int | None = None,
+    topics: list[str] | None = None,
+) -> Feed:
+    """Change how often a feed is polled and which topics its articles get from now on.
+
+    `topics` replaces the feed's list (an empty list clears it); articles
+    already stored keep the topics they have. A shorter interval takes effect
+    at once: the next poll moves up if the new interval brings it closer.
+    """
+    if interval is None and topics is None:
+        raise FeedError("nothing to change: give an interval or topics")
+    every = check_interval(interval) if interval is not None else None
+    if topics is not None:
+        newsletter = session.get_one(Newsletter, feed.newsletter_id)
+        feed.topics = [t.name for t in map_topics(session, newsletter, topics)]
+    if every is not None:
+        feed.interval = every
+        if feed.last_polled_at is not None and feed.next_poll_at is not None:
+            feed.next_poll_at = min(
+                feed.next_poll_at, feed.last_polled_at + timedelta(seconds=every)
+            )
+    session.flush()
+    return feed
+
+
+def set_paused(session: Session, feed: Feed, paused: bool) -> Feed:
+    """A paused feed keeps everything but is not polled; resumed, it is due at once."""
+    if feed.paused != paused:
+        feed.paused = paused
+        if not paused:
+            feed.next_poll_at = None
     session.flush()
     return feed
 
@@ -189,6 +247,13 @@ def backoff(interval: int, errors: int) -> int:
     return int(min(max(interval, MIN_INTERVAL) * 2 ** min(errors, 16), MAX_BACKOFF))
 
 
+def pollable() -> Any:
+    """Feeds that are polled: not paused, of a newsletter that is not archived."""
+    return Feed.paused.is_(False) & Feed.newsletter_id.in_(
+        select(Newsletter.id).where(Newsletter.archived_at.is_(None))
+    )
+
+
 def claim_due_feeds(
     session: Session, *, now: datetime | None = None, limit: int = 100
 ) -> list[int]:
@@ -196,7 +261,7 @@ def claim_due_feeds(
     now = now or utcnow()
     query = (
         select(Feed)
-        .where(or_(Feed.next_poll_at.is_(None), Feed.next_poll_at <= now))
+        .where(or_(Feed.next_poll_at.is_(None), Feed.next_poll_at <= now), pollable())
         .order_by(Feed.next_poll_at.nulls_first(), Feed.id)
         .limit(limit)
     )
@@ -331,7 +396,7 @@ def poll_due(settings: Settings, *, every_feed: bool = False) -> list[PollReport
     """Poll the feeds that are due (or all of them), one after another; for the CLI."""
     with session_scope(settings.database) as session:
         if every_feed:
-            ids = list(session.scalars(select(Feed.id).order_by(Feed.id)))
+            ids = list(session.scalars(select(Feed.id).where(pollable()).order_by(Feed.id)))
         else:
             ids = claim_due_feeds(session, limit=10_000)
     return [poll(settings, feed_id) for feed_id in ids]

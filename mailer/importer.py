@@ -889,7 +889,7 @@ def import_csv(
         raise ImportFileError("The chunk size must be at least 1.")
     if not path.is_file():
         raise ImportFileError(f"There is no file {str(path)!r}.")
-    nl = subs.get_newsletter(session, newsletter)
+    nl = subs.open_newsletter(session, newsletter)
     importer = Importer(session, nl, source=consent_source(path), confirmed=confirmed)
     return importer.run(
         path,

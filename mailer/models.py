@@ -102,6 +102,8 @@ class Newsletter(Base):
     )
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Archived: no subscriptions, no editions; every row about it is kept.
+    archived_at: Mapped[datetime | None]
 
     topics: Mapped[list[Topic]] = relationship(back_populates="newsletter", order_by="Topic.name")
 
@@ -260,6 +262,8 @@ class Feed(Base):
     next_poll_at: Mapped[datetime | None]
     error_count: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Kept but not polled until resumed.
+    paused: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class ArticleTopic(Base):

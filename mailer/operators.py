@@ -29,11 +29,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import digests
+from mailer import digests, feeds
 from mailer import subscriptions as subs
 from mailer.addresses import address_hash, address_key
 from mailer.config import Settings
@@ -43,6 +43,7 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
     Digest,
+    Feed,
     Frequency,
     Newsletter,
     Notification,
@@ -92,6 +93,53 @@ def newsletter(session: Session, slug: str) -> Newsletter:
 
 def list_newsletters(session: Session) -> Sequence[Newsletter]:
     return session.scalars(select(Newsletter).order_by(Newsletter.slug)).all()
+
+
+class NewsletterOut(BaseModel):
+    id: int
+    slug: str
+    name: str
+    sender: str
+    site_url: str | None
+    default_frequency: Frequency
+    paused: bool
+    archived_at: datetime | None
+    active_readers: int
+
+
+def _active_readers(session: Session, ids: list[int]) -> dict[int, int]:
+    return dict(
+        session.execute(
+            select(Subscription.newsletter_id, func.count())
+            .where(Subscription.newsletter_id.in_(ids), Subscription.status == Status.ACTIVE)
+            .group_by(Subscription.newsletter_id)
+        ).all()
+    )
+
+
+def _newsletter_out(nl: Newsletter, active: int) -> NewsletterOut:
+    return NewsletterOut(
+        id=nl.id,
+        slug=nl.slug,
+        name=nl.name,
+        sender=nl.sender,
+        site_url=nl.site_url,
+        default_frequency=nl.default_frequency,
+        paused=nl.paused,
+        archived_at=nl.archived_at,
+        active_readers=active,
+    )
+
+
+def newsletter_out(session: Session, nl: Newsletter) -> NewsletterOut:
+    return _newsletter_out(nl, _active_readers(session, [nl.id]).get(nl.id, 0))
+
+
+def newsletters_out(session: Session) -> list[NewsletterOut]:
+    """Every newsletter with its count of active readers, in slug order."""
+    nls = list_newsletters(session)
+    active = _active_readers(session, [nl.id for nl in nls])
+    return [_newsletter_out(nl, active.get(nl.id, 0)) for nl in nls]
 
 
 def parse_frequency(value: str, field_name: str = "frequency") -> Frequency:
@@ -167,7 +215,161 @@ def update_newsletter(
     return nl
 
 
+def archive_newsletter(session: Session, slug: str, now: datetime | None = None) -> Newsletter:
+    """No more subscriptions or editions; every row about it is kept. Safe to repeat.
+
+    Refused while an edition is still being made or sent, so "archived" never
+    hides mail that is going out: wait for it, or cancel it first.
+    """
+    nl = newsletter(session, slug)
+    if nl.archived_at is not None:
+        return nl
+    busy = session.scalar(
+        select(Digest.id)
+        .where(Digest.newsletter_id == nl.id, Digest.status.in_(("created", "sending")))
+        .order_by(Digest.id)
+        .limit(1)
+    )
+    if busy is not None:
+        raise Conflict(
+            f"Edition {busy} of {slug!r} is still being sent; wait for it to finish or cancel "
+            f"it (`mailer digest cancel {busy}`), then archive."
+        )
+    nl.archived_at = now or utcnow()
+    session.flush()
+    return nl
+
+
+def unarchive_newsletter(session: Session, slug: str) -> Newsletter:
+    """Take subscriptions and make editions again, from the next scheduled time."""
+    nl = newsletter(session, slug)
+    nl.archived_at = None
+    session.flush()
+    return nl
+
+
+# -- feeds ----------------------------------------------------------------------------
+
+
+class FeedOut(BaseModel):
+    id: int
+    newsletter: str
+    url: str
+    title: str | None
+    topics: list[str]
+    interval: int
+    paused: bool
+    last_polled_at: datetime | None
+    last_success_at: datetime | None
+    next_poll_at: datetime | None
+    error_count: int
+    last_error: str | None
+
+
+def feed_out(feed: Feed, slug: str) -> FeedOut:
+    return FeedOut(
+        id=feed.id,
+        newsletter=slug,
+        url=feed.url,
+        title=feed.title,
+        topics=list(feed.topics or []),
+        interval=feed.interval,
+        paused=feed.paused,
+        last_polled_at=feed.last_polled_at,
+        last_success_at=feed.last_success_at,
+        next_poll_at=feed.next_poll_at,
+        error_count=feed.error_count,
+        last_error=feed.last_error,
+    )
+
+
+def find_feed(session: Session, feed_id: int) -> Feed:
+    found = session.get(Feed, feed_id) if 0 < feed_id <= MAX_ID else None
+    if found is None:
+        raise NotFound(f"There is no feed {feed_id}.")
+    return found
+
+
+def _feed_out(session: Session, feed: Feed) -> FeedOut:
+    return feed_out(feed, session.get_one(Newsletter, feed.newsletter_id).slug)
+
+
+def list_feeds(session: Session, slug: str | None = None) -> list[FeedOut]:
+    """Feeds with their last poll, next poll and last error; one newsletter's or all."""
+    query = select(Feed, Newsletter.slug).join(Newsletter, Newsletter.id == Feed.newsletter_id)
+    if slug is not None:
+        query = query.where(Feed.newsletter_id == newsletter(session, slug).id)
+    rows = session.execute(query.order_by(Newsletter.slug, Feed.id)).all()
+    return [feed_out(f, nl_slug) for f, nl_slug in rows]
+
+
+@contextmanager
+def _feed_refusals() -> Iterator[None]:
+    try:
+        yield
+    except feeds.FeedExists as exc:
+        raise Conflict(str(exc)) from exc
+    except feeds.FeedError as exc:
+        raise Invalid(exc.field or "body", str(exc)) from exc
+
+
+def add_feed(
+    session: Session,
+    settings: Settings,
+    slug: str,
+    url: str,
+    *,
+    topics: Sequence[str] = (),
+    interval: int | None = None,
+) -> FeedOut:
+    """A new feed, polled from the next tick on; its topics exist at once."""
+    nl = newsletter(session, slug)
+    with _feed_refusals():
+        feed = feeds.add_feed(
+            session, nl, url, topics=list(topics), interval=interval, settings=settings
+        )
+    return feed_out(feed, nl.slug)
+
+
+def edit_feed(
+    session: Session,
+    feed_id: int,
+    *,
+    interval: int | None = None,
+    topics: Sequence[str] | None = None,
+) -> FeedOut:
+    """A new interval, or a new list of topics replacing the old (for articles from now on)."""
+    feed = find_feed(session, feed_id)
+    with _feed_refusals():
+        feeds.edit_feed(
+            session, feed, interval=interval, topics=None if topics is None else list(topics)
+        )
+    return _feed_out(session, feed)
+
+
+def set_feed_paused(session: Session, feed_id: int, paused: bool) -> FeedOut:
+    feed = find_feed(session, feed_id)
+    return _feed_out(session, feeds.set_paused(session, feed, paused))
+
+
+def remove_feed(session: Session, feed_id: int) -> FeedOut:
+    """The feed goes; the articles it brought stay, and so does what was sent of them."""
+    feed = find_feed(session, feed_id)
+    out = _feed_out(session, feed)
+    session.delete(feed)
+    session.flush()
+    return out
+
+
 # -- topics ---------------------------------------------------------------------------
+
+
+class TopicOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    slug: str
+    name: str
 
 
 def list_topics(session: Session, slug: str) -> list[Topic]:
@@ -918,6 +1120,16 @@ def list_editions(
     )
 
 
+def recent_editions(session: Session, slug: str | None = None, limit: int = 20) -> list[EditionOut]:
+    """The newest editions of every newsletter (or one), with live delivery counts."""
+    query = select(Digest, Newsletter.slug).join(Newsletter, Newsletter.id == Digest.newsletter_id)
+    if slug is not None:
+        query = query.where(Digest.newsletter_id == newsletter(session, slug).id)
+    rows = session.execute(query.order_by(Digest.id.desc()).limit(limit)).all()
+    live = _live_counts(session, [d.id for d, _ in rows])
+    return [_edition_out(d, nl_slug, live[d.id]) for d, nl_slug in rows]
+
+
 def send_now(
     session: Session, slug: str, frequency: Frequency | None = None, now: datetime | None = None
 ) -> tuple[Digest, bool]:
@@ -934,7 +1146,10 @@ def send_now(
             Digest.newsletter_id == nl.id, Digest.frequency == freq, Digest.window_end == end
         )
     )
-    digest = digests.create_now(session, nl, freq, end)
+    try:
+        digest = digests.create_now(session, nl, freq, end)
+    except digests.DigestError as exc:
+        raise Conflict(str(exc)) from exc
     session.flush()
     return digest, existed is None
 

@@ -52,6 +52,10 @@ class UnknownNewsletter(SubscriptionError):
     pass
 
 
+class NewsletterClosed(UnknownNewsletter):
+    """An archived newsletter: its rows are kept, but nobody can join it."""
+
+
 class NewsletterExists(SubscriptionError):
     pass
 
@@ -141,6 +145,18 @@ def get_newsletter(session: Session, slug: str) -> Newsletter:
     newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
     if newsletter is None:
         raise UnknownNewsletter(f"There is no newsletter called {slug!r}.")
+    return newsletter
+
+
+def closed_message(newsletter: Newsletter) -> str:
+    return f"{newsletter.name} no longer takes subscriptions."
+
+
+def open_newsletter(session: Session, slug: str) -> Newsletter:
+    """A newsletter someone may subscribe to: it exists and is not archived."""
+    newsletter = get_newsletter(session, slug)
+    if newsletter.archived_at is not None:
+        raise NewsletterClosed(closed_message(newsletter), field="newsletter")
     return newsletter
 
 
@@ -289,7 +305,7 @@ class Offer:
 
 
 def offer(session: Session, slug: str) -> Offer:
-    nl = get_newsletter(session, slug)
+    nl = open_newsletter(session, slug)
     return _offer(nl, _topics_of(session, nl))
 
 
@@ -377,7 +393,7 @@ def validate_request(
     check_deliverability: bool = False,
 ) -> ValidRequest:
     """`check_request` against the database as it is now, with the ORM objects."""
-    nl = get_newsletter(session, newsletter)
+    nl = open_newsletter(session, newsletter)
     known = _topics_of(session, nl)
     checked = check_request(
         _offer(nl, known),
@@ -544,6 +560,8 @@ def confirm(
         return ConfirmOutcome(sub, changed=False)
     if sub.status is not Status.PENDING:
         raise TokenError("This subscription has ended; please subscribe again.")
+    if sub.newsletter.archived_at is not None:
+        raise TokenError(closed_message(sub.newsletter))
     change_status(session, sub, Status.ACTIVE, source="confirm-link", ip=ip, now=now)
     sub.confirmed_at = now
     sub.consent_at, sub.consent_source, sub.consent_ip = now, "double-opt-in", ip

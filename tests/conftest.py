@@ -186,6 +186,22 @@ def session(settings: config.Settings) -> Iterator[Session]:
     s.close()
 
 
+# -- the operator API in-process ---------------------------------------------------------
+
+API_TOKEN = {"Authorization": "Bearer test-api-token"}
+
+
+@pytest.fixture
+def api(settings: config.Settings) -> Iterator[object]:
+    """The app on the test's settings, through FastAPI's TestClient."""
+    from fastapi.testclient import TestClient
+
+    from mailer.web.app import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
 # -- a real Celery worker on Redis ------------------------------------------------------
 
 

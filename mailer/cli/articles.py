@@ -9,11 +9,13 @@ from rich.table import Table
 from sqlalchemy import select
 
 from mailer import feeds, pages
+from mailer import operators as ops
 from mailer.articles import rename_topic
 from mailer.cli.base import console, domain_session, settings_or_exit
+from mailer.cli.output import Column, json_option, print_json, show, when
 from mailer.db import get_engine
 from mailer.migrate import NotMigrated, require_current
-from mailer.models import Article, Feed, Newsletter, Topic
+from mailer.models import Article, Newsletter
 from mailer.subscriptions import get_newsletter
 
 
@@ -40,38 +42,92 @@ def feed_add(newsletter: str, url: str, topics: tuple[str, ...], interval: int |
     """Add a feed to NEWSLETTER; the worker polls it from the next tick on."""
     settings = settings_or_exit()
     with domain_session() as session:
-        nl = get_newsletter(session, newsletter)
-        added = feeds.add_feed(
-            session, nl, url, topics=list(topics), interval=interval, settings=settings
-        )
-        console.print(
-            f"added feed {added.id} to [bold]{nl.slug}[/bold]: {added.url} "
-            f"(every {added.interval} s"
-            + (f"; topics {', '.join(added.topics)})" if added.topics else ")")
-        )
+        added = ops.add_feed(session, settings, newsletter, url, topics=topics, interval=interval)
+    console.print(f"added feed {added.id} to {added.newsletter}: " + _describe(added))
+
+
+def _describe(f: ops.FeedOut) -> str:
+    topics = f"; topics {', '.join(f.topics)}" if f.topics else ""
+    return f"{f.url} (every {f.interval} s{topics})" + (" [paused]" if f.paused else "")
+
+
+FEED_COLUMNS = (
+    Column("id", lambda f: str(f.id)),
+    Column("newsletter", lambda f: f.newsletter),
+    Column("url", lambda f: f.url),
+    Column("title", lambda f: f.title or ""),
+    Column("every", lambda f: f"{f.interval}s"),
+    Column("topics", lambda f: ", ".join(f.topics)),
+    Column("last ok", lambda f: when(f.last_success_at)),
+    Column("next", lambda f: "paused" if f.paused else when(f.next_poll_at, "now")),
+    Column("errors", lambda f: f"{f.error_count}: {f.last_error}" if f.error_count else ""),
+)
 
 
 @feed.command("list")
 @click.argument("newsletter", required=False)
-def feed_list(newsletter: str | None) -> None:
+@json_option
+def feed_list(newsletter: str | None, as_json: bool) -> None:
     """List feeds with their last poll, next poll and last error."""
     with domain_session() as session:
-        query = select(Feed, Newsletter.slug).join(Newsletter).order_by(Newsletter.slug, Feed.id)
-        if newsletter:
-            query = query.where(Feed.newsletter_id == get_newsletter(session, newsletter).id)
-        table = Table("id", "newsletter", "url", "title", "every", "last ok", "next", "errors")
-        for f, slug in session.execute(query).all():
-            table.add_row(
-                str(f.id),
-                slug,
-                f.url,
-                f.title or "",
-                f"{f.interval}s",
-                _when(f.last_success_at),
-                _when(f.next_poll_at) or "now",
-                f"{f.error_count}: {f.last_error}" if f.error_count else "",
-            )
-        console.print(table)
+        rows = ops.list_feeds(session, newsletter)
+    if as_json:
+        print_json(rows)
+        return
+    show(rows, FEED_COLUMNS, empty="no feed yet: mailer feed add NEWSLETTER URL")
+
+
+@feed.command("edit")
+@click.argument("feed_id", type=int)
+@click.option("--interval", type=int, default=None, help="Seconds between polls.")
+@click.option("--topic", "topics", multiple=True, help="Replaces the feed's topics; repeatable.")
+@click.option("--clear-topics", is_flag=True, help="The feed's articles get no topic of its own.")
+def feed_edit(
+    feed_id: int, interval: int | None, topics: tuple[str, ...], clear_topics: bool
+) -> None:
+    """Change a feed's interval or topics (for articles from its next poll on)."""
+    if topics and clear_topics:
+        raise click.UsageError("--topic and --clear-topics contradict each other")
+    if interval is None and not topics and not clear_topics:
+        raise click.UsageError("nothing to change: give --interval, --topic or --clear-topics")
+    with domain_session() as session:
+        out = ops.edit_feed(
+            session,
+            feed_id,
+            interval=interval,
+            topics=list(topics) if topics else ([] if clear_topics else None),
+        )
+    console.print(f"feed {out.id}: " + _describe(out), highlight=False)
+
+
+@feed.command("pause")
+@click.argument("feed_id", type=int)
+def feed_pause(feed_id: int) -> None:
+    """Stop polling a feed; it keeps its URL, topics and articles."""
+    with domain_session() as session:
+        out = ops.set_feed_paused(session, feed_id, True)
+    console.print(f"feed {out.id} paused: {out.url}", highlight=False)
+
+
+@feed.command("resume")
+@click.argument("feed_id", type=int)
+def feed_resume(feed_id: int) -> None:
+    """Poll a paused feed again, from the next tick."""
+    with domain_session() as session:
+        out = ops.set_feed_paused(session, feed_id, False)
+    console.print(f"feed {out.id} resumed: {out.url}", highlight=False)
+
+
+@feed.command("remove")
+@click.argument("feed_id", type=int)
+def feed_remove(feed_id: int) -> None:
+    """Delete a feed; the articles it brought stay."""
+    with domain_session() as session:
+        out = ops.remove_feed(session, feed_id)
+    console.print(
+        f"removed feed {out.id} from {out.newsletter}: {out.url} (its articles stay)",
+        highlight=False,
+    )
 
 
 @feed.command("poll")
@@ -133,7 +189,7 @@ def article_import(
             session, nl, data, settings, page_url=page_url, topics=list(topics)
         )
         console.print(
-            f"{outcome.value} article {stored.id} in [bold]{nl.slug}[/bold]: {stored.title}\n"
+            f"{outcome.value} article {stored.id} in {nl.slug}: {stored.title}\n"
             f"  {stored.url}\n  published {_when(stored.published_at)} UTC"
             + (f"; topics {', '.join(t.name for t in stored.topics)}" if stored.topics else ""),
             highlight=False,
@@ -175,16 +231,19 @@ def topic() -> None:
 
 @topic.command("list")
 @click.argument("newsletter")
-def topic_list(newsletter: str) -> None:
+@json_option
+def topic_list(newsletter: str, as_json: bool) -> None:
     """Topics of NEWSLETTER: slug (stable, used in links) and name (shown to readers)."""
     with domain_session() as session:
-        nl = get_newsletter(session, newsletter)
-        table = Table("slug", "name")
-        for t in session.scalars(
-            select(Topic).where(Topic.newsletter_id == nl.id).order_by(Topic.name)
-        ):
-            table.add_row(t.slug, t.name)
-        console.print(table)
+        rows = [ops.TopicOut.model_validate(t) for t in ops.list_topics(session, newsletter)]
+    if as_json:
+        print_json(rows)
+        return
+    show(
+        rows,
+        (Column("slug", lambda t: t.slug), Column("name", lambda t: t.name)),
+        empty=f"{newsletter} has no topics yet (feeds and articles bring them)",
+    )
 
 
 @topic.command("rename")

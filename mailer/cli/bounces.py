@@ -23,7 +23,12 @@ def bounces_group() -> None:
 
 
 @bounces_group.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per report.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="JSON Lines: one object per report on stdout as it is read; the summary on stderr.",
+)
 def poll(as_json: bool) -> None:
     """Read the bounce mailbox (MAILER_BOUNCE_MAILDIR, MAILER_BOUNCE_IMAP_URL) once."""
     settings = settings_or_exit()
@@ -43,10 +48,11 @@ def poll(as_json: bool) -> None:
         else:
             mark = "applied" if outcome.applied else "ignored"
             console.print(f"{mark:8} {outcome.result}: {outcome.reason}", highlight=False)
-    console.print(
-        f"{result.seen} report(s): {result.applied} applied, {result.ignored} ignored",
-        highlight=False,
-    )
+    summary = f"{result.seen} report(s): {result.applied} applied, {result.ignored} ignored"
+    if as_json:
+        click.echo(summary, err=True)
+    else:
+        console.print(summary, highlight=False)
 
 
 @bounces_group.command()

@@ -6,6 +6,7 @@ import click
 
 from mailer import migrate
 from mailer.cli.base import console, settings_or_exit
+from mailer.cli.output import json_option, print_json
 from mailer.db import get_engine
 
 
@@ -23,8 +24,13 @@ def upgrade() -> None:
 
 
 @db.command()
-def current() -> None:
+@json_option
+def current(as_json: bool) -> None:
     """Show the database's migration and the code's."""
     settings = settings_or_exit()
     have = migrate.current_revision(get_engine(settings.database))
-    console.print(f"database: {have or 'none'}; code: {migrate.head_revision(settings.database)}")
+    head = migrate.head_revision(settings.database)
+    if as_json:
+        print_json({"database": have, "code": head, "current": have == head})
+        return
+    console.print(f"database: {have or 'none'}; code: {head}", highlight=False)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from sqlalchemy import select
 
 from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
+from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
 from mailer.links import Links
 from mailer.messages import Placeholder
-from mailer.models import Delivery, DeliveryStatus, Digest, Frequency, Newsletter
+from mailer.models import Delivery, DeliveryStatus, Frequency
 from mailer.rendering import EmailRenderer
 from mailer.subscriptions import get_newsletter
 
@@ -151,49 +151,56 @@ def _wait(database: str, digest_id: int, total: int, timeout: float) -> None:
         )
 
 
+STATUS_COLUMNS = [s.value for s in DeliveryStatus]
+EDITION_COLUMNS = (
+    Column("id", lambda e: str(e.id)),
+    Column("newsletter", lambda e: e.newsletter),
+    Column("freq", lambda e: e.frequency.value),
+    Column("window end (UTC)", lambda e: when(e.window_end)),
+    Column("status", lambda e: e.status),
+    Column("mail", lambda e: tally(e.counts, STATUS_COLUMNS, "no mail")),
+)
+
+
 @digest.command()
 @click.argument("digest_id", required=False, type=int)
-def status(digest_id: int | None) -> None:
+@click.option("--newsletter", default=None, help="Only this newsletter's editions.")
+@click.option("--limit", default=20, show_default=True, help="How many recent editions.")
+@json_option
+def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: bool) -> None:
     """Delivery counts of recent editions, or of one."""
     with domain_session() as session:
-        query = (
-            select(Digest, Newsletter.slug)
-            .join(Newsletter, Newsletter.id == Digest.newsletter_id)
-            .order_by(Digest.id.desc())
-        )
-        if digest_id is not None:
-            query = query.where(Digest.id == digest_id)
-        rows = session.execute(query.limit(20)).all()
-        if digest_id is not None and not rows:
-            raise click.ClickException(f"There is no edition {digest_id}.")
-        table = Table("id", "newsletter", "freq", "window (UTC)", "status", *STATUS_COLUMNS)
-        for edition, slug in rows:
-            tally = digests.counts(session, edition.id)
-            table.add_row(
-                str(edition.id),
-                slug,
-                edition.frequency.value,
-                f"{edition.window_start:%Y-%m-%d %H:%M} → {edition.window_end:%Y-%m-%d %H:%M}",
-                edition.status,
-                *(str(tally.get(c, 0)) for c in STATUS_COLUMNS),
+        if digest_id is None:
+            rows = operators.recent_editions(session, newsletter, limit)
+            if as_json:
+                print_json(rows)
+            else:
+                show(rows, EDITION_COLUMNS, empty="no edition yet: mailer digest send NEWSLETTER")
+            return
+        edition = operators.edition_out(session, digest_id)
+        if as_json:
+            print_json(edition)
+            return
+        problems = session.execute(
+            select(Delivery.status, Delivery.smtp_reply)
+            .where(
+                Delivery.digest_id == digest_id,
+                Delivery.status.in_(
+                    (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN)
+                ),
             )
-        console.print(table)
-        if digest_id is not None:
-            problems = session.execute(
-                select(Delivery.status, Delivery.smtp_reply)
-                .where(
-                    Delivery.digest_id == digest_id,
-                    Delivery.status.in_(
-                        (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN)
-                    ),
-                )
-                .limit(10)
-            ).all()
-            for state, reply in problems:
-                console.print(f"  {state.value}: {reply}")
-
-
-STATUS_COLUMNS = [s.value for s in DeliveryStatus]
+            .limit(10)
+        ).all()
+    show(
+        [edition],
+        (
+            *EDITION_COLUMNS[:3],
+            Column("window (UTC)", lambda e: f"{when(e.window_start)} → {when(e.window_end)}"),
+            *EDITION_COLUMNS[4:],
+        ),
+    )
+    for state, reply in problems:
+        console.print(f"  {state.value}: {reply or '(no reply recorded)'}", highlight=False)
 
 
 @digest.command()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session
+from mailer.cli.output import Column, json_option, print_json, show
 from mailer.models import Frequency
 
 
@@ -37,24 +37,31 @@ def set_(newsletter: str, frequency: str, cron: str, timezone: str) -> None:
     )
 
 
+SCHEDULE_COLUMNS = (
+    Column("newsletter", lambda s: s.newsletter),
+    Column("frequency", lambda s: s.frequency.value),
+    Column("cron", lambda s: s.cron),
+    Column("time zone", lambda s: s.timezone),
+    Column("next", lambda s: f"{s.next_run_local:%Y-%m-%d %H:%M %Z}\n{s.next_run_utc:%H:%M} UTC"),
+    Column("", lambda s: "paused" if s.paused else ""),
+)
+
+
 @schedule.command("list")
 @click.argument("newsletter", required=False)
-def list_(newsletter: str | None) -> None:
+@json_option
+def list_(newsletter: str | None, as_json: bool) -> None:
     """Every schedule, with its next run in local time and UTC."""
     with domain_session() as session:
         rows = ops.list_schedules(session, newsletter)
-    table = Table("newsletter", "frequency", "cron", "time zone", "next (local)", "next (UTC)", "")
-    for s in rows:
-        table.add_row(
-            s.newsletter,
-            s.frequency.value,
-            s.cron,
-            s.timezone,
-            f"{s.next_run_local:%Y-%m-%d %H:%M %Z}",
-            f"{s.next_run_utc:%Y-%m-%d %H:%M}",
-            "paused" if s.paused else "",
-        )
-    console.print(table)
+    if as_json:
+        print_json(rows)
+        return
+    show(
+        rows,
+        SCHEDULE_COLUMNS,
+        empty="no schedule: editions go out at the default times (mailer schedule set)",
+    )
 
 
 @schedule.command("pause")

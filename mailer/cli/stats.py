@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from mailer import operators as ops
-from mailer.cli.base import console, domain_session
+from mailer.cli.base import domain_session
+from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.models import Status
 
 EDITION_COLUMNS = ("sent", "deferred", "failed", "skipped")
@@ -15,30 +15,38 @@ EDITION_COLUMNS = ("sent", "deferred", "failed", "skipped")
 @click.command()
 @click.argument("newsletter", required=False)
 @click.option("--editions", default=5, show_default=True, help="How many recent editions.")
-def stats(newsletter: str | None, editions: int) -> None:
+@json_option
+def stats(newsletter: str | None, editions: int, as_json: bool) -> None:
     """Readers by status per newsletter, new readers in 7/30 days, last editions."""
     with domain_session() as session:
         rows = ops.stats(session, newsletter, editions=editions)
-    readers = Table("newsletter", *[s.value for s in Status], "new 7d", "new 30d", title="readers")
-    for row in rows:
-        readers.add_row(
-            row.newsletter + (" (paused)" if row.paused else ""),
-            *[str(row.by_status[s.value]) for s in Status],
-            str(row.new_active_7d),
-            str(row.new_active_30d),
-        )
-    console.print(readers)
-    if not any(row.editions for row in rows):
+    if as_json:  # like the API: one newsletter's stats an object, everyone's an array
+        print_json(rows[0] if newsletter else rows)
         return
-    recent = Table("newsletter", "edition", "window end", "status", *EDITION_COLUMNS, "bounce rate")
-    for row in rows:
-        for e in row.editions:
-            recent.add_row(
-                row.newsletter,
-                f"{e.id} ({e.frequency.value})",
-                f"{e.window_end:%Y-%m-%d %H:%M}",
-                e.status,
-                *[str(e.counts.get(c, 0)) for c in EDITION_COLUMNS],
-                "" if e.bounce_rate is None else f"{e.bounce_rate:.1%}",
-            )
-    console.print(recent)
+    show(
+        rows,
+        (
+            Column("newsletter", lambda r: r.newsletter + (" (paused)" if r.paused else "")),
+            Column("readers", lambda r: tally(r.by_status, [s.value for s in Status], "none")),
+            Column("new 7d", lambda r: str(r.new_active_7d)),
+            Column("new 30d", lambda r: str(r.new_active_30d)),
+        ),
+        title="readers",
+        empty="no newsletter yet",
+    )
+    recent = [(row.newsletter, e) for row in rows for e in row.editions]
+    show(
+        recent,
+        (
+            Column("newsletter", lambda r: r[0]),
+            Column("edition", lambda r: f"{r[1].id} ({r[1].frequency.value})"),
+            Column("window end", lambda r: when(r[1].window_end)),
+            Column("status", lambda r: r[1].status),
+            Column("mail", lambda r: tally(r[1].counts, EDITION_COLUMNS, "none")),
+            Column(
+                "bounces",
+                lambda r: "" if r[1].bounce_rate is None else f"{r[1].bounce_rate:.1%}",
+            ),
+        ),
+        title="recent editions",
+    )

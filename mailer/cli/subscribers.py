@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Column, Table
+from rich.table import Table
 
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session
+from mailer.cli.output import Column, json_option, print_json, show
 from mailer.importer import ImportReport, import_csv
 from mailer.models import Newsletter, Status
 
@@ -32,45 +33,45 @@ def _filter(
     )
 
 
+SUBSCRIPTION_COLUMNS = (
+    Column("id", lambda r: str(r[0].id)),
+    Column("email", lambda r: r[0].email),
+    Column("newsletter", lambda r: r[1].newsletter if r[1] else ""),
+    Column("status", lambda r: r[1].status.value if r[1] else ""),
+    Column("freq", lambda r: r[1].frequency.value if r[1] else ""),
+    Column("topics", lambda r: (", ".join(r[1].topics) or "all") if r[1] else ""),
+    Column("since", lambda r: r[1].status_changed_at.strftime("%Y-%m-%d") if r[1] else ""),
+)
+
+
 @subscribers.command("list")
 @click.option("--newsletter", help="Only readers of this newsletter (slug).")
 @click.option("--status", type=STATUSES, help="Only readers with a subscription in this state.")
 @click.option("--email", "contains", help="Only addresses containing this text.")
 @click.option("--limit", default=50, show_default=True, type=int)
 @click.option("--cursor", help="Continue from the cursor the previous page printed.")
+@json_option
 def list_(
-    newsletter: str | None, status: str | None, contains: str | None, limit: int, cursor: str | None
+    newsletter: str | None,
+    status: str | None,
+    contains: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
 ) -> None:
-    """List readers in id order, a page at a time."""
+    """List readers in id order, a page at a time (the next page's cursor goes to stderr)."""
     with domain_session() as session:
         page = ops.list_subscribers(
             session, _filter(newsletter, status, contains), cursor=cursor, limit=limit
         )
-        table = Table(
-            "id",
-            Column("email", no_wrap=True),
-            "newsletter",
-            "status",
-            "frequency",
-            "topics",
-            "since",
-        )
-        for reader in page.items:
-            for sub in reader.subscriptions or []:
-                table.add_row(
-                    str(reader.id),
-                    reader.email,
-                    sub.newsletter,
-                    sub.status.value,
-                    sub.frequency.value,
-                    ", ".join(sub.topics) or "all",
-                    sub.status_changed_at.strftime("%Y-%m-%d"),
-                )
-            if not reader.subscriptions:
-                table.add_row(str(reader.id), reader.email, "", "", "", "", "")
-        console.print(table)
-        if page.next_cursor:
-            console.print(f"more: --cursor {page.next_cursor}")
+    if as_json:
+        print_json(page.items)
+    else:
+        none: list[ops.SubscriptionOut | None] = [None]
+        rows = [(r, sub) for r in page.items for sub in (r.subscriptions or none)]
+        show(rows, SUBSCRIPTION_COLUMNS, empty="no reader matches")
+    if page.next_cursor:
+        click.echo(f"more: --cursor {page.next_cursor}", err=True)
 
 
 @subscribers.command("export")

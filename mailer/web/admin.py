@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -261,6 +262,9 @@ NOTES = {
     "sent": "Edition {edition} is made and on its way to the workers.",
     "again": "Edition {edition} was already made this minute; nothing more was sent.",
     "cancelled": "Edition {edition} is cancelled; mail already going out finishes.",
+    "edited": "{slug} is saved.",
+    "archived": "{slug} is archived: no subscriptions and no editions; nothing is deleted.",
+    "unarchived": "{slug} takes subscriptions and makes editions again.",
 }
 
 
@@ -306,26 +310,84 @@ def dashboard(
 
 @router.post("/newsletters/{slug}/pause", response_class=HTMLResponse)
 def pause(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
-    return _set_paused(request, session, slug, csrf, paused=True)
+    return _lifecycle(
+        request,
+        session,
+        slug,
+        csrf,
+        lambda s, n: ops.update_newsletter(s, n, paused=True),
+        "paused",
+    )
 
 
 @router.post("/newsletters/{slug}/resume", response_class=HTMLResponse)
 def resume(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
-    return _set_paused(request, session, slug, csrf, paused=False)
+    return _lifecycle(
+        request,
+        session,
+        slug,
+        csrf,
+        lambda s, n: ops.update_newsletter(s, n, paused=False),
+        "resumed",
+    )
 
 
-def _set_paused(
-    request: Request, session: Session, slug: str, csrf: str, *, paused: bool
+@router.post("/newsletters/{slug}/edit", response_class=HTMLResponse)
+def edit(
+    slug: str,
+    request: Request,
+    session: SessionDep,
+    csrf: CsrfField = "",
+    name: Annotated[str, Form()] = "",
+    sender: Annotated[str, Form()] = "",
+    frequency: Annotated[str, Form()] = "",
+) -> Response:
+    """Rename, change the sender or the default frequency: `PATCH /api/newsletters/{slug}`."""
+    admin = _checked(request, csrf)
+    if admin is None:
+        return refused(request, current_session(request))
+    try:
+        ops.update_newsletter(
+            session,
+            slug,
+            name=name,
+            sender=sender,
+            default_frequency=ops.parse_frequency(frequency),
+        )
+    except ops.OperatorError as exc:
+        session.rollback()
+        return _failed(request, admin, exc)
+    session.commit()
+    return _back(note="edited", slug=slug)
+
+
+@router.post("/newsletters/{slug}/archive", response_class=HTMLResponse)
+def archive(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
+    return _lifecycle(request, session, slug, csrf, ops.archive_newsletter, "archived")
+
+
+@router.post("/newsletters/{slug}/unarchive", response_class=HTMLResponse)
+def unarchive(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
+    return _lifecycle(request, session, slug, csrf, ops.unarchive_newsletter, "unarchived")
+
+
+def _lifecycle(
+    request: Request,
+    session: Session,
+    slug: str,
+    csrf: str,
+    change: Callable[[Session, str], object],
+    note: str,
 ) -> Response:
     admin = _checked(request, csrf)
     if admin is None:
         return refused(request, current_session(request))
     try:
-        ops.update_newsletter(session, slug, paused=paused)
+        change(session, slug)
     except ops.OperatorError as exc:
         return _failed(request, admin, exc)
     session.commit()
-    return _back(note="paused" if paused else "resumed", slug=slug)
+    return _back(note=note, slug=slug)
 
 
 @router.post("/newsletters/{slug}/send", response_class=HTMLResponse)

@@ -8,7 +8,7 @@ the same shape FastAPI uses for its own validation errors).
 The token is checked before anything else, body parsing included, so a
 caller without it learns nothing but 401. Subscribers may be named by id or
 by address; ids keep addresses out of URLs and access logs.
-Editions and deliveries endpoints are not here yet (they come with the digest engine).
+Editions and deliveries are in api_editions.py, articles in api_articles.py.
 """
 
 from __future__ import annotations
@@ -23,17 +23,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from mailer import operators as ops
-from mailer.models import Frequency, Status
+from mailer.models import Frequency, Newsletter, Status
 from mailer.operators import (
     ErasureReport,
+    FeedOut,
+    NewsletterOut,
     NewsletterStats,
     ScheduleOut,
     SubscriberExport,
     SubscriberOut,
     SubscriberPage,
     SubscriptionOut,
+    TopicOut,
 )
-from mailer.web.deps import APIAuth, SessionDep, _bearer, require_api_token
+from mailer.web.deps import APIAuth, SessionDep, SettingsDep, _bearer, require_api_token
 
 
 def _invalid(field: str, message: str) -> JSONResponse:
@@ -105,21 +108,9 @@ class NewsletterPatch(BaseModel):
     default_frequency: Frequency | None = None
 
 
-class NewsletterOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    slug: str
-    name: str
-    sender: str
-    site_url: str | None
-    default_frequency: Frequency
-    paused: bool
-
-
 @router.get("/newsletters", response_model=list[NewsletterOut])
 def list_newsletters(session: SessionDep) -> Any:
-    return ops.list_newsletters(session)
+    return ops.newsletters_out(session)
 
 
 @router.post("/newsletters", status_code=201, response_model=NewsletterOut, responses=CONFLICT)
@@ -132,40 +123,136 @@ def create_newsletter(body: NewsletterIn, session: SessionDep) -> Any:
         default_frequency=body.default_frequency,
         site_url=body.site_url,
     )
+    out = ops.newsletter_out(session, nl)
     _done(session)
-    return nl
+    return out
 
 
 @router.get("/newsletters/{slug}", response_model=NewsletterOut, responses=NOT_FOUND)
 def get_newsletter(slug: str, session: SessionDep) -> Any:
-    return ops.newsletter(session, slug)
+    return ops.newsletter_out(session, ops.newsletter(session, slug))
 
 
 @router.patch("/newsletters/{slug}", response_model=NewsletterOut, responses=NOT_FOUND)
 def update_newsletter(slug: str, body: NewsletterPatch, session: SessionDep) -> Any:
     nl = ops.update_newsletter(session, slug, **body.model_dump(exclude_unset=True))
+    return _newsletter_done(session, nl)
+
+
+def _newsletter_done(session: Session, nl: Newsletter) -> NewsletterOut:
+    out = ops.newsletter_out(session, nl)
     _done(session)
-    return nl
+    return out
 
 
 @router.post("/newsletters/{slug}/pause", response_model=NewsletterOut, responses=NOT_FOUND)
 def pause_newsletter(slug: str, session: SessionDep) -> Any:
     """No editions are made while paused; readers and schedules are kept."""
-    nl = ops.update_newsletter(session, slug, paused=True)
-    _done(session)
-    return nl
+    return _newsletter_done(session, ops.update_newsletter(session, slug, paused=True))
 
 
 @router.post("/newsletters/{slug}/resume", response_model=NewsletterOut, responses=NOT_FOUND)
 def resume_newsletter(slug: str, session: SessionDep) -> Any:
-    nl = ops.update_newsletter(session, slug, paused=False)
-    _done(session)
-    return nl
+    return _newsletter_done(session, ops.update_newsletter(session, slug, paused=False))
+
+
+@router.post(
+    "/newsletters/{slug}/archive",
+    response_model=NewsletterOut,
+    responses={**NOT_FOUND, 409: {"description": "An edition is still being sent"}},
+)
+def archive_newsletter(slug: str, session: SessionDep) -> Any:
+    """No more subscriptions or editions; every row is kept, readers can still leave."""
+    return _newsletter_done(session, ops.archive_newsletter(session, slug))
+
+
+@router.post("/newsletters/{slug}/unarchive", response_model=NewsletterOut, responses=NOT_FOUND)
+def unarchive_newsletter(slug: str, session: SessionDep) -> Any:
+    return _newsletter_done(session, ops.unarchive_newsletter(session, slug))
 
 
 @router.get("/newsletters/{slug}/stats", response_model=NewsletterStats, responses=NOT_FOUND)
 def newsletter_stats(slug: str, session: SessionDep) -> Any:
     return ops.stats(session, slug)[0]
+
+
+# -- feeds ----------------------------------------------------------------------------------
+
+FeedTopic = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class FeedIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=2000, examples=["https://example.org/feed.xml"])
+    topics: list[FeedTopic] = Field(default_factory=list, max_length=50)
+    interval: int | None = Field(
+        None, description="seconds between polls; default MAILER_FEED_POLL_INTERVAL"
+    )
+
+
+class FeedPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval: int | None = Field(None, description="seconds between polls")
+    topics: list[FeedTopic] | None = Field(
+        None, max_length=50, description="replaces the feed's topics; [] clears them"
+    )
+
+
+@router.get("/newsletters/{slug}/feeds", response_model=list[FeedOut], responses=NOT_FOUND)
+def list_feeds(slug: str, session: SessionDep) -> Any:
+    return ops.list_feeds(session, slug)
+
+
+@router.post(
+    "/newsletters/{slug}/feeds",
+    status_code=201,
+    response_model=FeedOut,
+    responses={**NOT_FOUND, **CONFLICT},
+)
+def add_feed(slug: str, body: FeedIn, session: SessionDep, settings: SettingsDep) -> Any:
+    """Polled from the next tick on; its topics exist at once, so readers can pick them."""
+    out = ops.add_feed(
+        session, settings, slug, body.url, topics=body.topics, interval=body.interval
+    )
+    _done(session)
+    return out
+
+
+@router.patch("/feeds/{feed_id}", response_model=FeedOut, responses=NOT_FOUND)
+def edit_feed(feed_id: int, body: FeedPatch, session: SessionDep) -> Any:
+    """New topics apply to articles from the next poll on; stored articles keep theirs."""
+    given = body.model_dump(exclude_unset=True)
+    out = ops.edit_feed(
+        session, feed_id, interval=given.get("interval"), topics=given.get("topics")
+    )
+    _done(session)
+    return out
+
+
+@router.delete("/feeds/{feed_id}", response_model=FeedOut, responses=NOT_FOUND)
+def remove_feed(feed_id: int, session: SessionDep) -> Any:
+    """The feed goes; the articles it brought stay. Answers with what was removed."""
+    out = ops.remove_feed(session, feed_id)
+    _done(session)
+    return out
+
+
+@router.post("/feeds/{feed_id}/pause", response_model=FeedOut, responses=NOT_FOUND)
+def pause_feed(feed_id: int, session: SessionDep) -> Any:
+    """Kept, not polled, until resumed."""
+    out = ops.set_feed_paused(session, feed_id, True)
+    _done(session)
+    return out
+
+
+@router.post("/feeds/{feed_id}/resume", response_model=FeedOut, responses=NOT_FOUND)
+def resume_feed(feed_id: int, session: SessionDep) -> Any:
+    """Due at once."""
+    out = ops.set_feed_paused(session, feed_id, False)
+    _done(session)
+    return out
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -175,14 +262,6 @@ class TopicIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-
-
-class TopicOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: int
-    slug: str
-    name: str
 
 
 @router.get("/newsletters/{slug}/topics", response_model=list[TopicOut], responses=NOT_FOUND)

@@ -101,8 +101,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             status_code=422,
         )
 
-    from mailer.web import reader
+    from mailer.web import home, reader
 
+    app.include_router(home.router)
     app.include_router(reader.router)
     from mailer.web import api
 

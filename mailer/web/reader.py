@@ -108,7 +108,7 @@ def _too_many(request: Request, retry_after: int) -> Response:
 
 def _newsletter_or_404(session: Session, request: Request, slug: str) -> Newsletter | Response:
     try:
-        return subscriptions.get_newsletter(session, slug)
+        return subscriptions.open_newsletter(session, slug)
     except UnknownNewsletter as exc:
         return _error(request, 404, str(exc))
 
@@ -231,6 +231,8 @@ def confirm_page(token: str, request: Request, session: SessionDep, tokens: Toke
         return _bad_link(
             request, TokenError("This subscription has ended; please subscribe again.")
         )
+    if sub.newsletter.archived_at is not None:
+        return _bad_link(request, TokenError(subscriptions.closed_message(sub.newsletter)))
     return message_page(
         request,
         f"Confirm your subscription to {name}",

@@ -11,153 +11,40 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
 
-from mailer.models import Status, Subscription
-from mailer.sink import Outbox, OutboxItem, free_port
+from mailer.models import Status
+from mailer.sink import free_port
+from tests.helpers.processes import alive, cmdline, descendants
+from tests.helpers.up import (
+    STOP_TIMEOUT,
+    Up,
+    answers,
+    eventually,
+    running,
+    start_up,
+    without_settings,
+)
 
-START_TIMEOUT = 90.0
 MAIL_TIMEOUT = 60.0
-STOP_TIMEOUT = 60.0
 READER = "reader@example.com"
-
-T = TypeVar("T")
-
-
-def eventually(what: str, probe: Callable[[], T | None], timeout: float, up: Embedded) -> T:
-    """Poll `probe` until it returns something; fail early, with the log, if `up` died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if up.proc.poll() is not None:
-            pytest.fail(f"mailer up exited ({up.proc.returncode}) waiting for {what}\n{up.log()}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f}s\n{up.log()}")
-        time.sleep(0.2)
-
-
-def mailer_argv(*args: str) -> list[str]:
-    """The installed console script when there is one, else the same entry point via -c."""
-    script = Path(sys.executable).with_name("mailer")
-    if script.exists():
-        return [str(script), *args]
-    return [sys.executable, "-c", "from mailer.cli import main; main()", *args]
-
-
-def descendants(pid: int) -> set[int]:
-    """Processes whose parent chain leads to pid (read from /proc, no extra dependency)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found: set[int] = set()
-    frontier = {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-@dataclass
-class Embedded:
-    proc: subprocess.Popen[bytes]
-    env: dict[str, str]
-    base_url: str
-    data_dir: Path
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def mailer(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            mailer_argv(*args), env=self.env, capture_output=True, text=True, timeout=120
-        )
-
-    def mail_to(self, address: str, subject_has: str) -> OutboxItem | None:
-        for item in Outbox(self.data_dir / "outbox").items():
-            if address in item.to and subject_has.lower() in item.subject.lower():
-                return item
-        return None
-
-    def subscription_status(self, address: str) -> Status | None:
-        engine = create_engine(f"sqlite:///{self.data_dir / 'mailer.db'}")
-        try:
-            with Session(engine) as session:
-                subs = session.scalars(select(Subscription)).all()
-                return next((s.status for s in subs if s.subscriber.email == address), None)
-        finally:
-            engine.dispose()
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[Embedded]:
+def embedded(tmp_path: Path) -> Iterator[Up]:
     port, sink_port = free_port(), free_port()
     # The embedded default: no database, broker or SMTP settings at all.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(
-        {
-            "MAILER_DATA_DIR": str(tmp_path / "data"),
-            "MAILER_SINK_PORT": str(sink_port),
-            "MAILER_LOG_LEVEL": "INFO",
-        }
+    env = without_settings(
+        data_dir=str(tmp_path / "data"), sink_port=str(sink_port), log_level="INFO"
     )
-    log_path = tmp_path / "up.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            mailer_argv("up", "--port", str(port)),
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    up = Embedded(proc, env, f"http://127.0.0.1:{port}", tmp_path / "data", log_path)
-    family: set[int] = set()
-    try:
-        eventually("the web app to answer", lambda: _answers(up.base_url), START_TIMEOUT, up)
-        family = descendants(proc.pid)
+    up = start_up(env, tmp_path, port, tmp_path / "up.log", tmp_path / "data")
+    with running(up):
         yield up
-    finally:
-        if proc.poll() is None:  # the test failed before stopping it: leave nothing behind
-            family |= descendants(proc.pid)
-            proc.kill()
-            proc.wait(timeout=10)
-        for pid in family:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _answers(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/outbox", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def link(text: str, base_url: str, path: str) -> str:
@@ -167,7 +54,7 @@ def link(text: str, base_url: str, path: str) -> str:
 
 
 def test_a_reader_subscribes_confirms_and_unsubscribes_on_the_embedded_default(
-    embedded: Embedded,
+    embedded: Up,
 ) -> None:
     up = embedded
     created = up.mailer(
@@ -228,24 +115,12 @@ def test_a_reader_subscribes_confirms_and_unsubscribes_on_the_embedded_default(
 
     family = descendants(up.proc.pid)
     assert len(family) >= 3, f"expected web, worker and beat under mailer up: {family}"
-    up.proc.send_signal(signal.SIGTERM)
-    try:
-        code = up.proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"mailer up did not stop within {STOP_TIMEOUT:.0f}s of SIGTERM\n{up.log()}")
-    assert code == 0, up.log()
+    assert up.stop(signal.SIGTERM) == 0, up.log()
     assert not [pid for pid in family if alive(pid)], up.log()
     assert "stopped" in up.log()
 
 
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def test_mailer_up_stops_the_rest_and_fails_when_a_child_dies(embedded: Embedded) -> None:
+def test_mailer_up_stops_the_rest_and_fails_when_a_child_dies(embedded: Up) -> None:
     up = embedded
     family = descendants(up.proc.pid)
     workers = [
@@ -255,10 +130,54 @@ def test_mailer_up_stops_the_rest_and_fails_when_a_child_dies(embedded: Embedded
 
     os.kill(workers[0], signal.SIGKILL)
 
-    try:
-        code = up.proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"mailer up kept running after its worker died\n{up.log()}")
-    assert code != 0, up.log()
+    assert up.stop(0) != 0, up.log()  # signal 0: no signal, only the wait
     assert "worker exited unexpectedly" in up.log()
     assert not [pid for pid in family if alive(pid)], up.log()
+
+
+def test_a_sigkilled_mailer_up_takes_web_worker_and_beat_with_it(
+    embedded: Up, tmp_path: Path
+) -> None:
+    """Its children used to live on in their own sessions: a restart found the port taken,
+    or ran a second worker and a second beat."""
+    up = embedded
+    family = descendants(up.proc.pid)
+    names = {" ".join(cmdline(pid)) for pid in family}
+    assert any("uvicorn" in n for n in names) and any(" beat " in n for n in names), names
+    os.kill(up.proc.pid, signal.SIGKILL)
+    up.proc.wait(timeout=10)
+
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while any(alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: cmdline(pid) for pid in family if alive(pid)}
+    assert not left, f"still running after mailer up was SIGKILLed: {left}"
+
+    port = int(up.base_url.rsplit(":", 1)[1])
+    again = start_up(up.env, up.cwd, port, tmp_path / "again.log", up.data_dir)
+    with running(again):  # same port, same data directory: nothing in the way
+        assert again.stop() == 0, again.log()
+
+
+def test_a_second_up_or_beat_on_the_same_data_directory_is_refused_in_one_line(
+    embedded: Up,
+) -> None:
+    up = embedded
+    beat = next(pid for pid in descendants(up.proc.pid) if " beat " in " ".join(cmdline(pid)))
+    for args in (("up", "--port", str(free_port())), ("beat",)):
+        second = up.mailer(*args)
+        assert second.returncode != 0, second.stdout + second.stderr
+        said = [line for line in (second.stdout + second.stderr).splitlines() if line.strip()]
+        assert len(said) == 1, said
+        assert f"another beat (pid {beat}) already runs on the data directory" in said[0]
+        assert str(up.data_dir) in said[0]
+    assert up.proc.poll() is None and answers(up.base_url)  # the first runs on, untouched
+    assert up.stop() == 0, up.log()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="Celery warns only when run as root")
+def test_running_as_root_is_one_line_not_celerys_warning_wall(embedded: Up) -> None:
+    log = embedded.log_path.read_text(errors="replace")
+    assert "SecurityWarning" not in log and "superuser privileges" not in log, log
+    assert log.count("running as root") == 1, log
+    assert embedded.stop() == 0

@@ -5,7 +5,7 @@ back what a dead worker held as soon as it stops beating, rather than two
 leases later. `admin_session`: the live /admin sessions; a cookie whose row
 is gone (logged out, expired) is refused.
 
-Revision ID: 0007
+Revision ID: 0003
 Revises: 0002
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 
 import mailer.models
 
-revision: str = "0007"
+revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

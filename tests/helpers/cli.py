@@ -1,0 +1,29 @@
+"""`mailer ...` run in-process through click, at a chosen console width."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from click.testing import CliRunner, Result
+
+from mailer.cli import main
+from mailer.cli.base import console
+
+
+def run(*args: str, width: int | None = None) -> Result:
+    """The command's result; `width` is the columns rich sees (a pipe gives it 80)."""
+    before = console.width
+    if width is not None:
+        console.width = width
+    try:
+        return CliRunner().invoke(main, list(args))
+    finally:
+        console.width = before
+
+
+def run_json(*args: str) -> Any:
+    """`mailer ARGS --json`, which must succeed and print exactly one JSON document."""
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
