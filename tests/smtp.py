@@ -155,8 +155,7 @@ def start_smtp_server(pipelining: bool = False, **options: Any) -> SMTPServer:
     STARTTLS, ssl_context for implicit TLS, authenticator for AUTH, and so on."""
     handler = RecordingHandler(pipelining)
     port = free_port()
-    controller = Controller(
-        handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True, **options
-    )
+    options.setdefault("enable_SMTPUTF8", True)  # a relay without it: enable_SMTPUTF8=False
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
     controller.start()
     return SMTPServer("127.0.0.1", port, handler, controller)

@@ -12,6 +12,7 @@ from mailer.config import Settings
 from mailer.delivery import message_template, personalise
 from mailer.digests import Item, context_for
 from mailer.links import Links
+from mailer.messages import Slots
 from mailer.models import Frequency, Newsletter, Subscription
 from mailer.rendering import EmailRenderer
 from mailer.tokens import Purpose
@@ -45,13 +46,21 @@ def items() -> list[Item]:
 
 @pytest.fixture
 def template(settings, newsletter):
+    return render_template(settings, newsletter, items())
+
+
+def render_template(settings, newsletter, articles):
+    """The variant's template as prepare makes it: rendered once, with fresh slots."""
     renderer = EmailRenderer(settings.email_templates)
+    slots = Slots.fresh()
     context = context_for(
-        settings, newsletter, items(), 3, "https://mail.example.org/digest/1?v=k",
-        window_end=NOW, frequency=Frequency.DAILY,
+        settings, newsletter, articles, 3, "https://mail.example.org/digest/1?v=k",
+        window_end=NOW, frequency=Frequency.DAILY, slots=slots,
     )  # fmt: skip
     rendered = renderer.render("digest", context)
-    return message_template(settings, newsletter, rendered.subject, rendered.html, rendered.text)
+    return message_template(
+        settings, newsletter, rendered.subject, rendered.html, rendered.text, slots
+    )
 
 
 def reader(sub_id: int, generation: int = 1) -> Subscription:
