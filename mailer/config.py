@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     feed_poll_interval: int = 900
     feed_timeout: float = 20.0
     feed_max_bytes: int = 5 * 1024 * 1024
+    # Topics text from outside (feed categories, API topics, page tags) may create.
+    max_topics_per_feed: int = 50
+    max_topics_per_newsletter: int = 200
     unsubscribe_mailto: str = ""
     dkim_selector: str = ""
     dkim_private_key_path: Path | None = None

@@ -9,7 +9,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from mailer import feeds, pages
-from mailer.articles import rename_topic
+from mailer.articles import TopicBudget, rename_topic
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.db import get_engine
 from mailer.migrate import NotMigrated, require_current
@@ -69,7 +69,8 @@ def feed_list(newsletter: str | None) -> None:
                 f"{f.interval}s",
                 _when(f.last_success_at),
                 _when(f.next_poll_at) or "now",
-                f"{f.error_count}: {f.last_error}" if f.error_count else "",
+                # A note on a poll that worked (the topic cap) shows too.
+                f"{f.error_count}: {f.last_error}" if f.error_count else (f.last_error or ""),
             )
         console.print(table)
 
@@ -129,8 +130,9 @@ def article_import(
             if len(found) != 1:
                 raise click.ClickException("say which newsletter with --newsletter SLUG")
             nl = found[0]
+        budget = TopicBudget.from_settings(settings)
         stored, outcome = pages.import_page(
-            session, nl, data, settings, page_url=page_url, topics=list(topics)
+            session, nl, data, settings, page_url=page_url, topics=list(topics), budget=budget
         )
         console.print(
             f"{outcome.value} article {stored.id} in [bold]{nl.slug}[/bold]: {stored.title}\n"
@@ -138,6 +140,8 @@ def article_import(
             + (f"; topics {', '.join(t.name for t in stored.topics)}" if stored.topics else ""),
             highlight=False,
         )
+        if budget.refused:
+            console.print(f"[yellow]{budget.describe()}[/yellow]", highlight=False)
 
 
 @article.command("list")
