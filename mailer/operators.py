@@ -554,6 +554,7 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
             else suppressions.UNSUBSCRIBED_THEN_ERASED
         )
         subs.suppress(session, email, reason=reason, source=OPERATOR)
+    suppressions.forget_lifts(session, email)
     count = len(subscriber.subscriptions)
     subscriber_id = subscriber.id
     session.expunge(subscriber)

@@ -22,7 +22,8 @@ Why an address is suppressed decides how it comes off:
   bounce against our reputation.
 
 Every lift is written to `suppression_event`: when, by whom, from which
-address (IP), and what the entry had said.
+address (IP), and what the entry had said. Erasing the reader erases those
+records too (they hold the IP they confirmed from).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mailer.addresses import address_hash, address_key
@@ -53,10 +54,12 @@ def lifted_by_opt_in(entry: Suppression | None) -> bool:
     return entry is not None and entry.reason in LIFTED_BY_OPT_IN
 
 
+def _by_hash(session: Session, digest: str) -> Suppression | None:
+    return session.scalar(select(Suppression).where(Suppression.address_hash == digest))
+
+
 def entry_for(session: Session, email: str) -> Suppression | None:
-    return session.scalar(
-        select(Suppression).where(Suppression.address_hash == address_hash(email))
-    )
+    return _by_hash(session, address_hash(email))
 
 
 def is_suppressed(session: Session, email: str) -> bool:
@@ -122,8 +125,7 @@ def remember_address(session: Session, entry: Suppression, subscriber_id: int) -
 def find(session: Session, ref: str) -> Suppression | None:
     """The entry for an address, or for a hash as `list` shows it (64 hex digits)."""
     ref = ref.strip()
-    digest = ref.lower() if _HASH.fullmatch(ref.lower()) else address_hash(ref)
-    return session.scalar(select(Suppression).where(Suppression.address_hash == digest))
+    return _by_hash(session, ref.lower() if _HASH.fullmatch(ref.lower()) else address_hash(ref))
 
 
 def lift(
@@ -161,3 +163,11 @@ def lift_by_opt_in(
         return None
     assert entry is not None
     return lift(session, entry, by=BY_OPT_IN, ip=ip, detail="confirmed a new subscription", now=now)
+
+
+def forget_lifts(session: Session, email: str) -> None:
+    """Erasure: the record of the address's lifts goes with the reader (it holds the IP
+    they confirmed from); an entry kept because they had asked to stop stays."""
+    session.execute(
+        delete(SuppressionEvent).where(SuppressionEvent.address_hash == address_hash(email))
+    )

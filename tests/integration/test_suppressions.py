@@ -74,6 +74,10 @@ def test_an_erased_reader_who_subscribes_again_is_sent_the_confirmation_which_li
     )
     welcome = mails_to(smtp_server, BACK, 2)[1]
     assert "Welcome" in welcome.message["Subject"]
+    # Erased again, the record of that lift (with the IP they confirmed from) goes too.
+    operators.erase_subscriber(session, BACK)
+    session.commit()
+    assert lifts(session) == []
 
 
 @pytest.mark.parametrize("reason", ["complaint", "hard-bounce"])
