@@ -42,6 +42,16 @@ def article(newsletter: str, guid: str = "hostile-1") -> dict[str, Any]:
     }
 
 
+def personal(base_url: str, email: str) -> dict[str, str]:
+    """What must appear only in the template's slots: the address, and the start of
+    every tokened link (whatever token it carries)."""
+    return {
+        "address": email,
+        "unsubscribe": f"{base_url}/unsubscribe/",
+        "preferences": f"{base_url}/preferences/",
+    }
+
+
 def only_in_slots(part: str, personal: dict[str, str], slots: int = 1) -> None:
     """Each personal value (address, unsubscribe and preferences links) appears exactly
     `slots` times in the part: the template's own places, never inside the content."""

@@ -38,14 +38,8 @@ AUTH = {"Authorization": "Bearer test-api-token"}
 READER = "reader@example.org"
 
 
-def personal(settings: config.Settings, email: str = READER) -> dict[str, str]:
-    """What must appear only in the template's slots: the address, and the start of
-    every tokened link (whatever token it carries)."""
-    return {
-        "address": email,
-        "unsubscribe": f"{settings.base_url}/unsubscribe/",
-        "preferences": f"{settings.base_url}/preferences/",
-    }
+def personal(settings: config.Settings) -> dict[str, str]:
+    return hostile.personal(settings.base_url, READER)
 
 
 def mail_parts(data: bytes) -> tuple[str, str]:
@@ -235,7 +229,8 @@ def test_the_outbox_shows_the_digest_with_the_readers_values_only_in_their_slots
         add_reader(session, nl, READER)
         session.commit()
         with TestClient(create_app(sink_settings)) as client:
-            assert client.post("/api/articles", json=hostile.article(nl.slug), headers=AUTH)
+            pushed = client.post("/api/articles", json=hostile.article(nl.slug), headers=AUTH)
+            assert pushed.status_code == 200, pushed.text
             send(session, sink_settings, prepare(session, sink_settings, nl))
             (item,) = Outbox(sink_settings.outbox_dir).items()
             html = client.get(f"/outbox/{item.key}/html").text
