@@ -356,7 +356,7 @@ def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[
 
     from mailer import db
     from mailer.config import get_settings
-    from mailer.delivery import message_template, personalise
+    from mailer.delivery import personalise, variant_template
     from mailer.links import Links
     from mailer.models import (
         Delivery,
@@ -383,7 +383,7 @@ def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[
             assert vid is not None  # a sent row always has its variant
             variant = session.get_one(DigestVariant, vid)
             sub = session.get_one(Subscription, sub_id)
-            template = message_template(settings, nl, variant.subject, variant.html, variant.text)
+            template = variant_template(settings, nl, variant)
             index[vid] = len(bodies)
             bodies.append(personalise(template, links, sub, sub.subscriber.email, "<raw@bench>"))
         recipients = [

@@ -35,7 +35,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer.models import Article, Newsletter, Topic, utcnow
+from mailer.config import Settings
+from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
 from mailer.subscriptions import ensure_topic, slugify
 
 # Column sizes in models.Article; longer values are refused (API) or cut (feeds).
@@ -399,8 +400,73 @@ def normalise(
 # -- topics and storing ------------------------------------------------------------
 
 
-def map_topics(session: Session, newsletter: Newsletter, names: Iterable[str]) -> list[Topic]:
-    """The newsletter's topics for these names: by slug or by (renamed) name, else created.
+@dataclass
+class TopicBudget:
+    """How many topics text from outside may still create.
+
+    Every feed category, API topic or page tag used to become a topic: one
+    feed of 200 items with 25 categories each made 4,000, and every one of them
+    a checkbox on the subscribe page. A new topic is made only while the
+    newsletter has fewer than `per_newsletter` topics and, for a feed, while its
+    articles carry fewer than `per_feed`; past that the name is left out (the
+    article is stored, with the topics that exist) and kept in `refused`, so
+    the caller says so: the feed's `last_error`, the API's answer, the log.
+    Topics an operator names (`mailer topic`, `feed add --topic`) are not capped.
+    """
+
+    per_newsletter: int
+    per_feed: int | None = None
+    feed_source: str | None = None
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (newsletter slug, name)
+    _feed_topics: set[int] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, feed_source: str | None = None) -> TopicBudget:
+        """The budget of one feed's poll (`feed_source`), or of one push or page import."""
+        per_feed = settings.max_topics_per_feed if feed_source else None
+        return cls(settings.max_topics_per_newsletter, per_feed, feed_source)
+
+    def may_create(self, session: Session, existing: int) -> bool:
+        """Whether one more topic may be made, the newsletter having `existing`."""
+        if existing >= self.per_newsletter:
+            return False
+        return self.per_feed is None or len(self.feed_topics(session)) < self.per_feed
+
+    def feed_topics(self, session: Session) -> set[int]:
+        """The distinct topics the feed's articles carry, asked once, then kept up to date."""
+        if self._feed_topics is None:
+            self._feed_topics = set(
+                session.scalars(
+                    select(ArticleTopic.topic_id)
+                    .join(Article, Article.id == ArticleTopic.article_id)
+                    .where(Article.source == self.feed_source)
+                    .distinct()
+                )
+            )
+        return self._feed_topics
+
+    def carried(self, topics: Iterable[Topic]) -> None:
+        if self._feed_topics is not None:
+            self._feed_topics.update(t.id for t in topics)
+
+    def describe(self) -> str:
+        """One line for a log, a feed's last_error or an API answer."""
+        names = sorted({name for _, name in self.refused})
+        shown = ", ".join(repr(n) for n in names[:5]) + (" …" if len(names) > 5 else "")
+        caps = f"MAILER_MAX_TOPICS_PER_NEWSLETTER={self.per_newsletter}"
+        if self.per_feed is not None:
+            caps += f", MAILER_MAX_TOPICS_PER_FEED={self.per_feed}"
+        return f"topic cap reached ({caps}): {len(names)} new topic(s) not created: {shown}"
+
+
+def map_topics(
+    session: Session,
+    newsletter: Newsletter,
+    names: Iterable[str],
+    budget: TopicBudget | None = None,
+) -> list[Topic]:
+    """The newsletter's topics for these names: by slug or by (renamed) name, else created
+    (while `budget` allows: outside text is capped, an operator's names are not).
 
     Matching the current name as well as the slug means a topic an operator
     renamed ("tech" shown as "Technology") keeps catching both spellings.
@@ -409,6 +475,7 @@ def map_topics(session: Session, newsletter: Newsletter, names: Iterable[str]) -
     if not names:
         return []
     existing = session.scalars(select(Topic).where(Topic.newsletter_id == newsletter.id)).all()
+    count = len(existing)
     by_key: dict[str, Topic] = {}
     for topic in existing:
         by_key.setdefault(topic.slug, topic)
@@ -416,10 +483,19 @@ def map_topics(session: Session, newsletter: Newsletter, names: Iterable[str]) -
     found: dict[int, Topic] = {}
     for name in names:
         known = by_key.get(name.casefold()) or by_key.get(slugify(name))
-        topic = known or ensure_topic(session, newsletter, name)
+        if known is not None:
+            topic = known
+        elif budget is not None and not budget.may_create(session, count):
+            budget.refused.append((newsletter.slug, name))
+            continue
+        else:
+            topic = ensure_topic(session, newsletter, name)
+            count += 1
         by_key.setdefault(topic.slug, topic)
         by_key.setdefault(topic.name.casefold(), topic)
         found[topic.id] = topic
+        if budget is not None:
+            budget.carried([topic])
     return sorted(found.values(), key=lambda t: t.name)
 
 
@@ -454,15 +530,24 @@ def upsert_article(
     clean: CleanArticle,
     *,
     extra_topics: Sequence[str] = (),
+    budget: TopicBudget | None = None,
 ) -> tuple[Article, Outcome]:
     """Insert or update the article for (source, guid); never a second row.
 
     A re-sent article without a date keeps the date it got when first seen,
     so an undated item does not look new again on every poll. A race with a
     concurrent insert of the same guid is settled by the unique constraint:
-    the loser updates the winner's row.
+    the loser updates the winner's row. `extra_topics` are the operator's (a
+    feed's or an import's own) and uncapped; the article's own go by `budget`.
     """
-    topics = map_topics(session, newsletter, [*extra_topics, *clean.topics])
+    named = {
+        t.id: t
+        for t in (
+            *map_topics(session, newsletter, extra_topics),
+            *map_topics(session, newsletter, clean.topics, budget),
+        )
+    }
+    topics = sorted(named.values(), key=lambda t: t.name)
     existing = _find(session, source, clean.guid)
     if existing is None:
         article = Article(
@@ -538,6 +623,7 @@ def ingest_batch(
     items: Sequence[tuple[str | None, RawArticle]],
     *,
     summary_length: int,
+    budget: TopicBudget | None = None,
     now: datetime | None = None,
 ) -> list[tuple[Article, Outcome]]:
     """Store pushed articles, each under its newsletter slug; all of them or none.
@@ -570,4 +656,6 @@ def ingest_batch(
         ready.append((newsletter, clean))
     if errors:
         raise BatchRejected(errors)
-    return [upsert_article(session, nl, api_source(nl), clean) for nl, clean in ready]
+    return [
+        upsert_article(session, nl, api_source(nl), clean, budget=budget) for nl, clean in ready
+    ]

@@ -7,13 +7,14 @@ the defaults that are only safe on a laptop (a generated secret, no API token).
 
 from __future__ import annotations
 
+import json
 import secrets
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     feed_max_bytes: int = 5 * 1024 * 1024
     # Fetch feeds and pages from private, loopback and link-local addresses too.
     fetch_allow_private: bool = False
+    # Topics text from outside (feed categories, API topics, page tags) may create.
+    max_topics_per_feed: int = 50
+    max_topics_per_newsletter: int = 200
     unsubscribe_mailto: str = ""
     dkim_selector: str = ""
     dkim_private_key_path: Path | None = None
@@ -92,6 +96,18 @@ class Settings(BaseSettings):
         if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return name
+
+    @model_validator(mode="after")
+    def _where_up_runs(self) -> Settings:
+        """What `mailer up` decided (the web's address, the sink's port) for every
+        other process on the same data directory, unless the environment says."""
+        recorded = read_recorded(self.data_dir)
+        base_url, sink_port = recorded.get("base_url"), recorded.get("sink_port")
+        if "base_url" not in self.model_fields_set and isinstance(base_url, str) and base_url:
+            self.base_url = base_url.rstrip("/")
+        if "sink_port" not in self.model_fields_set and isinstance(sink_port, int):
+            self.sink_port = sink_port
+        return self
 
     # -- derived values -------------------------------------------------
 
@@ -179,6 +195,28 @@ class Settings(BaseSettings):
                 raise ConfigError(
                     f"MAILER_SMTP_URL must start with smtp:// or smtps://, got {url!r}"
                 )
+
+
+# `mailer up` writes here where its web and sink answer, so a command run from another
+# shell on the same data directory (`mailer digest send`, `preview`, `test`) puts the
+# web's address in its links and reaches the sink, instead of the defaults.
+RECORDED = "up.json"
+
+
+def read_recorded(data_dir: Path) -> dict[str, object]:
+    try:
+        found = json.loads((data_dir / RECORDED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def record_up(data_dir: Path, *, base_url: str, sink_port: int | None) -> None:
+    """Called by `mailer up` once it knows its addresses; replaced on every start."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fresh = data_dir / f"{RECORDED}.tmp"
+    fresh.write_text(json.dumps({"base_url": base_url, "sink_port": sink_port}) + "\n")
+    fresh.replace(data_dir / RECORDED)
 
 
 @lru_cache(maxsize=1)

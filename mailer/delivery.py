@@ -52,13 +52,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailer import bounces, digests
+from mailer import bounces, digests, suppressions
 from mailer.addresses import address_hash
 from mailer.config import Settings
 from mailer.db import among, async_commit_engine, is_postgres, prepare
 from mailer.dkim_signing import DKIMSigner, signer_for
 from mailer.links import Links, Tokened
-from mailer.messages import MessageTemplate, Placeholder
+from mailer.messages import MessageTemplate, Slot, Slots
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -138,7 +138,12 @@ class Outgoing:
 
 
 def message_template(
-    settings: Settings, newsletter: Newsletter, subject: str, html: str, text: str
+    settings: Settings,
+    newsletter: Newsletter,
+    subject: str,
+    html: str,
+    text: str,
+    slots: Slots,
 ) -> MessageTemplate:
     return MessageTemplate(
         sender=newsletter.sender,
@@ -148,6 +153,21 @@ def message_template(
         list_id=list_id(newsletter, settings),
         list_unsubscribe_mailto=unsubscribe_mailto(newsletter, settings),
         extra_headers={"Precedence": "bulk"},
+        slots=slots,
+    )
+
+
+def variant_template(
+    settings: Settings, newsletter: Newsletter, variant: DigestVariant
+) -> MessageTemplate:
+    """A variant's message, everything but the reader, with the slots it was rendered with."""
+    return message_template(
+        settings,
+        newsletter,
+        variant.subject,
+        variant.html,
+        variant.text,
+        Slots.stored(variant.slots),
     )
 
 
@@ -160,9 +180,9 @@ def personalise(
         email,
         unsubscribe_url=unsubscribe,
         values={
-            Placeholder.EMAIL: email,
-            Placeholder.UNSUBSCRIBE_URL: unsubscribe,
-            Placeholder.PREFERENCES_URL: links.preferences(sub),
+            Slot.EMAIL: email,
+            Slot.UNSUBSCRIBE_URL: unsubscribe,
+            Slot.PREFERENCES_URL: links.preferences(sub),
         },
         message_id=message_id,
     )
@@ -256,7 +276,7 @@ def due_rows(
         session.commit()
         return []
     hashes = {r.email: address_hash(r.email) for r in picked}
-    blocked = digests.suppressed(session, set(hashes.values()))
+    blocked = suppressions.suppressed(session, hashes.values())
     out: list[Claimed] = []
     skipped: dict[str, list[int]] = {}
     for row in picked:
@@ -321,10 +341,11 @@ def record(
     result: BatchResult,
     now: datetime,
 ) -> None:
-    """Move the row on by the server's reply (flushes; the caller commits)."""
-    text = f"{reply.code} {reply.text}"[:2000]
+    """Move the row on by the server's reply (flushes; the caller commits). A verdict we
+    reached ourselves (`reply.local`) is recorded as ours: no SMTP code, never a bounce."""
+    text = (reply.text if reply.local else f"{reply.code} {reply.text}")[:2000]
     values: dict[str, Any] = {
-        "smtp_code": reply.code,
+        "smtp_code": None if reply.local else reply.code,
         "smtp_reply": text,
         "message_id": message_id,
         "lease_until": None,
@@ -352,7 +373,7 @@ def record(
         log.warning("delivery %s: lease lost before the reply was recorded", row.delivery_id)
         return
     result.replies.append((row.delivery_id, reply.code))
-    if values["status"] is DeliveryStatus.FAILED and reply.code in HARD_BOUNCE:
+    if values["status"] is DeliveryStatus.FAILED and reply.code in HARD_BOUNCE and not reply.local:
         sub = session.get_one(Subscription, row.subscription.id)
         hard_bounce(session, sub, row.email, text)
         result.bounced += 1
@@ -612,7 +633,9 @@ def send_range(
     if connections is None:
         connections = Connections(opener or (lambda: connect(settings.smtp, settings.smtp_timeout)))
     open_conn = connections.take
-    templates: dict[int, MessageTemplate] = {}
+    # A variant whose template can't be built (a sender we cannot encode) keeps the error:
+    # each of its rows then fails on record (_unbuildable) instead of the whole batch.
+    templates: dict[int, MessageTemplate | Exception] = {}
     cursor: int | None = None
     conn: smtplib.SMTP | None = None
     marks = _Marks(session)
@@ -632,9 +655,10 @@ def send_range(
             for vid in {r.variant_id for r in rows} - templates.keys():
                 variant = session.get_one(DigestVariant, vid)
                 # Built once per variant per batch; the bodies are shared, not copied.
-                templates[vid] = message_template(
-                    settings, nl, variant.subject, variant.html, variant.text
-                )
+                try:
+                    templates[vid] = variant_template(settings, nl, variant)
+                except Exception as exc:
+                    templates[vid] = exc
             session.commit()  # no transaction left open while the rows go out
             conn = _send_rows(
                 session, settings, digest_id, rows, templates, links, outgoing,
@@ -656,7 +680,7 @@ def _send_rows(
     settings: Settings,
     digest_id: int,
     rows: list[Claimed],
-    templates: dict[int, MessageTemplate],
+    templates: dict[int, MessageTemplate | Exception],
     links: Links,
     outgoing: Outgoing,
     conn: smtplib.SMTP,
@@ -678,6 +702,8 @@ def _send_rows(
     def build(row: Claimed) -> tuple[str, bytes, str]:
         """Message-ID, wire bytes and VERP return path: all of a message but its sending."""
         template = templates[row.variant_id]
+        if isinstance(template, Exception):
+            raise template
         message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
         data = personalise(template, links, row.subscription, row.email, message_id)
         return message_id, outgoing.sign(data), outgoing.return_path(row.delivery_id)
@@ -699,11 +725,16 @@ def _send_rows(
 
     try:
         for index, row in enumerate(rows):
-            if ahead is not None and ahead[0] is row:
-                _, message_id, data, return_path = ahead
-            else:
-                message_id, data, return_path = build(row)
-            ahead = None
+            try:
+                if ahead is not None and ahead[0] is row:
+                    _, message_id, data, return_path = ahead
+                else:
+                    message_id, data, return_path = build(row)
+            except Exception as exc:
+                _unbuildable(session, settings, row, exc, result, clock())
+                continue
+            finally:
+                ahead = None
             limiter.acquire(before_waiting=write_down)
             # The previous row's 250 and this row's claim (its in-flight marker), in one
             # commit. It goes out once MAIL FROM has (the server reads that meanwhile)
@@ -774,6 +805,41 @@ def _send_rows(
     bounces.reset_soft_bounces(session, accepted)
     session.commit()
     return conn
+
+
+def _unbuildable(
+    session: Session,
+    settings: Settings,
+    row: Claimed,
+    error: Exception,
+    result: BatchResult,
+    now: datetime,
+) -> None:
+    """A message that could not be built (a sender we cannot encode, a broken key or
+    template) costs the row an attempt, as a deferral does: retried with backoff and
+    failed on record after the last one. Left queued, it was retried by every tick and
+    its edition stayed `sending` for ever."""
+    log.error("delivery %s: the message could not be built", row.delivery_id, exc_info=error)
+    values: dict[str, Any] = {
+        "smtp_code": None,
+        "smtp_reply": f"not sent: the message could not be built: {error}"[:2000],
+        "attempts": row.attempts,
+        "lease_until": None,
+        "updated_at": now,
+    }
+    if row.attempts >= settings.send_max_attempts:
+        values |= {"status": DeliveryStatus.FAILED, "next_attempt_at": None, "released": True}
+        result.failed += 1
+    else:
+        values |= {
+            "status": DeliveryStatus.DEFERRED,
+            "next_attempt_at": now + backoff(row.attempts, settings.send_retry_base),
+        }
+        result.deferred += 1
+    session.execute(
+        update(DELIVERY).where(DELIVERY.c.id == row.delivery_id, _claimable(now)).values(**values)
+    )
+    session.commit()
 
 
 def _open(open_conn: Opener) -> smtplib.SMTP:
@@ -934,13 +1000,14 @@ def send_test(
         f"[TEST] {draft.rendered.subject}",
         draft.rendered.html,
         draft.rendered.text,
+        draft.slots,
     )
     values = digests.neutral_values(settings, newsletter)
-    values[Placeholder.EMAIL] = address
+    values[Slot.EMAIL] = address
     message_id = make_msgid(idstring="test", domain=template.domain)
     data, _ = template.build(
         address,
-        unsubscribe_url=values[Placeholder.UNSUBSCRIBE_URL],
+        unsubscribe_url=values[Slot.UNSUBSCRIBE_URL],
         values=values,
         message_id=message_id,
     )

@@ -32,12 +32,13 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from mailer import suppressions
 from mailer.addresses import address_hash
 from mailer.articles import dedupe_articles, dedupe_key
 from mailer.config import Settings
-from mailer.db import among, is_postgres
+from mailer.db import is_postgres
 from mailer.links import Links
-from mailer.messages import Placeholder
+from mailer.messages import Slot, Slots
 from mailer.models import (
     Article,
     ArticleTopic,
@@ -52,7 +53,6 @@ from mailer.models import (
     Subscriber,
     Subscription,
     SubscriptionTopic,
-    Suppression,
     Topic,
     VariantArticle,
     utcnow,
@@ -472,8 +472,10 @@ def context_for(
     *,
     window_end: datetime,
     frequency: Frequency,
+    slots: Slots,
 ) -> dict[str, Any]:
-    """Everything the digest templates see; reader-specific values are placeholders."""
+    """Everything the digest templates see; reader-specific values are this
+    rendering's markers (`slots`), which no article text can spell."""
     articles: list[dict[str, Any]] = [
         {
             "title": " ".join(item.title.split()) or "(untitled)",
@@ -498,9 +500,9 @@ def context_for(
         "site_url": site,
         "view_url": view_url,
         "preheader": _shorten(titles, 140),
-        "email_placeholder": Placeholder.EMAIL,
-        "unsubscribe_url": Placeholder.UNSUBSCRIBE_URL,
-        "preferences_url": Placeholder.PREFERENCES_URL,
+        "email_placeholder": slots.marker(Slot.EMAIL),
+        "unsubscribe_url": slots.marker(Slot.UNSUBSCRIBE_URL),
+        "preferences_url": slots.marker(Slot.PREFERENCES_URL),
     }
 
 
@@ -515,6 +517,7 @@ def render_selection(
     *,
     window_end: datetime,
     frequency: Frequency,
+    slots: Slots,
 ) -> RenderedEmail:
     items = [by_id[i] for i in selection.article_ids]
     context = context_for(
@@ -525,6 +528,7 @@ def render_selection(
         view_url,
         window_end=window_end,
         frequency=frequency,
+        slots=slots,
     )
     return renderer.render(KIND, context)
 
@@ -689,7 +693,8 @@ def _make_variant(
     key: str,
     links: Links,
 ) -> int:
-    """Render one article list once, store it, and return its id."""
+    """Render one article list once, store it with its markers' nonce, and return its id."""
+    slots = Slots.fresh()
     rendered = render_selection(
         session,
         settings,
@@ -700,6 +705,7 @@ def _make_variant(
         f"{links.digest(digest.id)}?v={key}",
         window_end=digest.window_end,
         frequency=digest.frequency,
+        slots=slots,
     )
     session.execute(
         _insert(session, DigestVariant)
@@ -710,6 +716,7 @@ def _make_variant(
             subject=rendered.subject[:998],
             html=rendered.html,
             text=rendered.text,
+            slots=slots.nonce,
         )
         .on_conflict_do_nothing(index_elements=["digest_id", "key"])
     )
@@ -741,7 +748,7 @@ def _prepare_chunk(
     lo, hi = readers[0].subscription_id, readers[-1].subscription_id
     sent = already_sent(session, held, between=(lo, hi))
     hashes = {r.subscription_id: address_hash(r.email) for r in readers}
-    blocked = suppressed(session, set(hashes.values()))
+    blocked = suppressions.suppressed(session, hashes.values())
     # Readers with no history get the same list as everyone with their topics.
     fresh: dict[frozenset[int], Selection] = {}
     sub_ids: list[int] = []
@@ -777,24 +784,6 @@ def _prepare_chunk(
     _insert_deliveries(session, digest_id, sub_ids, variants, states, replies, now)
     queued = sum(1 for state in states if state == DeliveryStatus.QUEUED.value)
     return queued, len(states) - queued
-
-
-def suppressed(session: Session, hashes: set[str]) -> set[str]:
-    """Which of these address hashes are suppressed: one query on PostgreSQL (an
-    array parameter), 1,000 at a time elsewhere (SQLite's parameter limit)."""
-    wanted = list(hashes)
-    postgres = is_postgres(session)
-    step = len(wanted) if postgres else 1000
-    found: set[str] = set()
-    for i in range(0, len(wanted), max(1, step)):
-        found.update(
-            session.scalars(
-                select(Suppression.address_hash).where(
-                    among(Suppression.address_hash, wanted[i : i + step], postgres)
-                )
-            )
-        )
-    return found
 
 
 def _insert_deliveries(
@@ -916,7 +905,8 @@ def stale_unprepared(
 
 @dataclass(frozen=True)
 class Draft:
-    """What the next edition would hold for one reader, rendered with placeholders."""
+    """What the next edition would hold for one reader, rendered with the markers
+    of `slots` where the reader's values go."""
 
     newsletter: Newsletter
     frequency: Frequency
@@ -925,6 +915,7 @@ class Draft:
     article_ids: tuple[int, ...]
     rendered: RenderedEmail
     subscription: Subscription | None
+    slots: Slots
 
 
 def draft(
@@ -983,6 +974,7 @@ def draft(
             f"{start:%Y-%m-%d %H:%M} UTC: no mail would be sent."
         )
     links = Links.from_settings(settings)
+    slots = Slots.fresh()
     rendered = render_selection(
         session,
         settings,
@@ -993,27 +985,38 @@ def draft(
         links.subscribe(newsletter.slug),
         window_end=now,
         frequency=freq,
+        slots=slots,
     )
-    return Draft(newsletter, freq, start, now, selection.article_ids, rendered, sub)
+    return Draft(newsletter, freq, start, now, selection.article_ids, rendered, sub, slots)
 
 
 def neutral_values(settings: Settings, newsletter: Newsletter) -> dict[str, str]:
     """Stand-ins for the reader's address and links where no reader is known."""
     subscribe = Links.from_settings(settings).subscribe(newsletter.slug)
     return {
-        Placeholder.EMAIL: "you",
-        Placeholder.UNSUBSCRIBE_URL: subscribe,
-        Placeholder.PREFERENCES_URL: subscribe,
-        Placeholder.VIEW_URL: subscribe,
+        Slot.EMAIL: "you",
+        Slot.UNSUBSCRIBE_URL: subscribe,
+        Slot.PREFERENCES_URL: subscribe,
     }
 
 
-def fill(html_or_text: str, values: dict[str, str], *, html: bool) -> str:
-    import html as html_mod
+def reader_values(
+    settings: Settings, newsletter: Newsletter, sub: Subscription | None
+) -> dict[str, str]:
+    """The values of a preview's slots: that reader's own address and links, or neutral."""
+    values = neutral_values(settings, newsletter)
+    if sub is not None:
+        links = Links.from_settings(settings)
+        values[Slot.EMAIL] = sub.subscriber.email
+        values[Slot.UNSUBSCRIBE_URL] = links.unsubscribe(sub)
+        values[Slot.PREFERENCES_URL] = links.preferences(sub)
+    return values
 
-    for key, value in values.items():
-        html_or_text = html_or_text.replace(key, html_mod.escape(value) if html else value)
-    return html_or_text
+
+def draft_html(settings: Settings, draft: Draft) -> str:
+    """A draft's HTML as its reader (or nobody in particular) would see it."""
+    values = reader_values(settings, draft.newsletter, draft.subscription)
+    return draft.slots.fill(draft.rendered.html, values, html=True)
 
 
 def public_html(session: Session, settings: Settings, digest_id: int, key: str | None) -> str:
@@ -1028,4 +1031,4 @@ def public_html(session: Session, settings: Settings, digest_id: int, key: str |
     if variant is None:
         raise DigestError("This edition has no content to show.")
     nl = session.get_one(Newsletter, digest.newsletter_id)
-    return fill(variant.html, neutral_values(settings, nl), html=True)
+    return Slots.stored(variant.slots).fill(variant.html, neutral_values(settings, nl), html=True)

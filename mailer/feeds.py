@@ -31,6 +31,7 @@ from mailer.articles import (
     CleanArticle,
     Outcome,
     RawArticle,
+    TopicBudget,
     feed_source,
     html_to_text,
     map_topics,
@@ -285,11 +286,14 @@ class PollReport:
     skipped: int = 0
     error: str | None = None
     next_poll_at: datetime | None = None
+    note: str | None = None  # what went right but not all the way (the topic cap)
 
     def describe(self) -> str:
         if self.status == "ok":
-            return f"{self.created} new, {self.updated} updated, {self.unchanged} unchanged" + (
-                f", {self.skipped} skipped" if self.skipped else ""
+            return (
+                f"{self.created} new, {self.updated} updated, {self.unchanged} unchanged"
+                + (f", {self.skipped} skipped" if self.skipped else "")
+                + (f"; {self.note}" if self.note else "")
             )
         if self.status == "not_modified":
             return "not modified"
@@ -341,13 +345,14 @@ def record(
         report.next_poll_at = feed.next_poll_at
         session.flush()
         return report
+    budget = TopicBudget.from_settings(settings, feed_source(feed.id))
     if parsed is not None:
         newsletter = session.get(Newsletter, feed.newsletter_id)
         assert newsletter is not None  # the FK cascades: a feed never outlives it
         source = feed_source(feed.id)
         for clean in ready:
             _, outcome = upsert_article(
-                session, newsletter, source, clean, extra_topics=feed.topics or []
+                session, newsletter, source, clean, extra_topics=feed.topics or [], budget=budget
             )
             if outcome is Outcome.CREATED:
                 report.created += 1
@@ -362,6 +367,10 @@ def record(
     feed.last_success_at = now
     feed.error_count = 0
     feed.last_error = None
+    if budget.refused:
+        # Stored, but not every category became a topic: said where the operator looks.
+        report.note = feed.last_error = budget.describe()[:2000]
+        log.warning("feed %s: %s", feed.id, report.note)
     feed.next_poll_at = now + timedelta(seconds=feed.interval)
     report.next_poll_at = feed.next_poll_at
     session.flush()

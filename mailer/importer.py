@@ -43,6 +43,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from mailer import spreadsheet
 from mailer import subscriptions as subs
 from mailer.addresses import CachedNormaliser, InvalidAddress, address_hash
 from mailer.models import (
@@ -154,14 +155,15 @@ class _Rejects:
     def __init__(self, path: Path, header: list[str]) -> None:
         self.path, self.header = path, header
         self.file: IO[str] | None = None
-        self.writer: Any = None
+        self.writer: spreadsheet.Writer | None = None
         self.lock = threading.Lock()
 
     def write(self, line: int, raw: list[str], reason: str) -> None:
         with self.lock:  # both the parsing and the writing thread reject rows
             if self.writer is None:
                 self.file = self.path.open("w", newline="", encoding="utf-8")
-                self.writer = csv.writer(self.file)
+                # The rejected cells are whatever the file held: none may run as a formula.
+                self.writer = spreadsheet.Writer(self.file)
                 self.writer.writerow([*self.header, "line", "reason"])
             # Under the header's own columns, so "line" and "reason" stay in theirs
             # however many cells the row had; cells past the header's go after them.
@@ -561,8 +563,11 @@ class Importer:
         """A row ready to write, or the reason it can't be."""
 
         def cell(name: str) -> str:
+            """The cell's value; one we wrote guarded against formulas (`'-bob@…`) reads back."""
             i = columns.get(name)
-            return raw[i].strip() if i is not None and i < len(raw) else ""
+            return (
+                spreadsheet.read(raw[i].strip()).strip() if i is not None and i < len(raw) else ""
+            )
 
         try:
             address = self.normalise(cell("email"))

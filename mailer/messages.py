@@ -5,33 +5,95 @@ Building an EmailMessage per reader costs milliseconds (DESIGN.md), so a
 placeholders where the reader's address and links go. Per reader we replace
 the placeholders, quoted-printable-encode the two bodies (binascii, in C) and
 join bytes. Lines stay within 998 octets and end in CRLF, as SMTP wants.
+
+The placeholders are the template's own slots and nothing else: each
+rendering draws a secret nonce (`Slots`), so text from outside (an article's
+URL, title, image, a topic name) can never spell one, whatever it contains,
+and a reader's address or links never land anywhere but where the template
+put a slot.
+
+Addresses in headers are ASCII wherever they can be: an internationalised
+domain goes out as punycode (From, To, Message-ID, List-Id), never as an
+RFC 2047 word inside an address, which no reader may decode.
 """
 
 from __future__ import annotations
 
 import binascii
-import html
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
+from email.header import Header
 from email.utils import format_datetime, make_msgid, parseaddr
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from html import escape as escape_html
+from urllib.parse import quote
 
 import idna
 
 from mailer.models import utcnow
 
 
-class Placeholder:
-    """Markers that survive Jinja escaping, premailer and URL parsing untouched."""
+class Slot:
+    """The reader's values a template has places for: the keys of `values`."""
 
-    EMAIL = "__MAILER_EMAIL__"
-    UNSUBSCRIBE_URL = "__MAILER_UNSUBSCRIBE_URL__"
-    PREFERENCES_URL = "__MAILER_PREFERENCES_URL__"
-    VIEW_URL = "__MAILER_VIEW_URL__"
+    EMAIL = "email"
+    UNSUBSCRIBE_URL = "unsubscribe_url"
+    PREFERENCES_URL = "preferences_url"
+    ALL = (EMAIL, UNSUBSCRIBE_URL, PREFERENCES_URL)
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The markers of one rendering, where the reader's values go.
+
+    A marker is `__MAILER_EMAIL_<nonce>__`: letters, digits and underscores,
+    which survive Jinja escaping, premailer and URL parsing untouched. The
+    nonce is 128 random bits drawn when the body is rendered, after every
+    article in it was written, and kept with what was rendered
+    (`DigestVariant.slots`) so the sender finds the same markers; outside
+    text cannot guess it, so a marker found in a body is one the template
+    put there. The empty nonce names the fixed markers of editions rendered
+    before there were nonces (`__MAILER_EMAIL__`).
+    """
+
+    nonce: str
+
+    @classmethod
+    def fresh(cls) -> Slots:
+        return cls(secrets.token_hex(16))
+
+    @classmethod
+    def stored(cls, nonce: str | None) -> Slots:
+        return cls(nonce or "")
+
+    def marker(self, slot: str) -> str:
+        suffix = f"_{self.nonce}" if self.nonce else ""
+        return f"__MAILER_{slot.upper()}{suffix}__"
+
+    @cached_property
+    def _slot_of(self) -> dict[str, str]:
+        return {self.marker(slot): slot for slot in Slot.ALL}
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile("|".join(re.escape(m) for m in self._slot_of))
+
+    def slot_of(self, marker: str) -> str:
+        return self._slot_of[marker]
+
+    def fill(self, text: str, values: Mapping[str, str], *, html: bool) -> str:
+        """The text with each of this rendering's markers replaced by its slot's value
+        (HTML-escaped for HTML); a slot without a value is left empty."""
+
+        def value(match: re.Match[str]) -> str:
+            found = values.get(self._slot_of[match.group()], "")
+            return escape_html(found) if html else found
+
+        return self.pattern.sub(value, text)
 
 
 class HeaderInjection(ValueError):
@@ -53,9 +115,25 @@ def _fold(name: str, value: str, utf8: bool = False) -> bytes:
     return pol.fold_binary(name, pol.header_factory(name, value))
 
 
+class UnencodableAddress(ValueError):
+    """An address or domain that cannot be written the way mail needs it."""
+
+
+def ascii_domain(domain: str) -> str:
+    """A domain as headers and the envelope carry it: punycode (IDNA) when it is
+    internationalised. The one rule for every place a domain goes out."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise UnencodableAddress(f"the domain {domain!r} has no ASCII (IDNA) form: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class Envelope:
-    """The address as the SMTP envelope needs it, and whether that needs SMTPUTF8."""
+    """The address as the SMTP envelope and the headers need it, and whether that
+    needs SMTPUTF8 (only a non-ASCII local part does: a domain has its punycode)."""
 
     address: str
     smtputf8: bool
@@ -66,15 +144,58 @@ def envelope_address(email: str) -> Envelope:
     if local.isascii() and domain.isascii():
         return Envelope(email, False)
     if local.isascii():
-        return Envelope(f"{local}@{idna.encode(domain, uts46=True).decode()}", False)
+        return Envelope(f"{local}@{ascii_domain(domain)}", False)
     return Envelope(email, True)
+
+
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+
+
+def phrase(name: str) -> str:
+    """A display name as an RFC 5322 phrase, all ASCII: atoms as they are, a quoted
+    string when it holds specials (a comma, quotes, angle brackets), RFC 2047
+    words when it is not ASCII (never inside quotes, where no reader decodes them)."""
+    name = " ".join(name.split())
+    if not name.isascii():
+        # One line of encoded words, each within RFC 2047's 75 characters.
+        return " ".join(Header(name, "utf-8", maxlinelen=76).encode().split())
+    if _SPECIALS.search(name):
+        return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return name
+
+
+def mailto_address(address: str) -> str:
+    """An address for a `mailto:` link in a header: punycode domain, and a non-ASCII
+    local part percent-encoded (RFC 6068)."""
+    local, _, domain = address.rpartition("@")
+    return f"{quote(local, safe=LOCAL_SAFE)}@{ascii_domain(domain)}"
+
+
+LOCAL_SAFE = "!#$&'*+-/=?^_`{|}~."
+
+
+def list_id_value(name: str, list_id: str) -> str:
+    """`List-Id` (RFC 2919): the name as a proper phrase, then `<list-id>` in ASCII."""
+    shown = phrase(name)
+    return f"{shown} <{list_id}>" if shown else f"<{list_id}>"
 
 
 @lru_cache(maxsize=256)
 def sender_domain(sender: str) -> str:
-    """The From address's domain. Cached: it is asked once per message (Message-ID,
-    VERP return path) for the same few senders, and `parseaddr` is ~50 µs."""
-    return parseaddr(sender)[1].rpartition("@")[2] or "localhost"
+    """The From address's domain in ASCII (punycode), for Message-IDs and VERP. Cached:
+    it is asked once per message for the same few senders, and `parseaddr` is ~50 µs."""
+    return ascii_domain(parseaddr(sender)[1].rpartition("@")[2] or "localhost")
+
+
+def from_header(sender: str) -> bytes:
+    """The From line: the display name as a phrase and the address with its domain in
+    punycode; only an address with a non-ASCII local part needs (and gets) UTF-8."""
+    name, address = parseaddr(_clean(sender, "From"))
+    envelope = envelope_address(address)
+    if envelope.smtputf8:
+        return _fold("From", sender, utf8=True)
+    shown = phrase(name)
+    return _fold("From", f"{shown} <{envelope.address}>" if shown else envelope.address)
 
 
 def _crlf(text: str) -> str:
@@ -88,17 +209,6 @@ def _qp(text: str) -> bytes:
     return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
 
 
-_PLACEHOLDERS = re.compile(
-    "|".join(
-        re.escape(p)
-        for p in (
-            Placeholder.EMAIL,
-            Placeholder.UNSUBSCRIBE_URL,
-            Placeholder.PREFERENCES_URL,
-            Placeholder.VIEW_URL,
-        )
-    )
-)
 SOFT_BREAK = b"=\r\n"
 
 
@@ -144,18 +254,20 @@ class _Body:
     keys: tuple[str, ...]
 
     @classmethod
-    def of(cls, text: str) -> _Body:
+    def of(cls, text: str, slots: Slots | None) -> _Body:
+        """Split at this rendering's markers only: anything else is literal text."""
         text = _crlf(text)
         if not text.endswith("\r\n"):
             text += "\r\n"
         pieces: list[_Piece] = []
         keys: list[str] = []
         at = 0
-        for match in _PLACEHOLDERS.finditer(text):
+        found = [] if slots is None else list(slots.pattern.finditer(text))
+        for match in found:
             raw = text[at : match.start()].encode("utf-8")
             kept = raw.rstrip(b" \t")
             pieces.append(_Piece.of(_qp_bytes(kept) if kept else b"", raw[len(kept) :]))
-            keys.append(match.group())
+            keys.append(slots.slot_of(match.group()) if slots else "")
             at = match.end()
         pieces.append(_Piece.of(_qp_bytes(text[at:].encode("utf-8"))))
         return cls(tuple(pieces), tuple(keys))
@@ -191,9 +303,9 @@ class _Body:
 
         emit(self.pieces[0])
         for key, piece in zip(self.keys, self.pieces[1:], strict=True):
-            value = values.get(key, key)
+            value = values.get(key, "")
             if escape:
-                value = html.escape(value)
+                value = escape_html(value)
             if value:
                 emit(_Piece.of(_qp_bytes(value.encode("utf-8"))))
             emit(piece)
@@ -213,8 +325,11 @@ class MessageTemplate:
     list_id: str | None = None
     list_unsubscribe_mailto: str | None = None
     extra_headers: Mapping[str, str] = field(default_factory=dict)
+    # The rendering's markers; None for a body with nothing left to fill in per reader.
+    slots: Slots | None = None
     _head: bytes = field(init=False, repr=False)
     _boundary: str = field(init=False, repr=False)
+    _mailto: str = field(init=False, repr=False)
     _text: _Body = field(init=False, repr=False)
     _html: _Body = field(init=False, repr=False)
 
@@ -222,7 +337,7 @@ class MessageTemplate:
         self._boundary = "=_mailer_" + secrets.token_hex(12)
         self.domain = sender_domain(self.sender)
         head = [
-            _fold("From", self.sender),
+            from_header(self.sender),
             _fold("Subject", self.subject),
             b"MIME-Version: 1.0\r\n",
             b"Auto-Submitted: auto-generated\r\n",
@@ -232,8 +347,13 @@ class MessageTemplate:
         for name, value in self.extra_headers.items():
             head.append(_fold(_clean(name, "header name"), value))
         self._head = b"".join(head)
-        self._text = _Body.of(self.text)
-        self._html = _Body.of(self.html)
+        self._mailto = (
+            f"<mailto:{mailto_address(self.list_unsubscribe_mailto)}?subject=unsubscribe>"
+            if self.list_unsubscribe_mailto
+            else ""
+        )
+        self._text = _Body.of(self.text, self.slots)
+        self._html = _Body.of(self.html, self.slots)
 
     def build(
         self,
@@ -249,14 +369,15 @@ class MessageTemplate:
         envelope = envelope_address(to)
         lines = [
             self._head,
-            _fold("To", to, utf8=envelope.smtputf8),
+            # An ASCII local part at an IDN domain is all ASCII here (punycode).
+            _fold("To", envelope.address, utf8=envelope.smtputf8),
             _fold("Date", format_datetime(date or utcnow())),
             _fold("Message-ID", message_id),
         ]
         if unsubscribe_url:
             targets = [f"<{unsubscribe_url}>"]
-            if self.list_unsubscribe_mailto:
-                targets.append(f"<mailto:{self.list_unsubscribe_mailto}?subject=unsubscribe>")
+            if self._mailto:
+                targets.append(self._mailto)
             lines.append(_fold("List-Unsubscribe", ", ".join(targets)))
             lines.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         b = self._boundary

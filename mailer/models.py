@@ -200,6 +200,27 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(32))
     source: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The address's subscriber while we still hold it: how a list shows the address.
+    # Erasing the subscriber sets it NULL; the hash alone stays.
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="SET NULL"), index=True
+    )
+
+
+class SuppressionEvent(Base):
+    """The record of each suppression lifted: what it said, when, by whom, from where."""
+
+    __tablename__ = "suppression_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address_hash: Mapped[str] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str | None] = mapped_column(String(64))
+    suppressed_at: Mapped[datetime]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    lifted_by: Mapped[str] = mapped_column(String(32))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Notification(Base):
@@ -334,6 +355,9 @@ class DigestVariant(Base):
     subject: Mapped[str] = mapped_column(String(998))
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
+    # The secret nonce of this rendering's reader slots (`messages.Slots`): only markers
+    # carrying it are filled per reader. NULL: rendered before nonces, fixed markers.
+    slots: Mapped[str | None] = mapped_column(String(64))
 
 
 class Delivery(Base):

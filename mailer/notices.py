@@ -10,6 +10,7 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Callable
 from datetime import timedelta
+from email.utils import parseaddr
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -18,10 +19,10 @@ from mailer.bounces import reset_soft_bounces, return_paths
 from mailer.config import Settings
 from mailer.dkim_signing import sign_if_configured
 from mailer.links import Links
-from mailer.messages import MessageTemplate
+from mailer.messages import MessageTemplate, ascii_domain, list_id_value
 from mailer.models import Newsletter, Notification, Status, Subscription, utcnow
 from mailer.rendering import EmailRenderer
-from mailer.subscriptions import is_suppressed
+from mailer.suppressions import may_send
 from mailer.transport import ConnectionLost, Reply, close, connect, send
 
 # Which subscription status a notice still makes sense for.
@@ -33,11 +34,12 @@ class TemporaryFailure(RuntimeError):
 
 
 def list_id(newsletter: Newsletter, settings: Settings) -> str:
-    return f"{newsletter.name} <{newsletter.slug}.{settings.base_host}>"
+    """`List-Id`: the name as a quoted or encoded phrase, the id `<slug>.<our host>` in ASCII."""
+    return list_id_value(newsletter.name, f"{newsletter.slug}.{ascii_domain(settings.base_host)}")
 
 
 def unsubscribe_mailto(newsletter: Newsletter, settings: Settings) -> str:
-    return settings.unsubscribe_mailto or newsletter.sender.rpartition("<")[2].rstrip(">")
+    return settings.unsubscribe_mailto or parseaddr(newsletter.sender)[1]
 
 
 def build_notice(
@@ -103,7 +105,9 @@ def send_notice(
         return "not-claimed"
     note = session.get_one(Notification, note_id)
     sub = session.get_one(Subscription, note.subscription_id)
-    if sub.status is not VALID_FOR.get(note.kind) or is_suppressed(session, sub.subscriber.email):
+    if sub.status is not VALID_FOR.get(note.kind) or not may_send(
+        session, sub.subscriber.email, note.kind
+    ):
         note.status = "skipped"
         session.commit()
         return note.status

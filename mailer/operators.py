@@ -33,12 +33,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import digests, feeds
+from mailer import digests, feeds, suppressions
 from mailer import subscriptions as subs
 from mailer.addresses import address_hash, address_key
 from mailer.config import Settings
-from mailer.links import Links
-from mailer.messages import Placeholder
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -749,7 +747,16 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
     email = subscriber.email
     asked_to_stop = any(s.status in ASKED_TO_STOP for s in subscriber.subscriptions)
     if asked_to_stop:
-        subs.suppress(session, email, reason="unsubscribed-then-erased", source=OPERATOR)
+        # A complaint stays a complaint (only an operator lifts it); a plain "stop" may be
+        # lifted by the owner's own fresh double opt-in (mailer.suppressions).
+        complained = any(s.status is Status.COMPLAINED for s in subscriber.subscriptions)
+        reason = (
+            suppressions.COMPLAINED_THEN_ERASED
+            if complained
+            else suppressions.UNSUBSCRIBED_THEN_ERASED
+        )
+        subs.suppress(session, email, reason=reason, source=OPERATOR)
+    suppressions.forget_lifts(session, email)
     count = len(subscriber.subscriptions)
     subscriber_id = subscriber.id
     session.expunge(subscriber)
@@ -766,6 +773,83 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
         )
         is not None,
     )
+
+
+# -- suppressions -------------------------------------------------------------------------------
+
+
+class SuppressionOut(BaseModel):
+    """One entry of the suppression list. Entries are kept as hashes: `address` is
+    there only while the address's subscriber row still exists (never after erasure)."""
+
+    hash: str
+    address: str | None
+    reason: str
+    source: str | None
+    created_at: datetime
+    lifted_by_opt_in: bool
+
+
+class SuppressionPage(BaseModel):
+    items: list[SuppressionOut]
+    next_cursor: str | None
+
+
+class LiftOut(BaseModel):
+    lifted: SuppressionOut
+    at: datetime
+    by: str
+
+
+def _suppression_out(entry: Suppression, address: str | None) -> SuppressionOut:
+    return SuppressionOut(
+        hash=entry.address_hash,
+        address=address,
+        reason=entry.reason,
+        source=entry.source,
+        created_at=entry.created_at,
+        lifted_by_opt_in=suppressions.lifted_by_opt_in(entry),
+    )
+
+
+def list_suppressions(
+    session: Session, *, reason: str | None = None, cursor: str | None = None, limit: int = 50
+) -> SuppressionPage:
+    """The list in id order (oldest first), a page at a time, optionally one reason."""
+    if not 1 <= limit <= 1000:
+        raise Invalid("limit", "limit must be between 1 and 1000.")
+    query = (
+        select(Suppression, Subscriber.email)
+        .outerjoin(Subscriber, Subscriber.id == Suppression.subscriber_id)
+        .order_by(Suppression.id)
+        .limit(limit + 1)
+    )
+    if reason:
+        query = query.where(Suppression.reason == reason)
+    if cursor:
+        query = query.where(Suppression.id > decode_cursor(cursor))
+    rows = session.execute(query).all()
+    page = rows[:limit]
+    return SuppressionPage(
+        items=[_suppression_out(entry, email) for entry, email in page],
+        next_cursor=encode_cursor(page[-1][0].id) if len(rows) > limit and page else None,
+    )
+
+
+def lift_suppression(
+    session: Session, ref: str, *, ip: str | None = None, detail: str | None = None
+) -> LiftOut:
+    """An operator takes an address (or a hash from the list) off the list, on record.
+
+    The reader's subscriptions keep their status: mail resumes only when they are
+    active again (their own opt-in, or an operator's status change)."""
+    entry = suppressions.find(session, ref)
+    if entry is None:
+        raise NotFound(f"{ref!r} is not on the suppression list.")
+    address = session.scalar(select(Subscriber.email).where(Subscriber.id == entry.subscriber_id))
+    out = _suppression_out(entry, address)
+    event = suppressions.lift(session, entry, by=suppressions.BY_OPERATOR, ip=ip, detail=detail)
+    return LiftOut(lifted=out, at=event.at, by=event.lifted_by)
 
 
 # -- schedules ------------------------------------------------------------------------------
@@ -1306,14 +1390,8 @@ def preview_edition(
         )
     except digests.DigestError as exc:
         raise Conflict(str(exc)) from exc
-    values = digests.neutral_values(settings, nl)
-    if sub is not None:
-        links = Links.from_settings(settings)
-        values[Placeholder.EMAIL] = sub.subscriber.email
-        values[Placeholder.UNSUBSCRIBE_URL] = links.unsubscribe(sub)
-        values[Placeholder.PREFERENCES_URL] = links.preferences(sub)
     return Preview(
-        html=digests.fill(draft.rendered.html, values, html=True),
+        html=digests.draft_html(settings, draft),
         subject=draft.rendered.subject,
         frequency=draft.frequency,
         window_start=draft.window_start,

@@ -28,6 +28,7 @@ from mailer.articles import (
     ArticleError,
     Outcome,
     RawArticle,
+    TopicBudget,
     html_to_text,
     normalise,
     page_source,
@@ -392,8 +393,10 @@ def import_page(
     *,
     page_url: str | None = None,
     topics: list[str] | None = None,
+    budget: TopicBudget | None = None,
 ) -> tuple[Article, Outcome]:
-    """Store the page's article under the newsletter; importing it again updates it."""
+    """Store the page's article under the newsletter; importing it again updates it.
+    The page's own tags make topics within `budget` (the settings' cap by default)."""
     raw = extract(data, page_url)
     if not raw.url:
         raise ArticleError("url", "the page names no canonical URL: give the page's URL (--url)")
@@ -401,7 +404,12 @@ def import_page(
     if not html_to_text(clean.content_html) and not clean.summary:
         raise ArticleError("page", "found no article text on the page")
     return upsert_article(
-        session, newsletter, page_source(newsletter), clean, extra_topics=topics or []
+        session,
+        newsletter,
+        page_source(newsletter),
+        clean,
+        extra_topics=topics or [],
+        budget=budget or TopicBudget.from_settings(settings),
     )
 
 

@@ -22,7 +22,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer.addresses import Address, InvalidAddress, address_hash, address_key, normalise
+from mailer import suppressions
+from mailer.addresses import Address, InvalidAddress, address_key, normalise
+from mailer.messages import UnencodableAddress, ascii_domain
 from mailer.models import (
     Frequency,
     Newsletter,
@@ -31,10 +33,13 @@ from mailer.models import (
     Subscriber,
     Subscription,
     SubscriptionEvent,
-    Suppression,
     Topic,
     utcnow,
 )
+
+# The suppression rules live in mailer.suppressions; these two are used from here too.
+from mailer.suppressions import is_suppressed as is_suppressed
+from mailer.suppressions import suppress as suppress
 from mailer.tokens import Purpose, TokenError, Tokens
 
 T = TypeVar("T", bound=Hashable)
@@ -99,6 +104,19 @@ def parse_sender(sender: str) -> str:
     except InvalidAddress as exc:
         raise SubscriptionError(f"The sender address is not valid: {exc}", field="sender") from exc
     local, _, domain = valid.email.rpartition("@")
+    # Every message carries the sender in From, Message-ID, List-Id and the envelope:
+    # refused here if any of them could not be written, rather than failing every send.
+    if not local.isascii():
+        raise SubscriptionError(
+            f"The sender address {valid.email!r} has a non-ASCII local part, which only "
+            "relays and readers with SMTPUTF8 accept; use an ASCII one (the domain may be "
+            "internationalised: it is sent as punycode).",
+            field="sender",
+        )
+    try:
+        ascii_domain(domain)
+    except UnencodableAddress as exc:
+        raise SubscriptionError(f"The sender address can't be sent: {exc}", field="sender") from exc
     return str(HeaderAddress(display_name=name, username=local, domain=domain))
 
 
@@ -257,25 +275,6 @@ def change_status(
             detail=detail,
         )
     )
-
-
-# -- suppression ---------------------------------------------------------------
-
-
-def is_suppressed(session: Session, email: str) -> bool:
-    return (
-        session.scalar(
-            select(Suppression.id).where(Suppression.address_hash == address_hash(email))
-        )
-        is not None
-    )
-
-
-def suppress(session: Session, email: str, reason: str, source: str | None = None) -> None:
-    digest = address_hash(email)
-    if session.scalar(select(Suppression.id).where(Suppression.address_hash == digest)) is None:
-        session.add(Suppression(address_hash=digest, reason=reason, source=source))
-        session.flush()
 
 
 # -- the reader's journey ----------------------------------------------------------
@@ -459,10 +458,15 @@ def subscribe(
         request.topics,
         request.frequency,
     )
-    if is_suppressed(session, address.email):
+    blocked = suppressions.entry_for(session, address.email)
+    if blocked is not None and (confirmed or not suppressions.lifted_by_opt_in(blocked)):
+        # An operator's import never lifts an entry; a bounce or complaint needs an operator.
         return SubscribeOutcome("suppressed")
 
     subscriber = _get_or_create_subscriber(session, address.email, address.key)
+    if blocked is not None:
+        # Its owner may lift it by confirming: the confirmation goes out as for anyone.
+        suppressions.remember_address(session, blocked, subscriber.id)
     sub = session.scalar(
         select(Subscription).where(
             Subscription.subscriber_id == subscriber.id, Subscription.newsletter_id == nl.id
@@ -488,18 +492,29 @@ def subscribe(
             return _start(session, sub, chosen, freq, target, source, ip, now, state="confirmed")
         sub.frequency = freq
         sub.topics = chosen
-        last = session.scalar(
-            select(func.max(Notification.created_at)).where(
-                Notification.subscription_id == sub.id, Notification.kind == "confirm"
-            )
-        )
-        if last is not None and now - last < timedelta(seconds=resend_interval):
+        if _confirm_sent_within(session, sub, now, resend_interval):
             return SubscribeOutcome("pending-recently-sent", sub.id)
         return SubscribeOutcome("pending-resent", sub.id, [_queue(session, sub, "confirm").id])
 
-    # unsubscribed, bounced or complained: a fresh opt-in with a new generation of tokens
+    # unsubscribed, bounced or complained: a fresh opt-in with a new generation of tokens,
+    # but never a confirmation sooner than the interval allows on any path. "Unsubscribe"
+    # pressed in the confirmation itself stands: resubmitting the address at once changes
+    # nothing and mails nobody.
+    if not confirmed and _confirm_sent_within(session, sub, now, resend_interval):
+        return SubscribeOutcome("ended-recently-sent", sub.id)
     sub.generation += 1
     return _start(session, sub, chosen, freq, target, source, ip, now, state="restarted")
+
+
+def _confirm_sent_within(session: Session, sub: Subscription, now: datetime, interval: int) -> bool:
+    """Whether a confirmation for this subscription was queued less than `interval`
+    seconds ago: the one rule for how often the subscribe form can mail an address."""
+    last = session.scalar(
+        select(func.max(Notification.created_at)).where(
+            Notification.subscription_id == sub.id, Notification.kind == "confirm"
+        )
+    )
+    return last is not None and now - last < timedelta(seconds=interval)
 
 
 def _start(
@@ -565,6 +580,8 @@ def confirm(
     change_status(session, sub, Status.ACTIVE, source="confirm-link", ip=ip, now=now)
     sub.confirmed_at = now
     sub.consent_at, sub.consent_source, sub.consent_ip = now, "double-opt-in", ip
+    # The owner asked for mail again: an entry left by their earlier "stop" comes off.
+    suppressions.lift_by_opt_in(session, sub.subscriber.email, ip=ip, now=now)
     session.flush()
     return ConfirmOutcome(sub, changed=True, notification_ids=[_queue(session, sub, "welcome").id])
 

@@ -29,8 +29,13 @@ from mailer.outbound import is_loopback
 
 @dataclass(frozen=True)
 class Reply:
+    """The verdict on one message. `local` marks one we reached ourselves without asking
+    the server (our relay lacks a capability the message needs): it says nothing about
+    the address, so it must never count as a bounce."""
+
     code: int
     text: str
+    local: bool = False
 
     @property
     def ok(self) -> bool:
@@ -181,11 +186,11 @@ def send_when(
                 options = f" SIZE={len(data)}"
             if env_from.smtputf8 or env_to.smtputf8:
                 if not conn.has_extn("smtputf8"):
-                    return Reply(553, "server does not support SMTPUTF8")
+                    return NO_SMTPUTF8
                 conn.command_encoding = "utf-8"
                 options += " SMTPUTF8"
         elif env_from.smtputf8 or env_to.smtputf8:
-            return Reply(553, "server does not support SMTPUTF8")
+            return NO_SMTPUTF8
         # Refused with ValueError, before anything is sent, if they would carry CR or LF.
         mail = _command("mail", f"FROM:<{env_from.address}>{options}")
         rcpt = _command("rcpt", f"TO:<{env_to.address}>")
@@ -217,6 +222,13 @@ def send_when(
         return Reply(exc.smtp_code, _decode(exc.smtp_error))
     except (OSError, smtplib.SMTPServerDisconnected) as exc:
         raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+
+
+# A non-ASCII local part needs SMTPUTF8 at our relay: without it the message can't be
+# handed over at all. Our relay's limit, not the address's fault (no bounce, no suppression).
+NO_SMTPUTF8 = Reply(
+    553, "not sent: our relay does not offer SMTPUTF8, which this address needs", local=True
+)
 
 
 def _command(name: str, args: str) -> str:

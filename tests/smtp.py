@@ -157,6 +157,7 @@ def start_smtp_server(
     STARTTLS, ssl_context for implicit TLS, authenticator for AUTH, and so on."""
     handler = RecordingHandler(pipelining)
     port = free_port()
-    controller = Controller(handler, hostname=host, port=port, enable_SMTPUTF8=True, **options)
+    options.setdefault("enable_SMTPUTF8", True)  # a relay without it: enable_SMTPUTF8=False
+    controller = Controller(handler, hostname=host, port=port, **options)
     controller.start()
     return SMTPServer(host, port, handler, controller)

@@ -15,6 +15,7 @@ from mailer.cli.run import beat, up, web, worker
 from mailer.cli.schedules import schedule
 from mailer.cli.stats import stats
 from mailer.cli.subscribers import subscribers
+from mailer.cli.suppressions import suppression
 
 for command in (db, newsletter, up, web, worker, beat):
     main.add_command(command)
@@ -23,7 +24,7 @@ for command in (feed, article, topic):
 main.add_command(digest)
 main.add_command(bounces_group)
 main.add_command(dkim)
-for command in (subscribers, schedule, stats):
+for command in (subscribers, suppression, schedule, stats):
     main.add_command(command)
 
 __all__ = ["click", "main"]

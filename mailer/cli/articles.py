@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from mailer import feeds, pages
 from mailer import operators as ops
-from mailer.articles import rename_topic
+from mailer.articles import TopicBudget, rename_topic
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, when
 from mailer.db import get_engine
@@ -60,7 +60,11 @@ FEED_COLUMNS = (
     Column("topics", lambda f: ", ".join(f.topics)),
     Column("last ok", lambda f: when(f.last_success_at)),
     Column("next", lambda f: "paused" if f.paused else when(f.next_poll_at, "now")),
-    Column("errors", lambda f: f"{f.error_count}: {f.last_error}" if f.error_count else ""),
+    # A note on a poll that worked (the topic cap) shows too.
+    Column(
+        "errors",
+        lambda f: f"{f.error_count}: {f.last_error}" if f.error_count else (f.last_error or ""),
+    ),
 )
 
 
@@ -185,8 +189,9 @@ def article_import(
             if len(found) != 1:
                 raise click.ClickException("say which newsletter with --newsletter SLUG")
             nl = found[0]
+        budget = TopicBudget.from_settings(settings)
         stored, outcome = pages.import_page(
-            session, nl, data, settings, page_url=page_url, topics=list(topics)
+            session, nl, data, settings, page_url=page_url, topics=list(topics), budget=budget
         )
         console.print(
             f"{outcome.value} article {stored.id} in {nl.slug}: {stored.title}\n"
@@ -194,6 +199,8 @@ def article_import(
             + (f"; topics {', '.join(t.name for t in stored.topics)}" if stored.topics else ""),
             highlight=False,
         )
+        if budget.refused:
+            console.print(f"[yellow]{budget.describe()}[/yellow]", highlight=False)
 
 
 @article.command("list")

@@ -13,8 +13,6 @@ from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
-from mailer.links import Links
-from mailer.messages import Placeholder
 from mailer.models import Delivery, DeliveryStatus, Frequency
 from mailer.rendering import EmailRenderer
 from mailer.subscriptions import get_newsletter
@@ -49,13 +47,7 @@ def preview(newsletter: str, email: str | None, frequency: str | None, out: Path
             email=email,
             frequency=Frequency(frequency) if frequency else None,
         )
-        values = digests.neutral_values(settings, nl)
-        if draft.subscription is not None:
-            links = Links.from_settings(settings)
-            values[Placeholder.EMAIL] = draft.subscription.subscriber.email
-            values[Placeholder.UNSUBSCRIBE_URL] = links.unsubscribe(draft.subscription)
-            values[Placeholder.PREFERENCES_URL] = links.preferences(draft.subscription)
-        page = digests.fill(draft.rendered.html, values, html=True)
+        page = digests.draft_html(settings, draft)
         session.rollback()
     if out is None:
         click.echo(page)

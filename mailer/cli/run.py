@@ -41,7 +41,7 @@ from aiosmtpd.controller import Controller
 
 from mailer import lifeline
 from mailer.cli.base import console, settings_or_exit
-from mailer.config import Settings
+from mailer.config import Settings, record_up
 
 # `celery -A worker` only works from the repository root, where worker.py is;
 # the installed package's module works from anywhere.
@@ -542,6 +542,12 @@ def up(host: str, port: int, concurrency: int) -> None:
     sink = _start_sink(settings)
     sink_port = sink[1] if sink else settings.sink_port
     env = _child_env(settings, host, port, sink_port)
+    # Commands run from other shells find the web's address and the sink here.
+    record_up(
+        settings.data_dir.resolve(),
+        base_url=env["MAILER_BASE_URL"],
+        sink_port=sink_port if sink else None,
+    )
 
     children = [
         Child("web", web_argv(host, port)),

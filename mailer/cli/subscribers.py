@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from mailer import operators as ops
+from mailer import spreadsheet
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
 from mailer.importer import ImportReport, import_csv
@@ -96,7 +96,8 @@ def export(
                 data = ops.export_subscriber(session, address)
                 out.write(json.dumps(data.model_dump(mode="json"), indent=2) + "\n")
                 return
-            writer = csv.writer(out)
+            # Addresses may start with = + - (valid local parts): no cell runs as a formula.
+            writer = spreadsheet.Writer(out)
             writer.writerow(
                 ["email", "newsletter", "status", "frequency", "topics", "consent_at", "source"]
             )

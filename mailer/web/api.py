@@ -27,6 +27,7 @@ from mailer.models import Frequency, Newsletter, Status
 from mailer.operators import (
     ErasureReport,
     FeedOut,
+    LiftOut,
     NewsletterOut,
     NewsletterStats,
     ScheduleOut,
@@ -34,9 +35,10 @@ from mailer.operators import (
     SubscriberOut,
     SubscriberPage,
     SubscriptionOut,
+    SuppressionPage,
     TopicOut,
 )
-from mailer.web.deps import APIAuth, SessionDep, SettingsDep, _bearer, require_api_token
+from mailer.web.deps import APIAuth, IPDep, SessionDep, SettingsDep, _bearer, require_api_token
 
 
 def _invalid(field: str, message: str) -> JSONResponse:
@@ -383,6 +385,34 @@ def erase_subscriber(ref: str, session: SessionDep) -> Any:
     report = ops.erase_subscriber(session, ref)
     _done(session)
     return report
+
+
+# -- suppressions -------------------------------------------------------------------------------
+
+
+@router.get("/suppressions", response_model=SuppressionPage)
+def list_suppressions(
+    session: SessionDep,
+    reason: Annotated[str | None, Query(max_length=32, description="e.g. hard-bounce")] = None,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> Any:
+    """Addresses never mailed, oldest first. Entries are kept as hashes: `address` is
+    given only while the address's subscriber row still exists (never after erasure)."""
+    return ops.list_suppressions(session, reason=reason, cursor=cursor, limit=limit)
+
+
+@router.delete(
+    "/suppressions/{address}",
+    response_model=LiftOut,
+    responses={404: {"description": "The address (or hash) is not on the list"}},
+)
+def lift_suppression(address: str, session: SessionDep, ip: IPDep) -> Any:
+    """Take an address, or the `hash` the list shows, off the list; recorded in
+    `suppression_event`. Subscriptions keep their status: mail resumes once active."""
+    out = ops.lift_suppression(session, address, ip=ip)
+    _done(session)
+    return out
 
 
 @router.get("/stats", response_model=list[NewsletterStats])

@@ -10,7 +10,9 @@ image_url, author, published_at, topics}`:
 Invalid input answers 422 with FastAPI's `detail` list, each `loc` naming
 the field (e.g. `["body", "articles", 3, "url"]`), and stores nothing.
 The same guid again updates the article in place. Answers 200 with counts
-and, per item, the article id and whether it was created, updated or unchanged.
+and, per item, the article id and whether it was created, updated or unchanged;
+topics past the newsletter's cap (`MAILER_MAX_TOPICS_PER_NEWSLETTER`) are not
+created, and the answer lists them in `topics_not_created` with a `warning`.
 """
 
 from __future__ import annotations
@@ -133,11 +135,13 @@ def post_articles(
         items, locs = _parse(payload)
     except _Invalid as invalid:
         return JSONResponse({"detail": invalid.problems}, status_code=422)
+    budget = articles.TopicBudget.from_settings(settings)
     try:
         stored = articles.ingest_batch(
             session,
             [(slug, item.raw()) for slug, item in items],
             summary_length=settings.summary_length,
+            budget=budget,
         )
     except articles.BatchRejected as rejected:
         session.rollback()
@@ -149,11 +153,16 @@ def post_articles(
     counts = dict.fromkeys((o.value for o in articles.Outcome), 0)
     for _, outcome in stored:
         counts[outcome.value] += 1
-    return JSONResponse(
-        {
-            **counts,
-            "articles": [
-                {"id": a.id, "guid": a.guid, "url": a.url, "status": o.value} for a, o in stored
-            ],
-        }
-    )
+    answer: dict[str, Any] = {
+        **counts,
+        "articles": [
+            {"id": a.id, "guid": a.guid, "url": a.url, "status": o.value} for a, o in stored
+        ],
+    }
+    if budget.refused:
+        # Stored with the topics that exist; the rest were not made, and the CMS is told.
+        answer["topics_not_created"] = [
+            {"newsletter": slug, "topic": name} for slug, name in budget.refused
+        ]
+        answer["warning"] = budget.describe()
+    return JSONResponse(answer)

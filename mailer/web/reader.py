@@ -32,9 +32,15 @@ from mailer.web.pages import message_page, page
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=True, tags=["reader"])
 
+# The same words whoever asks (the form must not tell who is on the list), and true for
+# everyone: an address blocked after a bounce or a spam report gets no mail until the
+# editors lift it; one that only asked us to stop gets the confirmation, which lifts it.
 ACCEPTED = (
     "Thanks! If this address can receive our mail, a message is on its way: "
-    "open it and press the button to confirm your subscription."
+    "open it and press the button to confirm your subscription. "
+    "Nothing arriving? We send a new confirmation at most every few minutes, and an "
+    "address that bounced or reported our mail as spam stays blocked until the "
+    "newsletter's editors lift it: write to them."
 )
 MAX_BODY = 16 * 1024
 

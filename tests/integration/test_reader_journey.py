@@ -4,6 +4,7 @@ and a real SMTP server that records what it receives."""
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import pytest
@@ -11,7 +12,8 @@ from sqlalchemy import func, select
 
 from mailer import subscriptions as subs
 from mailer.models import Notification, Status, Subscription, SubscriptionEvent
-from tests.conftest import wait_for
+from tests.conftest import configure
+from tests.helpers.journey import link, mails_to
 
 
 @pytest.fixture
@@ -29,15 +31,6 @@ def newsletter(session):
 def http(live_server):
     with httpx.Client(base_url=live_server, timeout=10, follow_redirects=False) as client:
         yield client
-
-
-def mails_to(smtp_server, address, n):
-    return wait_for(lambda: len(smtp_server.to(address)) >= n and smtp_server.to(address))
-
-
-def link(message, path):
-    text = message.get_body(("plain",)).get_content()
-    return re.search(rf"(http://\S+/{path}/\S+)", text).group(1)
 
 
 def subscription(session, email="reader@example.org"):
@@ -293,3 +286,35 @@ def test_resubscribe_after_unsubscribe_is_a_fresh_opt_in(
     assert subscription(session, "r@example.org").status is Status.PENDING
     assert httpx.post(url).status_code == 200
     assert subscription(session, "r@example.org").status is Status.ACTIVE
+
+
+def test_unsubscribe_pressed_in_the_confirmation_stands_and_no_new_one_goes_out_at_once(
+    http, newsletter, smtp_server, celery_worker, session, monkeypatch
+):
+    """ "Unsubscribe" in the confirmation mail is the answer of someone who never asked:
+    the address submitted again at once changes nothing and mails nobody. The resend
+    interval holds on this path too; once it has passed, the owner can ask again."""
+    # Read by the worker's next task; long enough for the steps below under load.
+    configure(monkeypatch, confirm_resend_interval="10")
+    ask = {"email": "x@example.org", "newsletter": "weekly-news"}
+    assert http.post("/subscribe", json=ask).status_code == 202
+    (confirm,) = mails_to(smtp_server, "x@example.org", 1)
+    asked_at = time.monotonic()
+    one_click = re.search(r"<(http[^>]+)>", confirm.message["List-Unsubscribe"]).group(1)
+    assert httpx.post(one_click, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    before = subscription(session, "x@example.org")
+    assert before.status is Status.UNSUBSCRIBED
+    generation = before.generation
+
+    assert http.post("/subscribe", json=ask).status_code == 202
+    # A second address behind it: once its mail is out, the worker has taken both.
+    assert http.post("/subscribe", json={**ask, "email": "y@example.org"}).status_code == 202
+    mails_to(smtp_server, "y@example.org", 1)
+    assert len(smtp_server.to("x@example.org")) == 1
+    after = subscription(session, "x@example.org")
+    assert (after.status, after.generation) == (Status.UNSUBSCRIBED, generation)
+
+    time.sleep(max(0.0, 10.5 - (time.monotonic() - asked_at)))
+    assert http.post("/subscribe", json=ask).status_code == 202
+    mails_to(smtp_server, "x@example.org", 2)
+    assert subscription(session, "x@example.org").status is Status.PENDING

@@ -89,28 +89,54 @@ def test_only_the_per_message_writes_skip_the_wal_flush(session, settings, smtp_
         assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
 
 
-def test_a_crash_between_messages_still_writes_down_the_250_it_held(
-    session, settings, smtp_server, monkeypatch
-):
-    """The first message was accepted; building the second one fails. The first row is
-    `sent`, not left in flight to come back as `unknown` and go out twice."""
+def test_a_crash_between_messages_still_writes_down_the_250_it_held(session, settings, smtp_server):
+    """The first message was accepted; the sender then dies before the second (here its
+    rate limiter raises). The first row is `sent`, not left in flight to come back as
+    `unknown` and go out twice."""
     digest_id, lo, hi, _ = sendable_edition(session, settings, 2)
-    built = []
-    real = delivery.personalise
 
-    def personalise(*args, **kwargs):
-        built.append(args[3])
-        if len(built) > 1:
-            raise RuntimeError("template blew up")
-        return real(*args, **kwargs)
+    class DiesOnTheSecond(Unlimited):
+        taken = 0
 
-    monkeypatch.setattr(delivery, "personalise", personalise)
-    with pytest.raises(RuntimeError, match="template blew up"):
-        delivery.send_range(session, settings, digest_id, lo, hi)
+        def acquire(self, before_waiting=None):
+            self.taken += 1
+            if self.taken > 1:
+                raise RuntimeError("worker blew up")
+
+    with pytest.raises(RuntimeError, match="worker blew up"):
+        delivery.send_range(session, settings, digest_id, lo, hi, limiter=DiesOnTheSecond())
     session.expire_all()
     rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
     assert [r.status for r in rows] == [DeliveryStatus.SENT, DeliveryStatus.QUEUED]
     assert len(smtp_server.received) == 1
+
+
+def test_a_message_that_fails_to_build_costs_its_row_an_attempt_and_the_batch_goes_on(
+    session, settings, smtp_server, monkeypatch
+):
+    """Building the second of three messages fails: that row is deferred with the reason
+    (an attempt counted, failed after the last), the others go out. It used to raise out
+    of the batch and leave the row queued for every tick to try again for ever."""
+    digest_id, lo, hi, emails = sendable_edition(session, settings, 3)
+    real = delivery.personalise
+
+    def personalise(*args, **kwargs):
+        if args[3] == emails[1]:  # built ahead and at its turn: fails both times
+            raise RuntimeError("template blew up")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "personalise", personalise)
+    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    session.expire_all()
+    rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+    assert [(r.status, r.attempts) for r in rows] == [
+        (DeliveryStatus.SENT, 1),
+        (DeliveryStatus.DEFERRED, 1),
+        (DeliveryStatus.SENT, 1),
+    ]
+    assert "could not be built: template blew up" in (rows[1].smtp_reply or "")
+    assert (result.sent, result.deferred) == (2, 1)
+    assert len(smtp_server.received) == 2
 
 
 def test_the_embedded_default_sends_an_edition_on_sqlite(sqlite_url, smtp_server, monkeypatch):

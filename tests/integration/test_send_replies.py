@@ -30,6 +30,7 @@ from tests.integration.test_digest_support import (
     statuses,
     wait_done,
 )
+from tests.smtp import start_smtp_server
 
 # Every reply is read the same whether the server takes commands one by one or pipelined.
 pytestmark = pytest.mark.parametrize(
@@ -152,6 +153,35 @@ def test_other_permanent_refusal_fails_without_suppressing(
     assert (row.status, row.smtp_code) == (DeliveryStatus.FAILED, 554)
     assert not is_suppressed(session, "big@example.org")
     assert session.get(Subscription, subs["big@example.org"].id).status is Status.ACTIVE
+
+
+def test_a_relay_without_smtputf8_fails_a_non_ascii_address_on_record_without_a_bounce(
+    session, settings, renderer, smtp_server, monkeypatch
+):
+    """Our relay's missing capability is not the reader's fault: the delivery fails with
+    the reason, the reader stays active and unsuppressed (was: a synthetic 553, read as a
+    hard bounce, suppressing every non-ASCII address for good)."""
+    relay = start_smtp_server(pipelining=smtp_server.handler.pipelining, enable_SMTPUTF8=False)
+    try:
+        settings = configure(monkeypatch, smtp_url=relay.url)
+        digest_id, (lo, hi), subs = prepared_edition(
+            session, settings, renderer, ["юзер@пример.рф", "ann@example.org", "bob@bücher.de"]
+        )
+        result = delivery.send_range(session, settings, digest_id, lo, hi)
+    finally:
+        relay.stop()
+
+    assert (result.sent, result.failed, result.bounced) == (2, 1, 0)
+    row = row_for(session, subs["юзер@пример.рф"])
+    assert (row.status, row.smtp_code) == (DeliveryStatus.FAILED, None)
+    assert "SMTPUTF8" in row.smtp_reply and row.smtp_reply.startswith("not sent")
+    assert not is_suppressed(session, "юзер@пример.рф")
+    assert session.get(Subscription, subs["юзер@пример.рф"].id).status is Status.ACTIVE
+    # An ASCII local part at an IDN domain needs no SMTPUTF8: punycode in the envelope.
+    assert sorted(r.rcpt_tos[0] for r in relay.received) == [
+        "ann@example.org",
+        "bob@xn--bcher-kva.de",
+    ]
 
 
 def test_unreachable_server_leaves_every_row_queued_and_unattempted(

@@ -26,6 +26,7 @@ from mailer import delivery, digests, notices
 from mailer import subscriptions as subs
 from mailer.dkim_signing import sign_if_configured
 from mailer.links import Links
+from mailer.messages import Slots
 from mailer.models import Frequency, Notification, Subscription
 from mailer.rendering import EmailRenderer
 
@@ -89,6 +90,7 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
     now = datetime(2025, 11, 24, 8, 0, tzinfo=UTC)
     nl = sub.newsletter
     items = digest_items(settings.digest_max_articles, now)
+    slots = Slots.fresh()
     context = digests.context_for(
         settings,
         nl,
@@ -97,10 +99,11 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
         Links.from_settings(settings).digest(1),
         window_end=now,
         frequency=Frequency.WEEKLY,
+        slots=slots,
     )
     rendered = renderer.render(digests.KIND, context)
     template = delivery.message_template(
-        settings, nl, rendered.subject, rendered.html, rendered.text
+        settings, nl, rendered.subject, rendered.html, rendered.text, slots
     )
     links = Links.from_settings(settings)
     message_id = make_msgid(idstring="d1.1", domain=template.domain)  # as delivery does

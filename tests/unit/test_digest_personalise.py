@@ -5,16 +5,22 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from mailer.config import Settings
 from mailer.delivery import message_template, personalise
 from mailer.digests import Item, context_for
 from mailer.links import Links
+from mailer.messages import Slots
 from mailer.models import Frequency, Newsletter, Subscription
 from mailer.rendering import EmailRenderer
 from mailer.tokens import Purpose
+from tests.helpers import hostile
 
 NOW = datetime(2024, 5, 6, 8, tzinfo=UTC)
 
@@ -45,13 +51,21 @@ def items() -> list[Item]:
 
 @pytest.fixture
 def template(settings, newsletter):
+    return render_template(settings, newsletter, items())
+
+
+def render_template(settings, newsletter, articles):
+    """The variant's template as prepare makes it: rendered once, with fresh slots."""
     renderer = EmailRenderer(settings.email_templates)
+    slots = Slots.fresh()
     context = context_for(
-        settings, newsletter, items(), 3, "https://mail.example.org/digest/1?v=k",
-        window_end=NOW, frequency=Frequency.DAILY,
+        settings, newsletter, articles, 3, "https://mail.example.org/digest/1?v=k",
+        window_end=NOW, frequency=Frequency.DAILY, slots=slots,
     )  # fmt: skip
     rendered = renderer.render("digest", context)
-    return message_template(settings, newsletter, rendered.subject, rendered.html, rendered.text)
+    return message_template(
+        settings, newsletter, rendered.subject, rendered.html, rendered.text, slots
+    )
 
 
 def reader(sub_id: int, generation: int = 1) -> Subscription:
@@ -129,3 +143,33 @@ def test_text_part_is_written_from_the_data_not_stripped_html(template, settings
     assert title_ref and notes[title_ref.group(1)] == "https://news.example.org/a?x=1&y=2"
     assert "<table" not in text and "&amp;" not in text
     assert max(len(line) for line in text.splitlines() if "://" not in line) <= 72
+
+
+marker_text = st.lists(
+    st.one_of(st.sampled_from(hostile.MARKERS), st.text(max_size=8)), max_size=6
+).map("".join)
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    title=marker_text,
+    summary=marker_text,
+    author=marker_text,
+    topic=marker_text,
+    query=marker_text,
+)
+def test_no_article_text_ever_moves_a_readers_values_out_of_their_slots(
+    title, summary, author, topic, query
+):
+    """Whatever an article's fields hold (every marker spelling mixed with anything),
+    the reader's address and links appear exactly once in each part, in the footer."""
+    config = Settings(
+        secret_key="unit-secret", base_url="https://mail.example.org", data_dir="/nonexistent"
+    )
+    newsletter = Newsletter(id=1, slug="news", name="News", sender="News <n@news.example.org>")
+    url = "https://evil.example/a?q=" + quote(query)
+    article = Item(1, url, title, summary, url + "&img", author, NOW, frozenset(), (topic,))
+    template = render_template(config, newsletter, [article])
+    _, msg = build(template, config, 7, "ann@example.org")
+    for part in (p.get_content() for p in msg.iter_parts()):
+        hostile.only_in_slots(part, hostile.personal(config.base_url, "ann@example.org"))

@@ -18,7 +18,7 @@ from mailer.dkim_signing import (
     signer_for,
     txt_record_value,
 )
-from mailer.messages import MessageTemplate
+from mailer.messages import MessageTemplate, Slot, Slots
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,20 @@ def dns(key_path):
 
 
 def newsletter_mail(to="reader@example.com"):
+    slots = Slots.fresh()
     template = MessageTemplate(
         sender="Weekly News <news@example.org>",
         subject="This week: héllo",
-        html="<p>Hello __MAILER_EMAIL__</p>" + "<p>x</p>" * 500,
-        text="Hello __MAILER_EMAIL__\n",
+        html=f"<p>Hello {slots.marker(Slot.EMAIL)}</p>" + "<p>x</p>" * 500,
+        text=f"Hello {slots.marker(Slot.EMAIL)}\n",
         list_id="Weekly News <weekly.example.org>",
         list_unsubscribe_mailto="news@example.org",
+        slots=slots,
     )
     data, _ = template.build(
         to,
         unsubscribe_url="https://example.org/unsubscribe/tok",
-        values={"__MAILER_EMAIL__": to},
+        values={Slot.EMAIL: to},
     )
     return data
 

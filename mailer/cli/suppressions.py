@@ -1,0 +1,66 @@
+"""`mailer suppression list|lift`: the addresses we never mail, and taking one off.
+
+Entries are kept as hashes of the address. `list` shows each one's hash,
+reason, source and date, and the address only while we still hold it (a
+subscriber row exists for it); after an erasure only the hash is left, and
+`lift` takes either the address or that hash.
+"""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from mailer import operators as ops
+from mailer.cli.base import console, domain_session
+
+
+@click.group("suppression")
+def suppression() -> None:
+    """The suppression list: addresses never mailed (bounces, complaints, erased opt-outs)."""
+
+
+@suppression.command("list")
+@click.option("--reason", help="Only entries with this reason (e.g. hard-bounce, complaint).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--cursor", help="Continue from the cursor the previous page printed.")
+def list_(reason: str | None, limit: int, cursor: str | None) -> None:
+    """List suppressed addresses, oldest first: hash, address if known, reason, source, date."""
+    with domain_session() as session:
+        page = ops.list_suppressions(session, reason=reason, cursor=cursor, limit=limit)
+    table = Table("hash", "address", "reason", "source", "since (UTC)", "lifted by")
+    for item in page.items:
+        table.add_row(
+            item.hash[:16],
+            item.address or "(not known: only the hash is kept)",
+            item.reason,
+            item.source or "",
+            f"{item.created_at:%Y-%m-%d %H:%M}",
+            "its owner's new opt-in, or an operator" if item.lifted_by_opt_in else "an operator",
+        )
+    console.print(table)
+    if not page.items:
+        console.print("the suppression list is empty" + (f" for {reason!r}" if reason else ""))
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
+@suppression.command("lift")
+@click.argument("address")
+@click.option("--reason", "detail", help="Why, for the audit record.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def lift(address: str, detail: str | None, yes: bool) -> None:
+    """Take ADDRESS (or a hash `list` showed) off the list; the lift is recorded.
+
+    The reader's subscriptions keep their status: they are mailed again once
+    active (their own new opt-in, or `mailer subscribers set-status`).
+    """
+    if not yes:
+        click.confirm(f"Lift the suppression of {address}? It may be mailed again.", abort=True)
+    with domain_session() as session:
+        out = ops.lift_suppression(session, address, detail=detail)
+    shown = out.lifted.address or out.lifted.hash[:16]
+    console.print(
+        f"lifted: {shown} (was {out.lifted.reason}, since {out.lifted.created_at:%Y-%m-%d}); "
+        "recorded in suppression_event"
+    )
