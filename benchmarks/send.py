@@ -385,7 +385,8 @@ def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[
             sub = session.get_one(Subscription, sub_id)
             template = message_template(settings, nl, variant.subject, variant.html, variant.text)
             index[vid] = len(bodies)
-            bodies.append(personalise(template, links, sub, sub.subscriber.email, "<raw@bench>"))
+            parts = personalise(template, links, sub, sub.subscriber.email, "<raw@bench>")
+            bodies.append(b"".join(parts))
         recipients = [
             (address, index[vid or 0])
             for address, vid in session.execute(

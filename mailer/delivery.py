@@ -133,8 +133,11 @@ class Outgoing:
     def return_path(self, delivery_id: int) -> str:
         return self.paths.for_delivery(delivery_id, self.sender)
 
-    def sign(self, data: bytes) -> bytes:
-        return self.signer.sign(data) if self.signer is not None else data
+    def sign(self, message: bytes | list[bytes]) -> bytes:
+        """The wire bytes, signed when DKIM is on (the message may come in its parts)."""
+        if self.signer is not None:
+            return self.signer.sign(message)
+        return message if isinstance(message, bytes) else b"".join(message)
 
 
 def message_template(
@@ -153,10 +156,11 @@ def message_template(
 
 def personalise(
     template: MessageTemplate, links: Links, sub: Tokened, email: str, message_id: str
-) -> bytes:
-    """The reader's wire bytes: string replacement and QP only, no MIME building."""
+) -> list[bytes]:
+    """The reader's wire bytes, as the parts they join from (what the DKIM signer
+    takes): string replacement and QP only, no MIME building."""
     unsubscribe = links.unsubscribe(sub)
-    data, _ = template.build(
+    parts, _ = template.build_parts(
         email,
         unsubscribe_url=unsubscribe,
         values={
@@ -166,7 +170,7 @@ def personalise(
         },
         message_id=message_id,
     )
-    return data
+    return parts
 
 
 # -- claiming ---------------------------------------------------------------------------
@@ -679,8 +683,8 @@ def _send_rows(
         """Message-ID, wire bytes and VERP return path: all of a message but its sending."""
         template = templates[row.variant_id]
         message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
-        data = personalise(template, links, row.subscription, row.email, message_id)
-        return message_id, outgoing.sign(data), outgoing.return_path(row.delivery_id)
+        parts = personalise(template, links, row.subscription, row.email, message_id)
+        return message_id, outgoing.sign(parts), outgoing.return_path(row.delivery_id)
 
     def build_ahead(row: Claimed) -> None:
         nonlocal ahead

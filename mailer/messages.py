@@ -160,7 +160,10 @@ class _Body:
         pieces.append(_Piece.of(_qp_bytes(text[at:].encode("utf-8"))))
         return cls(tuple(pieces), tuple(keys))
 
-    def encode(self, values: Mapping[str, str], escape: bool) -> bytes:
+    def encode(self, values: Mapping[str, str], escape: bool) -> list[bytes]:
+        """The encoded body as the parts it joins to; the literal pieces are the
+        template's own bytes objects, the same for every reader (the DKIM signer
+        remembers their canonical form, `dkim_signing._Cores`)."""
         out: list[bytes] = []
         col = 0
         ws = b""
@@ -199,7 +202,7 @@ class _Body:
             emit(piece)
         if ws:  # only blanks left at the very end: encoded, as at any line end
             out.append(ws.replace(b" ", b"=20").replace(b"\t", b"=09"))
-        return b"".join(out)
+        return out
 
 
 @dataclass
@@ -245,6 +248,21 @@ class MessageTemplate:
         date: datetime | None = None,
     ) -> tuple[bytes, str]:
         """The wire bytes for one reader, and the Message-ID they carry."""
+        parts, message_id = self.build_parts(
+            to, unsubscribe_url=unsubscribe_url, values=values, message_id=message_id, date=date
+        )
+        return b"".join(parts), message_id
+
+    def build_parts(
+        self,
+        to: str,
+        *,
+        unsubscribe_url: str | None = None,
+        values: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        date: datetime | None = None,
+    ) -> tuple[list[bytes], str]:
+        """`build`'s wire bytes as the parts they join from, for the DKIM signer."""
         message_id = message_id or make_msgid(domain=self.domain)
         envelope = envelope_address(to)
         lines = [
@@ -266,11 +284,11 @@ class MessageTemplate:
             f"--{b}\r\n".encode(),
             b'Content-Type: text/plain; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            self._text.encode(values, escape=False),
+            *self._text.encode(values, escape=False),
             f"--{b}\r\n".encode(),
             b'Content-Type: text/html; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            self._html.encode(values, escape=True),
+            *self._html.encode(values, escape=True),
             f"--{b}--\r\n".encode(),
         ]
-        return b"".join(lines), message_id
+        return lines, message_id
