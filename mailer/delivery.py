@@ -484,6 +484,14 @@ class _Marks:
         self._ids: set[int] = set()
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
+            # Imported here once, not per message: a function-level import costs
+            # microseconds on every call, and there are three per message.
+            from psycopg import errors, generators
+            from psycopg.pq import ExecStatus
+
+            self._errors = errors
+            self._generators = generators
+            self._tuples_ok = ExecStatus.TUPLES_OK
             engine = bind if isinstance(bind, Engine) else bind.engine
             url = engine.url.render_as_string(hide_password=False)
             self.conn = async_commit_engine(url).connect()
@@ -528,10 +536,8 @@ class _Marks:
             self._ids = set(self.session.execute(self.stmt, params).scalars())
             self.session.commit()
             return
-        from psycopg import generators
-
         self.pgconn.send_query_prepared(self.prepared.name, self.prepared.values(params))
-        self.raw.wait(generators.send(self.pgconn))
+        self.raw.wait(self._generators.send(self.pgconn))
         self._pending = True
 
     def finish(self) -> set[int]:
@@ -539,15 +545,12 @@ class _Marks:
         self.start()
         if not self._pending:
             return self._ids
-        from psycopg import errors, generators
-        from psycopg.pq import ExecStatus
-
         self._pending = False
-        results = self.raw.wait(generators.fetch_many(self.pgconn))
+        results = self.raw.wait(self._generators.fetch_many(self.pgconn))
         self._ids = set()
         for result in results:
-            if result.status != ExecStatus.TUPLES_OK:
-                raise errors.error_from_result(result)
+            if result.status != self._tuples_ok:
+                raise self._errors.error_from_result(result)
             self._ids.update(int(result.get_value(i, 0)) for i in range(result.ntuples))
         return self._ids
 
