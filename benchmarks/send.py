@@ -175,6 +175,7 @@ class CpuMeter:
         self.waited_before = {p: run_delay(p) for p in pids}
 
     def stop(self) -> dict[str, float]:
+        """Seconds of CPU each group used since start() (it may be asked again later)."""
         return {
             group: sum(cpu_seconds(p) - self.before.get(p, 0.0) for p in find())
             for group, find in self.groups.items()
@@ -461,6 +462,7 @@ class Outcome:
     raw_msgs_per_s: float
     steal_s: tuple[float, float]  # stolen by the host during the pipeline, the raw loop
     cpu_ms: dict[str, float]  # CPU per message of each part, and `ours`
+    send_cpu_ms: dict[str, float]  # the same from the moment the edition was prepared
     dkim_verified: int = 0
     dkim_failed: int = 0
 
@@ -597,6 +599,7 @@ def run(options: Options, url: str) -> Outcome:
         started = time.time()
         tasks.prepare_digest.delay(digest_id)
         prepared_at: float | None = None
+        at_prepared: dict[str, float] = {}
         deadline = time.monotonic() + options.timeout
         last_check = 0.0
         while True:
@@ -607,6 +610,7 @@ def run(options: Options, url: str) -> Outcome:
                     status = session.scalar(select(Digest.status).where(Digest.id == digest_id))
                 if status != "created":
                     prepared_at = time.time()
+                    at_prepared = meter.stop()
                 time.sleep(0.02)
                 continue
             # The sink's count is free to ask for; the database only now and then.
@@ -632,11 +636,17 @@ def run(options: Options, url: str) -> Outcome:
         waited = meter.waited()
         busy, steal_pipeline = machine_since(machine_before)
         cpu_ms = cpu_per_message(used, len(expected))
+        sending = {group: used[group] - at_prepared.get(group, 0.0) for group in used}
+        send_cpu_ms = cpu_per_message(sending, len(expected))
         print(
             "CPU per message (ms): "
             + ", ".join(f"{g} {v:.2f}" for g, v in cpu_ms.items())
             + f"; these busy {sum(used.values()) / seconds:.2f} of {os.cpu_count()} cores,"
             + f" the whole machine {busy / seconds:.2f}"
+        )
+        print(
+            "of which sending, once prepared (ms): "
+            + ", ".join(f"{g} {v:.2f}" for g, v in send_cpu_ms.items())
         )
         print(
             "waited for a CPU (s): "
@@ -683,6 +693,7 @@ def run(options: Options, url: str) -> Outcome:
             raw_msgs_per_s=raw,
             steal_s=(steal_pipeline, raw_steal),
             cpu_ms=cpu_ms,
+            send_cpu_ms=send_cpu_ms,
             dkim_verified=verified,
             dkim_failed=failed,
         )
@@ -917,6 +928,7 @@ def main() -> None:
         "workers": args.workers,
         "steal_s": [round(v, 1) for v in out.steal_s],
         "cpu_ms_per_msg": out.cpu_ms,
+        "send_cpu_ms_per_msg": out.send_cpu_ms,
         "dkim": options.dkim,
         "sink": options.sink,
     }

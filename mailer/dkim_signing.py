@@ -183,11 +183,13 @@ class _Cores:
     result is `relaxed_body` of the joined bytes whatever the parts are; they
     only decide how much of the work is remembered. Known parts are keyed by
     their bytes (a bytes object keeps its hash), and forgotten all at once
-    when there are too many.
+    when they hold more than `limit` bytes (an edition of many variants, one
+    worker after another), so a worker's memory stays bounded.
     """
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 16 << 20) -> None:
         self.limit = limit
+        self._held = 0
         self._known: dict[bytes, tuple[int, int, bytes] | None] = {}
 
     def _core(self, part: bytes) -> tuple[int, int, bytes] | None:
@@ -205,9 +207,12 @@ class _Cores:
             None,
         )  # fmt: skip
         core = None if lo is None or hi is None or lo >= hi else (lo, hi, _wsp(part[lo:hi]))
-        if len(self._known) >= self.limit:
+        size = len(part) + (len(core[2]) if core else 0)
+        if self._held + size > self.limit:
             self._known.clear()
+            self._held = 0
         self._known[part] = core
+        self._held += size
         return core
 
     def relaxed_body(self, parts: Sequence[bytes]) -> bytes:

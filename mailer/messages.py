@@ -19,6 +19,7 @@ from datetime import datetime
 from email import policy
 from email.utils import format_datetime, make_msgid, parseaddr
 from functools import lru_cache
+from typing import Any
 
 import idna
 
@@ -238,19 +239,10 @@ class MessageTemplate:
         self._text = _Body.of(self.text)
         self._html = _Body.of(self.html)
 
-    def build(
-        self,
-        to: str,
-        *,
-        unsubscribe_url: str | None = None,
-        values: Mapping[str, str] | None = None,
-        message_id: str | None = None,
-        date: datetime | None = None,
-    ) -> tuple[bytes, str]:
-        """The wire bytes for one reader, and the Message-ID they carry."""
-        parts, message_id = self.build_parts(
-            to, unsubscribe_url=unsubscribe_url, values=values, message_id=message_id, date=date
-        )
+    def build(self, to: str, **options: Any) -> tuple[bytes, str]:
+        """The wire bytes for one reader, and the Message-ID they carry (the options
+        are `build_parts`')."""
+        parts, message_id = self.build_parts(to, **options)
         return b"".join(parts), message_id
 
     def build_parts(
@@ -262,7 +254,8 @@ class MessageTemplate:
         message_id: str | None = None,
         date: datetime | None = None,
     ) -> tuple[list[bytes], str]:
-        """`build`'s wire bytes as the parts they join from, for the DKIM signer."""
+        """The wire bytes for one reader as the parts they join from (what the DKIM
+        signer takes, `dkim_signing._Cores`), and the Message-ID they carry."""
         message_id = message_id or make_msgid(domain=self.domain)
         envelope = envelope_address(to)
         lines = [

@@ -85,6 +85,7 @@ def test_benchmark_small_mode_sends_each_reader_with_articles_exactly_once(
     }
     assert result["sink"] == ("postfix" if "postfix" in flags else "aiosmtpd")
     assert set(result["cpu_ms_per_msg"]) == {"workers", "postgres", "redis", "ours", "sink"}
+    assert set(result["send_cpu_ms_per_msg"]) == set(result["cpu_ms_per_msg"])
     parts = result["cpu_ms_per_msg"]
     assert parts["ours"] == pytest.approx(
         parts["workers"] + parts["postgres"] + parts["redis"], abs=0.002
