@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -136,10 +136,16 @@ class Prepared:
     name: bytes
     names: tuple[str, ...]
     constants: Mapping[str, Any]
+    # The statement's own literals in text form, once: a call encodes only its own.
+    _fixed: Mapping[str, bytes | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fixed", {n: _pg_text(v) for n, v in self.constants.items()})
 
     def values(self, params: Mapping[str, Any]) -> list[bytes | None]:
         """The call's parameters, and the statement's own literals, in placeholder order."""
-        return [_pg_text(params[n] if n in params else self.constants[n]) for n in self.names]
+        fixed = self._fixed
+        return [_pg_text(params[n]) if n in params else fixed[n] for n in self.names]
 
 
 def _pg_text(value: object) -> bytes | None:

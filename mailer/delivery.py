@@ -133,8 +133,11 @@ class Outgoing:
     def return_path(self, delivery_id: int) -> str:
         return self.paths.for_delivery(delivery_id, self.sender)
 
-    def sign(self, data: bytes) -> bytes:
-        return self.signer.sign(data) if self.signer is not None else data
+    def sign(self, message: bytes | list[bytes]) -> bytes:
+        """The wire bytes, signed when DKIM is on (the message may come in its parts)."""
+        if self.signer is not None:
+            return self.signer.sign(message)
+        return message if isinstance(message, bytes) else b"".join(message)
 
 
 def message_template(
@@ -173,10 +176,11 @@ def variant_template(
 
 def personalise(
     template: MessageTemplate, links: Links, sub: Tokened, email: str, message_id: str
-) -> bytes:
-    """The reader's wire bytes: string replacement and QP only, no MIME building."""
+) -> list[bytes]:
+    """The reader's wire bytes, as the parts they join from (what the DKIM signer
+    takes): string replacement and QP only, no MIME building."""
     unsubscribe = links.unsubscribe(sub)
-    data, _ = template.build(
+    parts, _ = template.build_parts(
         email,
         unsubscribe_url=unsubscribe,
         values={
@@ -186,7 +190,7 @@ def personalise(
         },
         message_id=message_id,
     )
-    return data
+    return parts
 
 
 # -- claiming ---------------------------------------------------------------------------
@@ -501,6 +505,14 @@ class _Marks:
         self._ids: set[int] = set()
         bind = session.get_bind()
         if bind.dialect.name == "postgresql":
+            # Imported here once, not per message: a function-level import costs
+            # microseconds on every call, and there are three per message.
+            from psycopg import errors, generators
+            from psycopg.pq import ExecStatus
+
+            self._errors = errors
+            self._generators = generators
+            self._tuples_ok = ExecStatus.TUPLES_OK
             engine = bind if isinstance(bind, Engine) else bind.engine
             url = engine.url.render_as_string(hide_password=False)
             self.conn = async_commit_engine(url).connect()
@@ -545,10 +557,8 @@ class _Marks:
             self._ids = set(self.session.execute(self.stmt, params).scalars())
             self.session.commit()
             return
-        from psycopg import generators
-
         self.pgconn.send_query_prepared(self.prepared.name, self.prepared.values(params))
-        self.raw.wait(generators.send(self.pgconn))
+        self.raw.wait(self._generators.send(self.pgconn))
         self._pending = True
 
     def finish(self) -> set[int]:
@@ -556,15 +566,12 @@ class _Marks:
         self.start()
         if not self._pending:
             return self._ids
-        from psycopg import errors, generators
-        from psycopg.pq import ExecStatus
-
         self._pending = False
-        results = self.raw.wait(generators.fetch_many(self.pgconn))
+        results = self.raw.wait(self._generators.fetch_many(self.pgconn))
         self._ids = set()
         for result in results:
-            if result.status != ExecStatus.TUPLES_OK:
-                raise errors.error_from_result(result)
+            if result.status != self._tuples_ok:
+                raise self._errors.error_from_result(result)
             self._ids.update(int(result.get_value(i, 0)) for i in range(result.ntuples))
         return self._ids
 
@@ -705,8 +712,8 @@ def _send_rows(
         if isinstance(template, Exception):
             raise template
         message_id = make_msgid(idstring=f"d{digest_id}.{row.delivery_id}", domain=template.domain)
-        data = personalise(template, links, row.subscription, row.email, message_id)
-        return message_id, outgoing.sign(data), outgoing.return_path(row.delivery_id)
+        parts = personalise(template, links, row.subscription, row.email, message_id)
+        return message_id, outgoing.sign(parts), outgoing.return_path(row.delivery_id)
 
     def build_ahead(row: Claimed) -> None:
         nonlocal ahead

@@ -30,6 +30,7 @@ from email.header import Header
 from email.utils import format_datetime, make_msgid, parseaddr
 from functools import cached_property, lru_cache
 from html import escape as escape_html
+from typing import Any
 from urllib.parse import quote
 
 import idna
@@ -272,7 +273,10 @@ class _Body:
         pieces.append(_Piece.of(_qp_bytes(text[at:].encode("utf-8"))))
         return cls(tuple(pieces), tuple(keys))
 
-    def encode(self, values: Mapping[str, str], escape: bool) -> bytes:
+    def encode(self, values: Mapping[str, str], escape: bool) -> list[bytes]:
+        """The encoded body as the parts it joins to; the literal pieces are the
+        template's own bytes objects, the same for every reader (the DKIM signer
+        remembers their canonical form, `dkim_signing._Cores`)."""
         out: list[bytes] = []
         col = 0
         ws = b""
@@ -311,7 +315,7 @@ class _Body:
             emit(piece)
         if ws:  # only blanks left at the very end: encoded, as at any line end
             out.append(ws.replace(b" ", b"=20").replace(b"\t", b"=09"))
-        return b"".join(out)
+        return out
 
 
 @dataclass
@@ -355,7 +359,13 @@ class MessageTemplate:
         self._text = _Body.of(self.text, self.slots)
         self._html = _Body.of(self.html, self.slots)
 
-    def build(
+    def build(self, to: str, **options: Any) -> tuple[bytes, str]:
+        """The wire bytes for one reader, and the Message-ID they carry (the options
+        are `build_parts`')."""
+        parts, message_id = self.build_parts(to, **options)
+        return b"".join(parts), message_id
+
+    def build_parts(
         self,
         to: str,
         *,
@@ -363,8 +373,9 @@ class MessageTemplate:
         values: Mapping[str, str] | None = None,
         message_id: str | None = None,
         date: datetime | None = None,
-    ) -> tuple[bytes, str]:
-        """The wire bytes for one reader, and the Message-ID they carry."""
+    ) -> tuple[list[bytes], str]:
+        """The wire bytes for one reader as the parts they join from (what the DKIM
+        signer takes, `dkim_signing._Cores`), and the Message-ID they carry."""
         message_id = message_id or make_msgid(domain=self.domain)
         envelope = envelope_address(to)
         lines = [
@@ -387,11 +398,11 @@ class MessageTemplate:
             f"--{b}\r\n".encode(),
             b'Content-Type: text/plain; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            self._text.encode(values, escape=False),
+            *self._text.encode(values, escape=False),
             f"--{b}\r\n".encode(),
             b'Content-Type: text/html; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            self._html.encode(values, escape=True),
+            *self._html.encode(values, escape=True),
             f"--{b}--\r\n".encode(),
         ]
-        return b"".join(lines), message_id
+        return lines, message_id

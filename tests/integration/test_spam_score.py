@@ -107,7 +107,7 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
     )
     links = Links.from_settings(settings)
     message_id = make_msgid(idstring="d1.1", domain=template.domain)  # as delivery does
-    data = delivery.personalise(template, links, sub, READER, message_id)
+    data = b"".join(delivery.personalise(template, links, sub, READER, message_id))
     return rendered.html, data
 
 

@@ -73,8 +73,10 @@ def reader(sub_id: int, generation: int = 1) -> Subscription:
 
 
 def build(template, settings, sub_id: int, email: str):
-    data = personalise(
-        template, Links.from_settings(settings), reader(sub_id), email, f"<m{sub_id}@x>"
+    data = b"".join(
+        personalise(
+            template, Links.from_settings(settings), reader(sub_id), email, f"<m{sub_id}@x>"
+        )
     )
     return data, message_from_bytes(data, policy=policy.default)
 
