@@ -54,6 +54,7 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
     from mailer.delivery import Reader, message_template, personalise
     from mailer.digests import KIND, Item, context_for
     from mailer.links import Links
+    from mailer.messages import Slots
     from mailer.models import Frequency, Newsletter
     from mailer.rendering import EmailRenderer
 
@@ -77,6 +78,7 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
         )
         for i in range(articles)
     ]
+    slots = Slots.fresh()
     context = context_for(
         settings,
         newsletter,
@@ -85,10 +87,11 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
         "https://news.example.org/digest/1?v=k",
         window_end=WHEN,
         frequency=Frequency.DAILY,
+        slots=slots,
     )
     rendered = EmailRenderer(settings.email_templates).render(KIND, context)
     template = message_template(
-        settings, newsletter, rendered.subject, rendered.html, rendered.text
+        settings, newsletter, rendered.subject, rendered.html, rendered.text, slots
     )
     links = Links.from_settings(settings)
     return [

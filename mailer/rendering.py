@@ -23,6 +23,16 @@ from premailer import Premailer
 cssutils.log.setLevel(logging.CRITICAL)
 
 
+# C0 and C1 control characters (NUL among them) as blanks: a title from outside that
+# carries one would otherwise reach the Subject header, where it is refused.
+_CONTROLS = {c: " " for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def one_line(text: str) -> str:
+    """A header's text: one line, runs of white space and control characters as one blank."""
+    return " ".join(text.translate(_CONTROLS).split())
+
+
 @dataclass(frozen=True)
 class RenderedEmail:
     subject: str
@@ -176,7 +186,7 @@ class EmailRenderer:
 
     def render(self, kind: str, context: dict[str, Any]) -> RenderedEmail:
         subject = self.text_env.get_template(f"{kind}/subject.txt").render(context)
-        subject = " ".join(subject.split())
+        subject = one_line(subject)
         html = self.html_env.get_template(f"{kind}/body.html").render(context, subject=subject)
         notes = Footnotes()
         text = self.text_env.get_template(f"{kind}/body.txt").render(

@@ -175,3 +175,13 @@ def test_no_article_text_ever_moves_a_readers_values_out_of_their_slots(
     _, msg = build(template, config, 7, "ann@example.org")
     for part in (p.get_content() for p in msg.iter_parts()):
         hostile.only_in_slots(part, hostile.personal(config.base_url, "ann@example.org"))
+
+
+def test_control_characters_in_a_title_become_blanks_in_a_one_line_subject(settings, newsletter):
+    """Found by the property above: a NUL in a title reached the Subject and the whole
+    variant could not be built (HeaderInjection)."""
+    title = "Storm\x00warning\x1b[31m over\r\nthe\x85coast\x7f"
+    article = Item(1, "https://news.example.org/s", title, "", None, None, NOW, frozenset())
+    template = render_template(settings, newsletter, [article])
+    _, msg = build(template, settings, 7, "ann@example.org")
+    assert msg["Subject"] == "The News: Storm warning [31m over the coast"
