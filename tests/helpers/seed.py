@@ -41,11 +41,12 @@ def seed_html() -> str:
     return "\n".join(f"<p>{html.escape(line, quote=False)}</p>" for line in SEED_TEXT.splitlines())
 
 
-def seed_page(url: str) -> bytes:
+def seed_page(url: str, published: datetime) -> bytes:
     """The seed as a page: its headline as the <title>, its lines as the body."""
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(SEED_TITLE)}</title>"
+        f"<meta property='article:published_time' content='{published.isoformat()}'>"
         f"<link rel='canonical' href='{html.escape(url)}'></head>"
         f"<body>{seed_html()}</body></html>"
     ).encode()
