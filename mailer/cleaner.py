@@ -82,8 +82,8 @@ LEAD_MIN_CHARS = 40
 LINK_LIST_MAX = 2000
 LINK_LISTS_MAX = 10
 FURNITURE_MAX_SHARE = 0.4
-# Rounds of the rules at most (a second only when the first left text loose, or a box
-# marked by its class under its share of the text).
+# Rounds of the rules at most: they run again while a round still finds something, which
+# on real articles is twice (the second finds nothing).
 ROUNDS = 4
 
 # Elements that are never part of an article's text: removed with everything inside.
@@ -537,6 +537,7 @@ WHITESPACE = re.compile(r"\s+")
 _FOLD = str.maketrans({"\u00a0": " ", "\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _WORDS = re.compile(r"[a-z0-9]+")
 _TOKENS = re.compile(r"\w+")
+_DIGIT = re.compile(r"\d")
 _NUMBER = re.compile(r"\d{1,4}(?:st|nd|rd|th)?")  # 31, 2024, 31st
 _TAG_NAME = re.compile(r"[a-z][a-z0-9-]{0,40}")
 _LOOKS_LIKE_TAG = re.compile(r"<[/!?a-zA-Z]")
@@ -600,6 +601,8 @@ def is_label(text: str) -> bool:
 
 def is_date_line(text: str) -> bool:
     """Made of nothing but a date, a time and words like "Updated": "Stand: 31.05.2024"."""
+    if not _DIGIT.search(text, 0, 100):
+        return False
     core = _core(text)
     if not core or len(core) > 80:
         return False
@@ -638,7 +641,7 @@ def furniture_rule(text: str, non_link_text: Callable[[], str] | None = None) ->
             return "lead-in"
         if non_link_text is not None and _core(non_link_text()) == phrase:
             return "lead-in"
-    if len(core) <= CREDIT_MAX and any(
+    if 20 <= len(core) <= CREDIT_MAX and any(
         inside in core and (not start or _starts(core, start)) for start, inside in CREDITS
     ):
         return "credit"
@@ -705,7 +708,7 @@ def strip_trailing(text: str) -> tuple[str, bool]:
     cut_short = False
     for _ in range(TRAILING_ROUNDS):
         before = text
-        text, _ = _strip_end(text.rstrip(), ARROWS)
+        text, _ = _strip_end(text.rstrip(" ,;:-–—|"), ARROWS)
         text, ellipsis = _strip_ellipsis(text)
         cut_short |= ellipsis
         low = text[-60:].lower()
@@ -933,12 +936,14 @@ class _Cleaning:
         self.title = _core(title or "")
         self.removed = removed
         self.cut_short = False
+        self.changes = 0  # elements removed, unwrapped or made, texts cut: rounds stop at none
 
     def drop(self, el: Any, why: str) -> None:
         """Remove `el` and what is inside it, keeping the text that follows it."""
         parent = el.getparent()
         if parent is None:
             return
+        self.changes += 1
         if self.removed is not None:
             self.removed.append(f"{why}: {_describe(el)}")
         tail = el.tail or ""
@@ -957,27 +962,32 @@ class _Cleaning:
 
     def run(self) -> None:
         self.drop_tags()
-        self.wrap_loose_text()
-        self.drop_marked()
         for _ in range(ROUNDS):
+            before = self.changes
+            self.wrap_loose_text()
+            self.drop_marked()
             self.drop_pixels_and_empty_links()
+            self.drop_empty()
             self.drop_runs()
             self.drop_phrases()
             self.drop_trailing_links()
             self.drop_empty()
-            # What the rules took away may leave text loose that stood beside a block, or
-            # a box marked as furniture by its class under its share of the text: then
-            # the rules look again, so cleaning what the cleaner made changes nothing.
-            if not self.wrap_loose_text() + self.drop_marked():
+            # What one rule took away can bring another into play (a box left with only
+            # a date line in it, text left loose beside no block, a box marked by its
+            # class now under its share): the rules look again until they find nothing,
+            # so cleaning what the cleaner made changes nothing.
+            if self.changes == before:
                 break
 
-    def wrap_loose_text(self) -> int:
+    def wrap_loose_text(self) -> None:
         mixed = [
             el
             for el in self.root.iter()
-            if el.tag not in NO_PARAGRAPHS_INSIDE and any(_holds_block(child) for child in el)
+            if len(el)
+            and el.tag not in NO_PARAGRAPHS_INSIDE
+            and any(_holds_block(child) for child in el)
         ]
-        return sum(_wrap_loose_text(el) for el in dict.fromkeys([self.root, *mixed]))
+        self.changes += sum(_wrap_loose_text(el) for el in dict.fromkeys([self.root, *mixed]))
 
     # 1
     def drop_tags(self) -> None:
@@ -1127,7 +1137,9 @@ class _Cleaning:
 def _holds_block(el: Any) -> bool:
     """A block, or an inline element with a block inside (<span><p>…</p></span>): what a
     paragraph cannot hold (libxml2 would end the paragraph there)."""
-    return next(el.iter(*BREAKS_PARAGRAPHS), None) is not None
+    if el.tag in BREAKS_PARAGRAPHS:
+        return True
+    return len(el) > 0 and next(el.iter(*BREAKS_PARAGRAPHS), None) is not None
 
 
 def _wrap_loose_text(parent: Any) -> int:
@@ -1190,6 +1202,8 @@ def _wrap_loose_text(parent: Any) -> int:
 
 def _marked(el: Any) -> bool:
     """Class, id, role or style say this element is furniture or hidden."""
+    if not el.attrib:
+        return False
     words = f"{el.get('class', '')[:500]} {el.get('id', '')[:200]}".lower()
     if FURNITURE_WORDS.intersection(_WORDS.findall(words)):
         return True
