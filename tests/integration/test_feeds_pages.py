@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select
@@ -16,13 +14,6 @@ from mailer.subscriptions import create_newsletter
 from tests.fixtures.feedserver import FIXTURES, FeedServer, fixture
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def server() -> Iterator[FeedServer]:
-    s = FeedServer()
-    yield s
-    s.stop()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import select
 
@@ -16,13 +14,6 @@ from tests.conftest import wait_for
 from tests.fixtures.feedserver import FeedServer, fixture
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def server() -> Iterator[FeedServer]:
-    s = FeedServer()
-    yield s
-    s.stop()
 
 
 def test_due_feeds_are_polled_by_the_worker(
