@@ -13,7 +13,8 @@ Every rule lives in the "rules" section below, and every phrase in
 `PHRASES`, one entry per language. To teach the cleaner a new phrase, add
 it there (lower case); nothing else needs to change.
 
-What the cleaner removes, in this order:
+What the cleaner removes (text lying loose beside blocks is first made a
+paragraph, so plain text and HTML meet the same rules):
 
 1. elements that are never article text (`FURNITURE_TAGS`: scripts, forms,
    navigation, asides, embeds…), comments, and tags with no real name;
@@ -35,6 +36,10 @@ What the cleaner removes, in this order:
 6. at the end of a block, a link to the rest of the article ("Continue
    reading →") and an inline "Also read: <a>…</a>";
 7. blocks left empty.
+
+The rules run again while a round still finds something (removing one
+piece of furniture can bring another rule into play), so cleaning what the
+cleaner made changes nothing.
 
 Conservative by design: when in doubt, keep. A block is never furniture
 because it merely contains a word: "Read more books, the minister said"
