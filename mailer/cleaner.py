@@ -795,8 +795,8 @@ def parse(value: str) -> Any | None:
     value = value[:MAX_CONTENT].translate(_NOT_XML)
     if not value.strip():
         return None
-    if not _LOOKS_LIKE_TAG.search(value) and _LOOKS_LIKE_TAG.search(html.unescape(value)):
-        value = html.unescape(value)  # markup escaped once too often, as feeds do: read it
+    if not _LOOKS_LIKE_TAG.search(value) and _LOOKS_LIKE_TAG.match(html.unescape(value).lstrip()):
+        value = html.unescape(value)  # "&lt;p&gt;Lead…": escaped once too often, as feeds do
     if not _LOOKS_LIKE_TAG.search(value):
         # Entities stay for libxml2 to decode, as in HTML; a lone "<" or ">" is text.
         lines = (
@@ -1269,15 +1269,22 @@ class Cleaned:
 
 
 def _plain(text: str) -> str:
-    """Text with tags in it that were escaped once too often ("&lt;b&gt;x") read as markup
-    and dropped, as `articles.html_to_text` does: such a tag is never shown as text."""
-    if not _LOOKS_LIKE_TAG.search(text):
-        return text
-    root = parse(text)
+    """Text with tags in it that were escaped once too often ("&lt;p&gt;Lead") read as
+    markup: the tags are never shown as text. What they hold stays, even a "<script>"'s
+    (only as text): "Why <script> tags are dangerous" keeps its last four words."""
+    for _ in range(3):  # what a <script> holds is raw text: it may hold more tags
+        if not _LOOKS_LIKE_TAG.search(text):
+            return text
+        root = parse(text)
+        if root is None:
+            return ""
+        text = WHITESPACE.sub(" ", " ".join(root.itertext())).strip()
+    root = parse(text)  # tags in tags in tags: built to be shown, so their text goes too
     if root is None:
         return ""
     _Cleaning(root, None, None).drop_tags()
-    return " ".join(part.text for part in segments(root, plain=False))
+    text = WHITESPACE.sub(" ", " ".join(root.itertext())).strip()
+    return text.replace("<", "") if _LOOKS_LIKE_TAG.search(text) else text  # <xmp>, say
 
 
 def clean(value: str | None, *, title: str | None = None) -> Cleaned:

@@ -260,6 +260,14 @@ def test_plain_text_is_cleaned_a_paragraph_a_line() -> None:
     assert article(summary="Tom &amp; Jerry &lt;3 fish").summary == "Tom & Jerry <3 fish"
 
 
+def test_markup_escaped_once_too_often_is_read_as_markup_and_the_words_stay() -> None:
+    assert article(summary="&lt;p&gt;Double escaped lead.&lt;/p&gt;").summary == (
+        "Double escaped lead."
+    )
+    why = "Why &lt;script&gt; tags are dangerous, and how to stop them."
+    assert article(summary=why).summary == "Why tags are dangerous, and how to stop them."
+
+
 def test_a_tracking_pixel_is_never_the_articles_image() -> None:
     pixel = "<img src='https://pixel.wp.com/b.gif?blog=1' width='1' height='1'>"
     assert article(f"<p>{LEAD}</p>{pixel}").image_url is None
