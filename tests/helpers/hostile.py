@@ -38,4 +38,5 @@ def hostile_inputs(size: int = MAX_CONTENT) -> dict[str, str]:
         "one enormous attribute": '<p class="' + _fill("a ", size) + '">x</p>',
         "a lone '<' everywhere": "<" * size,
         "script in every block": _fill("<p>x<script>alert(1)</script></p>", size),
+        "control characters": _fill("<p>a\x00b\x1b]0;t\x07c\x0b\x7f\x85\ufffe</p>", size),
     }
