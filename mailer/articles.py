@@ -2,11 +2,15 @@
 
 Whatever arrives from outside is untrusted. Before anything is stored:
 titles, authors and topic names become plain text; article HTML goes
-through nh3 with a small allow-list, links and images made absolute
-against the document they came from and anything but http(s)/mailto
-dropped; dates become timezone-aware UTC, fetch time when missing and
-clamped when in the future; the summary is plain text cut at a sentence
-boundary near `summary_length`.
+through the one article cleaner (`mailer.cleaner`: page furniture,
+"Also read" boxes, trailing boilerplate and tracking pixels removed) and
+then nh3 with a small allow-list, links and images made absolute against
+the document they came from and anything but http(s)/mailto dropped; dates
+become timezone-aware UTC, fetch time when missing and clamped when in the
+future; the summary is the article's lead as plain text, cut at a sentence
+boundary near `summary_length`. What the source sent for the summary and
+the body is kept beside the cleaned text (`raw_summary`, `raw_content`), so
+an operator can see what the cleaner removed.
 
 An article is unique per (source, guid). The source says where it came
 from (`feed:<id>`, `api:<newsletter id>`, `page:<newsletter id>`) so two
@@ -35,6 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer.cleaner import MAX_CONTENT, TEXT_BREAKS, WHITESPACE, clean, cut_summary, summarise
 from mailer.config import Settings
 from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
 from mailer.subscriptions import ensure_topic, slugify
@@ -46,7 +51,8 @@ MAX_TITLE = 1000
 MAX_AUTHOR = 300
 MAX_TOPIC = 200
 MAX_TOPICS = 20
-MAX_CONTENT = 500_000
+# Markup around a title, an author or a topic read at most: nh3 is quadratic on deep nesting.
+MAX_FIELD_MARKUP = 20_000
 
 ALLOWED_TAGS = {
     "a",
@@ -77,11 +83,7 @@ DROP_WITH_CONTENT = {"script", "style", "noscript", "template", "iframe", "objec
 # Query parameters that only track clicks; they never change what a page is.
 TRACKING_PARAMS = re.compile(r"^(utm_[a-z]+|fbclid|gclid|mc_cid|mc_eid|ref|ocid|cmpid)$", re.I)
 
-_BLOCK_TAG = re.compile(
-    r"<(?=/?(?:p|br|div|li|ul|ol|h[1-6]|blockquote|tr|td|th|section|article|figure|figcaption|pre)\b)",
-    re.I,
-)
-_SPACE = re.compile(r"\s+")
+_BLOCK_TAG = re.compile(rf"<(?=/?(?:{'|'.join(sorted(TEXT_BREAKS))})\b)", re.I)
 _LOOKS_LIKE_TAG = re.compile(r"<[/!a-zA-Z]")
 
 
@@ -130,6 +132,9 @@ class CleanArticle:
     topics: tuple[str, ...]
     # False when the source gave no date (or one in the future) and fetch time stands in.
     date_given: bool = True
+    # What the source sent for the summary and the body, before any cleaning.
+    raw_summary: str | None = None
+    raw_content: str | None = None
 
 
 # -- text and HTML -------------------------------------------------------------
@@ -150,7 +155,7 @@ def html_to_text(value: str | None) -> str:
         text = html.unescape(nh3.clean(spaced, tags=set(), clean_content_tags=DROP_WITH_CONTENT))
         if not _LOOKS_LIKE_TAG.search(text):
             break
-    return _SPACE.sub(" ", text).strip()
+    return WHITESPACE.sub(" ", text).strip()
 
 
 def _safe_url(value: str | None, base: str | None, schemes: set[str] = URL_SCHEMES) -> str | None:
@@ -194,43 +199,6 @@ def sanitise_html(value: str | None, base_url: str | None) -> str:
         strip_comments=True,
     )
     return cleaned.strip()
-
-
-# -- summaries -----------------------------------------------------------------
-
-# A sentence ends at . ! ? or … (plus closing quotes/brackets) followed by space and
-# something that can start a sentence; CJK full stops need no space.
-_SENTENCE_END = re.compile(
-    r"(?:[.!?…]+[\"'”’»)\]]*(?=\s+[\"'“‘«(\[]?[^\W_a-z]|\s*$))|(?:[。！？]+)",
-)
-
-
-def cut_summary(text: str, length: int) -> str:
-    """`text` cut at the sentence end nearest `length`, never inside a word.
-
-    Goes up to a fifth past `length` to finish a sentence. When no sentence
-    ends between half of `length` and that limit, cuts at the last space
-    before `length` and adds an ellipsis. Text is plain: summaries are made
-    from `html_to_text`, so no cut can land inside a tag.
-    """
-    text = _SPACE.sub(" ", text).strip()
-    if length <= 0 or len(text) <= length:
-        return text
-    hard = length + length // 5
-    best = None
-    for match in _SENTENCE_END.finditer(text):
-        end = match.end()
-        if end > hard:
-            break
-        if end >= length // 2:
-            best = end
-    if best is not None:
-        return text[:best].strip()
-    cut = text[: length + 1]
-    space = cut.rfind(" ")
-    # One enormous word has no boundary to respect: then cut the characters.
-    cut = cut[:space] if space > 0 else cut[:length]
-    return cut.rstrip(" ,;:-–—") + "…"
 
 
 # -- URLs and dedupe -------------------------------------------------------------
@@ -308,7 +276,7 @@ def clean_topics(names: Iterable[str]) -> tuple[str, ...]:
     """Topic names as text, one per slug, at most MAX_TOPICS so a feed can't flood them."""
     seen: dict[str, str] = {}
     for name in names:
-        text = html_to_text(name)[:MAX_TOPIC].strip()
+        text = html_to_text(name[:MAX_FIELD_MARKUP])[:MAX_TOPIC].strip()
         if not text:
             continue
         seen.setdefault(slugify(text), text)
@@ -346,20 +314,24 @@ def normalise(
             raise ArticleError("guid", f"longer than {MAX_GUID} characters")
         guid = "sha256:" + hashlib.sha256(guid.encode()).hexdigest()
 
-    content = sanitise_html(raw.content_html, base_url or url)
-    summary_source = html_to_text(raw.summary_html) or html_to_text(content)
+    title = html_to_text((raw.title or "")[:MAX_FIELD_MARKUP])
+    body = clean(raw.content_html, title=title)
+    described = (
+        body if raw.summary_html == raw.content_html else clean(raw.summary_html, title=title)
+    )
+    content = sanitise_html(body.html, base_url or url)
+    summary = summarise(described, body, summary_length)
 
-    title = html_to_text(raw.title)
     if not title:
         if strict:
             raise ArticleError("title", "a title is required")
-        title = cut_summary(summary_source, 80) or url
+        title = cut_summary(described.lead or body.lead, 80) or url
     if len(title) > MAX_TITLE:
         if strict:
             raise ArticleError("title", f"longer than {MAX_TITLE} characters")
         title = cut_summary(title, MAX_TITLE - 20)
 
-    author = html_to_text(raw.author) or None
+    author = html_to_text((raw.author or "")[:MAX_FIELD_MARKUP]) or None
     if author and len(author) > MAX_AUTHOR:
         if strict:
             raise ArticleError("author", f"longer than {MAX_AUTHOR} characters")
@@ -374,6 +346,9 @@ def normalise(
             if strict:
                 raise ArticleError("image_url", f"longer than {MAX_URL} characters")
             image = None
+    elif body.image:  # none named: the body's own first image (never a tracking pixel)
+        image = _safe_url(body.image, base_url or url, {"http", "https"})
+        image = image if image and len(image) <= MAX_URL else None
 
     published = utc(raw.published_at) if raw.published_at else now
     date_given = raw.published_at is not None and published <= now
@@ -387,13 +362,15 @@ def normalise(
         guid=guid,
         url=url,
         title=title,
-        summary=cut_summary(summary_source, summary_length),
+        summary=summary,
         content_html=content,
         image_url=image,
         author=author,
         published_at=published,
         topics=topics,
         date_given=date_given,
+        raw_summary=(raw.summary_html or "")[:MAX_CONTENT] or None,
+        raw_content=(raw.content_html or "")[:MAX_CONTENT] or None,
     )
 
 
@@ -520,7 +497,17 @@ def rename_topic(session: Session, newsletter: Newsletter, slug: str, new_name: 
     return topic
 
 
-_COMPARED = ("url", "title", "summary", "content_html", "image_url", "author", "published_at")
+_COMPARED = (
+    "url",
+    "title",
+    "summary",
+    "content_html",
+    "image_url",
+    "author",
+    "published_at",
+    "raw_summary",
+    "raw_content",
+)
 
 
 def upsert_article(
@@ -561,6 +548,8 @@ def upsert_article(
             image_url=clean.image_url,
             author=clean.author,
             published_at=clean.published_at,
+            raw_summary=clean.raw_summary,
+            raw_content=clean.raw_content,
             topics=topics,
         )
         try:

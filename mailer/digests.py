@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from mailer import suppressions
 from mailer.addresses import address_hash
 from mailer.articles import dedupe_articles, dedupe_key
+from mailer.cleaner import cut_summary
 from mailer.config import Settings
 from mailer.db import is_postgres
 from mailer.links import Links
@@ -456,13 +457,6 @@ def safe_url(url: str | None) -> str:
     return ""
 
 
-def _shorten(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    if len(text) <= limit:
-        return text
-    return text[: max(0, limit - 1)].rsplit(" ", 1)[0] + "…"
-
-
 def context_for(
     settings: Settings,
     newsletter: Newsletter,
@@ -480,7 +474,7 @@ def context_for(
         {
             "title": " ".join(item.title.split()) or "(untitled)",
             "url": safe_url(item.url),
-            "summary": _shorten(item.summary, settings.summary_length),
+            "summary": cut_summary(item.summary, settings.summary_length),
             "image_url": safe_url(item.image_url),
             "author": item.author or "",
             "published": item.published_at.strftime("%d %b %Y"),
@@ -499,7 +493,7 @@ def context_for(
         "more_url": site,
         "site_url": site,
         "view_url": view_url,
-        "preheader": _shorten(titles, 140),
+        "preheader": cut_summary(titles, 140),
         "email_placeholder": slots.marker(Slot.EMAIL),
         "unsubscribe_url": slots.marker(Slot.UNSUBSCRIBE_URL),
         "preferences_url": slots.marker(Slot.PREFERENCES_URL),

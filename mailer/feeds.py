@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,9 +76,6 @@ class ParsedFeed:
     problem: str | None = None  # what feedparser had to forgive, if anything
 
 
-_IMG_SRC = re.compile(r"<img\b[^>]*?\bsrc\s*=\s*[\"']([^\"']+)[\"']", re.I)
-
-
 def _struct_to_dt(value: Any) -> datetime | None:
     if not value:
         return None
@@ -88,7 +86,9 @@ def _struct_to_dt(value: Any) -> datetime | None:
         return None
 
 
-def _entry_image(entry: Any, html_text: str) -> str | None:
+def _entry_image(entry: Any) -> str | None:
+    """The image the feed names for the entry; without one, `normalise` takes the first
+    image the cleaner keeps in its content (never a tracking pixel)."""
     for media in (*entry.get("media_content", []), *entry.get("media_thumbnail", [])):
         url = media.get("url")
         kind = media.get("type", "") or media.get("medium", "") or "image"
@@ -97,8 +97,7 @@ def _entry_image(entry: Any, html_text: str) -> str | None:
     for link in entry.get("links", []):
         if link.get("rel") == "enclosure" and str(link.get("type", "")).startswith("image/"):
             return str(link.get("href"))
-    found = _IMG_SRC.search(html_text)
-    return found.group(1) if found else None
+    return None
 
 
 def entry_to_raw(entry: Any) -> RawArticle:
@@ -125,7 +124,7 @@ def entry_to_raw(entry: Any) -> RawArticle:
         guid=entry.get("id"),
         summary_html=summary,
         content_html=content,
-        image_url=_entry_image(entry, content),
+        image_url=_entry_image(entry),
         author=entry.get("author"),
         published_at=published,
         topics=[t for t in tags if t.strip()],

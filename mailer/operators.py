@@ -33,11 +33,12 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import digests, feeds, suppressions
+from mailer import cleaner, digests, feeds, suppressions
 from mailer import subscriptions as subs
 from mailer.addresses import address_hash, address_key
 from mailer.config import Settings
 from mailer.models import (
+    Article,
     Delivery,
     DeliveryStatus,
     Digest,
@@ -1062,6 +1063,72 @@ def stats(
             )
         )
     return out
+
+
+# -- articles: what is stored, and what the source sent -----------------------------------------
+
+
+class ArticleDetail(BaseModel):
+    """One stored article as readers get it and, when asked for, as its source sent it.
+
+    `raw_kept` is false for articles stored before what sources send was kept
+    (migration 0006); they were never cleaned again. `removed` lists what the
+    cleaner, as it is today, takes out of what was sent: what the stored text lacks.
+    """
+
+    id: int
+    newsletter: str
+    source: str
+    guid: str
+    url: str
+    title: str
+    summary: str
+    author: str | None
+    image_url: str | None
+    topics: list[str]
+    published_at: datetime
+    fetched_at: datetime
+    updated_at: datetime
+    content_html: str
+    raw_kept: bool
+    raw_summary: str | None = None
+    raw_content: str | None = None
+    removed: list[str] | None = None
+
+
+def show_article(session: Session, article_id: int, *, raw: bool = False) -> ArticleDetail:
+    article = session.get(Article, article_id)
+    if article is None:
+        raise NotFound(f"there is no article {article_id}")
+    newsletter = session.get(Newsletter, article.newsletter_id)
+    assert newsletter is not None  # the FK cascades: an article never outlives it
+    kept = article.raw_summary is not None or article.raw_content is not None
+    detail = ArticleDetail(
+        id=article.id,
+        newsletter=newsletter.slug,
+        source=article.source,
+        guid=article.guid,
+        url=article.url,
+        title=article.title,
+        summary=article.summary,
+        author=article.author,
+        image_url=article.image_url,
+        topics=[t.name for t in article.topics],
+        published_at=article.published_at,
+        fetched_at=article.fetched_at,
+        updated_at=article.updated_at,
+        content_html=article.content_html,
+        raw_kept=kept,
+    )
+    if raw and kept:
+        sent = [article.raw_summary, article.raw_content]
+        if sent[0] == sent[1]:  # a feed item with only a description is both
+            sent = sent[:1]
+        detail.raw_summary, detail.raw_content = article.raw_summary, article.raw_content
+        detail.removed = [
+            line for field in sent for line in cleaner.clean(field, title=article.title).removed
+        ]
+    return detail
 
 
 # -- editions: preview, send now, watch, cancel ------------------------------------------------

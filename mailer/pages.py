@@ -3,11 +3,12 @@
 Publishers describe their own articles in Open Graph tags and JSON-LD far
 more reliably than any reading of the page's layout, so title, lead, image,
 date, canonical link and section come from there in that order, with
-<title>, <h1> and the first real paragraph as fallbacks. The body is the
-article's main container with the page furniture cut out: search boxes,
-share buttons, "Also read" boxes, newsletter sign-ups, adverts. What is left
-still goes through `articles.normalise`, which sanitises it like any other
-outside HTML.
+<title> and <h1> as fallbacks. The body is the article's main container,
+handed to `articles.normalise` as the page sent it: there the one article
+cleaner (`mailer.cleaner`) cuts out the page furniture (search boxes, share
+buttons, "Also read" boxes, newsletter sign-ups, adverts) as it does for
+feeds and the API, finds the lead when the page gives no description, and
+the result is sanitised like any other outside HTML.
 """
 
 from __future__ import annotations
@@ -48,75 +49,6 @@ ARTICLE_TYPES = {
     "report",
     "webpage",
 }
-# Elements that are never part of an article's text.
-FURNITURE_TAGS = (
-    "script",
-    "style",
-    "noscript",
-    "template",
-    "form",
-    "nav",
-    "header",
-    "footer",
-    "aside",
-    "iframe",
-    "button",
-    "input",
-    "select",
-    "textarea",
-    "svg",
-    "dialog",
-)
-# class/id words that mark furniture (matched per word, so "masthead" ≠ "head").
-FURNITURE_WORDS = {
-    "ad",
-    "ads",
-    "adsense",
-    "advert",
-    "advertisement",
-    "banner",
-    "breadcrumb",
-    "byline",
-    "breadcrumbs",
-    "comment",
-    "comments",
-    "cookie",
-    "menu",
-    "meta",
-    "modal",
-    "newsletter",
-    "popup",
-    "promo",
-    "related",
-    "search",
-    "share",
-    "sharing",
-    "sidebar",
-    "social",
-    "sponsor",
-    "sponsored",
-    "subscribe",
-    "subscription",
-    "tags",
-    "widget",
-}
-FURNITURE_PHRASES = (
-    "also read",
-    "read also",
-    "read more",
-    "see also",
-    "related:",
-    "related articles",
-    "share this",
-    "share on",
-    "advertisement",
-    "subscribe to our newsletter",
-    "receive the latest news",
-    "get notified about",
-    "close this search box",
-    "sign up for our newsletter",
-)
-_WORDS = re.compile(r"[a-z0-9]+")
 MAIN_SELECTORS = (
     "//*[@itemprop='articleBody']",
     "//article",
@@ -126,7 +58,6 @@ MAIN_SELECTORS = (
     "//main",
     "//*[@role='main']",
 )
-LEAD_MIN_CHARS = 40
 
 
 def _meta(doc: Any, *names: str) -> list[str]:
@@ -207,31 +138,6 @@ def parse_date(value: str | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-def _is_furniture(el: Any) -> bool:
-    words = set(_WORDS.findall(f"{el.get('class', '')} {el.get('id', '')}".lower()))
-    if words & FURNITURE_WORDS or el.get("role") in ("search", "navigation", "complementary"):
-        return True
-    if el.get("aria-hidden") == "true" or "display:none" in el.get("style", "").replace(" ", ""):
-        return True
-    text = " ".join(el.text_content().split()).lower()
-    return el.tag in ("p", "div", "h2", "h3", "h4", "h5", "h6", "span", "strong") and (
-        text.startswith(FURNITURE_PHRASES) and len(text) < 200
-    )
-
-
-def _drop(el: Any) -> None:
-    parent = el.getparent()
-    if parent is None:
-        return
-    if el.tail and el.tail.strip():  # keep text that follows the element
-        prev = el.getprevious()
-        if prev is not None:
-            prev.tail = (prev.tail or "") + el.tail
-        else:
-            parent.text = (parent.text or "") + el.tail
-    parent.remove(el)
-
-
 def _main_container(doc: Any) -> Any:
     """The element holding the article's text: a marked-up body, else the densest block."""
     for selector in MAIN_SELECTORS:
@@ -245,26 +151,6 @@ def _main_container(doc: Any) -> Any:
             best, best_len = el, length
     body = doc.find("body")
     return best if best is not None else (body if body is not None else doc)
-
-
-def clean_body(container: Any) -> Any:
-    """The container with furniture removed; small furniture only, so a wrapper that
-    happens to carry a furniture class ("has-sidebar") can't take the article with it."""
-    total = max(len(container.text_content()), 1)
-    for el in list(container.iter(*FURNITURE_TAGS)):
-        _drop(el)
-    for el in list(container.iter()):
-        if el is container or not isinstance(el.tag, str) or el.getparent() is None:
-            continue
-        if _is_furniture(el) and len(el.text_content()) < 0.4 * total:
-            # "Also read:" headings are followed by their list of links.
-            nxt = el.getnext()
-            if nxt is not None and nxt.tag in ("ul", "ol"):
-                _drop(nxt)
-            _drop(el)
-    for comment in container.xpath(".//comment()"):
-        _drop(comment)
-    return container
 
 
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>")
@@ -312,22 +198,16 @@ def extract(data: bytes | str, page_url: str | None = None) -> RawArticle:
         _page_title(doc, _first(_meta(doc, "og:site_name"))),
     )
 
-    container = clean_body(_main_container(doc))
-    for heading in container.iter("h1"):
-        _drop(heading)  # the title, shown separately
-        break
-    paragraphs = [" ".join(p.text_content().split()) for p in container.iter("p")]
+    container = _main_container(doc)
     lead = _first(
         _meta(doc, "og:description", "description", "twitter:description"),
         _ld_text(ld.get("description")),
-        [p for p in paragraphs if len(p) >= LEAD_MIN_CHARS],
     )
 
     image = _first(
         _meta(doc, "og:image:secure_url", "og:image", "og:image:url", "twitter:image"),
         _ld_text(ld.get("image"), "url"),
         doc.xpath("//link[@rel='image_src']/@href"),
-        container.xpath(".//img/@src"),
     )
 
     published = parse_date(
@@ -359,7 +239,9 @@ def extract(data: bytes | str, page_url: str | None = None) -> RawArticle:
     section = ld.get("articleSection")
     topics += section if isinstance(section, list) else [section] if section else []
 
-    content = lxml.html.tostring(container, encoding="unicode", method="html")
+    # The container as the page has it; normalise cleans it and takes the lead and the
+    # image (when the metadata names none) from what the cleaner keeps.
+    content = lxml.html.tostring(container, encoding="unicode", method="html", with_tail=False)
     return RawArticle(
         url=url,
         title=title,

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 from mailer import config, db, migrate  # noqa: E402
 from mailer.models import Base  # noqa: E402
 from mailer.sink import free_port, port_answers  # noqa: E402
+from tests.fixtures.feedserver import FeedServer  # noqa: E402
 from tests.smtp import SMTPServer, start_smtp_server  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -123,6 +124,17 @@ def redis_url() -> str:
     except Exception as exc:
         service_missing("Redis", exc)
     return REDIS_URL
+
+
+# -- HTTP: feeds and pages ------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[FeedServer]:
+    """A real HTTP server on a free port answering what each test scripts (feeds, pages)."""
+    s = FeedServer()
+    yield s
+    s.stop()
 
 
 # -- SMTP ---------------------------------------------------------------------------

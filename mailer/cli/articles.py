@@ -1,7 +1,8 @@
-"""`mailer feed add|list|poll`, `mailer article import|list`, `mailer topic list|rename`."""
+"""`mailer feed add|list|poll`, `mailer article import|list|show`, `mailer topic list|rename`."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import click
@@ -158,7 +159,7 @@ def feed_poll(every_feed: bool) -> None:
 
 @click.group()
 def article() -> None:
-    """Articles: import a page, list what a newsletter has."""
+    """Articles: import a page, list what a newsletter has, show one as stored and as sent."""
 
 
 @article.command("import")
@@ -226,6 +227,45 @@ def article_list(newsletter: str, limit: int) -> None:
                 ", ".join(t.name for t in a.topics),
             )
         console.print(table)
+
+
+# Bidirectional overrides reorder what a terminal shows; C0/C1 controls (ESC…) drive it.
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _printable(text: str) -> str:
+    """Outside text made safe for a terminal: no escape sequences, no reordering."""
+    return "".join(
+        ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _BIDI)
+    )
+
+
+@article.command("show")
+@click.argument("article_id", type=int)
+@click.option("--raw", is_flag=True, help="Also what the source sent, and what was removed.")
+def article_show(article_id: int, raw: bool) -> None:
+    """Show stored article ARTICLE_ID: its summary as readers get it and, with --raw, what
+    its source sent and what the cleaner removed from it."""
+    with domain_session() as session:
+        a = operators.show_article(session, article_id, raw=raw)
+    lines = [
+        f"article {a.id} in {a.newsletter} ({a.source}): {a.title}",
+        f"  {a.url}",
+        f"  published {_when(a.published_at)} UTC, stored {_when(a.fetched_at)} UTC"
+        + (f"; topics {', '.join(a.topics)}" if a.topics else ""),
+        "summary:",
+        f"  {a.summary or '(none)'}",
+        f"body: {len(a.content_html):,} characters of HTML",
+    ]
+    if raw and not a.raw_kept:
+        lines.append("what the source sent was not kept: stored before mailer kept it")
+    elif raw:
+        lines += ["sent as summary:", a.raw_summary or "(nothing)"]
+        if a.raw_content != a.raw_summary:
+            lines += ["sent as body:", a.raw_content or "(nothing)"]
+        lines.append("removed by the cleaner:")
+        lines += [f"  - {line}" for line in a.removed or ["(nothing)"]]
+    console.print(_printable("\n".join(lines)), markup=False, highlight=False, soft_wrap=True)
 
 
 # -- topics ------------------------------------------------------------------------------

@@ -13,17 +13,25 @@ The same guid again updates the article in place. Answers 200 with counts
 and, per item, the article id and whether it was created, updated or unchanged;
 topics past the newsletter's cap (`MAILER_MAX_TOPICS_PER_NEWSLETTER`) are not
 created, and the answer lists them in `topics_not_created` with a `warning`.
+Every field goes through the one article cleaner (`mailer.cleaner`) before
+it is stored; what was sent is kept beside it.
+
+Also here, for operators: `GET /api/articles/{id}` shows a stored article,
+and with `?raw=true` what its source sent and what the cleaner removed.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from mailer import articles
+from mailer import operators as ops
+from mailer.operators import ArticleDetail
+from mailer.web.api import NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
 router = APIRouter(
@@ -166,3 +174,20 @@ def post_articles(
         ]
         answer["warning"] = budget.describe()
     return JSONResponse(answer)
+
+
+operator_router = APIRouter(
+    prefix="/api",
+    dependencies=[APIAuth],
+    route_class=OperatorRoute,
+    tags=["articles"],
+    responses={401: {"description": "Missing or wrong API token"}},
+)
+
+
+@operator_router.get("/articles/{article_id}", response_model=ArticleDetail, responses=NOT_FOUND)
+def get_article(article_id: int, session: SessionDep, raw: Annotated[bool, Query()] = False) -> Any:
+    """A stored article as readers get it; with `raw=true` also what its source sent
+    (`raw_summary`, `raw_content`; null for articles stored before that was kept) and
+    what the cleaner removes from it (`removed`)."""
+    return ops.show_article(session, article_id, raw=raw)

@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     from mailer.web import api_articles
 
     app.include_router(api_articles.router)
+    app.include_router(api_articles.operator_router)
     from mailer.web import api_bounces
 
     app.include_router(api_bounces.router)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import select
 
@@ -17,13 +15,6 @@ from tests.fixtures.feedserver import FeedServer, fixture
 
 # The test servers are on 127.0.0.1: these fetches are allowed to go there.
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("allow_private_fetch")]
-
-
-@pytest.fixture
-def server() -> Iterator[FeedServer]:
-    s = FeedServer()
-    yield s
-    s.stop()
 
 
 def test_due_feeds_are_polled_by_the_worker(

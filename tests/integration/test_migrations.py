@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, select, text
@@ -113,3 +114,59 @@ def test_upgrade_to_0002_keeps_every_reservation_and_every_release(tmp_path: Pat
         tables = {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
     assert "sent_article" not in tables
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_to_0006_leaves_stored_articles_as_they_were(backend, tmp_path, request) -> None:
+    """What sources sent is kept from 0006 on; articles stored before are not cleaned
+    again (their raw columns stay empty), and a downgrade keeps them and their topics."""
+    url = (
+        request.getfixturevalue("pg_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path}/old.db"
+    )
+    if backend == "postgresql":  # the fixture's database is at head: start over at 0002
+        command.downgrade(migrate.alembic_config(url), "0002")
+    else:
+        migrate.upgrade(url, "0002")
+    engine = create_engine(url)
+    try:
+        _stored_before_0006_stay_as_they_were(engine, url)
+    finally:  # the session's PostgreSQL database goes back to head whatever happened
+        migrate.upgrade(url)
+        engine.dispose()
+
+
+def _stored_before_0006_stay_as_they_were(engine, url: str) -> None:
+    now = "2026-01-01 08:00:00"
+    stored = "Search Close this search box. Tensions rise."
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO newsletter (id, slug, name, sender, default_frequency, paused, "
+                "created_at) VALUES (1, 'n', 'N', 'n@example.org', 'daily', false, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text("INSERT INTO topic (id, newsletter_id, slug, name) VALUES (3, 1, 'w', 'W')")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO article (id, newsletter_id, source, guid, url, title, summary, "
+                "content_html, published_at, fetched_at, updated_at) VALUES "
+                "(10, 1, 's', 'g', 'https://example.org/a', 'T', :s, '<p>x</p>', :now, :now, :now)"
+            ),
+            {"s": stored, "now": now},
+        )
+        conn.execute(text("INSERT INTO article_topic (article_id, topic_id) VALUES (10, 3)"))
+
+    migrate.upgrade(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT summary, raw_summary, raw_content FROM article")).one()
+    assert tuple(row) == (stored, None, None)
+
+    command.downgrade(migrate.alembic_config(url), "0002")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT summary FROM article")).scalar_one() == stored
+        assert conn.execute(text("SELECT count(*) FROM article_topic")).scalar_one() == 1
