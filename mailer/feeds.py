@@ -16,8 +16,6 @@ instead of taking the caller's session like the rest of the domain.
 from __future__ import annotations
 
 import logging
-import re
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any

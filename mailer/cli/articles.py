@@ -247,7 +247,7 @@ def article_show(article_id: int, raw: bool) -> None:
     """Show stored article ARTICLE_ID: its summary as readers get it and, with --raw, what
     its source sent and what the cleaner removed from it."""
     with domain_session() as session:
-        a = operators.show_article(session, article_id, raw=raw)
+        a = ops.show_article(session, article_id, raw=raw)
     lines = [
         f"article {a.id} in {a.newsletter} ({a.source}): {a.title}",
         f"  {a.url}",

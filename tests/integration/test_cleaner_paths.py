@@ -36,7 +36,7 @@ from tests.helpers.seed import (
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter, parts
 from tests.smtp import SMTPServer
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("allow_private_fetch")]
 
 AUTH = {"Authorization": "Bearer test-api-token"}
 READER = "reader@example.org"
