@@ -265,6 +265,8 @@ class PostfixSink:
                 yield from minute.iterdir()
 
     def total(self) -> int:
+        """Messages accepted this phase, from smtp-sink's running counter: it can
+        lag the files by a moment, never run ahead of them."""
         return self._total - self._base
 
     def counts(self) -> dict[str, int]:
@@ -301,11 +303,15 @@ class PostfixSink:
         again for the next message) and are deleted; the counter starts again."""
         self._phase += 1
         dump = self.root / "dump"
+        done = 0
         if dump.exists():
             old = self.root / f"done-{self._phase}"
             dump.rename(old)
+            # The files, not the counter, say how many messages this phase took:
+            # smtp-sink's counter reaches our reading thread a little later.
+            done = sum(1 for minute in old.iterdir() for _ in minute.iterdir())
             shutil.rmtree(old, ignore_errors=True)
-        self._base = self._total
+        self._base += done
         self.keep.clear()
 
     def stop(self) -> None:
