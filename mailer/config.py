@@ -84,6 +84,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("dkim_private_key_path", "bounce_maildir", "templates_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, value: object) -> object:
+        """`MAILER_X=` in an env file means "not set", not the current directory."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -189,6 +197,15 @@ class Settings(BaseSettings):
         if not self.email_templates.is_dir():
             raise ConfigError(
                 f"MAILER_TEMPLATES_DIR {self.email_templates} is not a directory of templates"
+            )
+        if bool(self.dkim_selector) != bool(self.dkim_private_key_path):
+            raise ConfigError(
+                "DKIM needs both MAILER_DKIM_SELECTOR and MAILER_DKIM_PRIVATE_KEY_PATH"
+            )
+        if self.dkim_private_key_path and not self.dkim_private_key_path.is_file():
+            raise ConfigError(
+                f"MAILER_DKIM_PRIVATE_KEY_PATH {self.dkim_private_key_path} is not a file "
+                "(make one with `mailer dkim keygen`)"
             )
         for url in (self.smtp,):
             if urlsplit(url).scheme not in ("smtp", "smtps"):

@@ -116,3 +116,23 @@ def test_an_everyday_command_does_not_print_alembic_s_start_up_lines(tmp_path, m
     assert any("Running upgrade" in m for m in upgraded)
     assert listed == []
     assert logging.getLogger("alembic.runtime.migration").level == logging.NOTSET
+
+
+def test_a_dkim_selector_without_a_key_path_is_refused_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="MAILER_DKIM_PRIVATE_KEY_PATH"):
+        Settings(data_dir=tmp_path, dkim_selector="mail").check()
+
+
+def test_a_dkim_key_path_that_is_not_a_file_is_refused_at_start(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path, dkim_selector="mail", dkim_private_key_path=tmp_path / "missing.pem"
+    )
+    with pytest.raises(ConfigError, match=r"missing\.pem is not a file"):
+        settings.check()
+
+
+def test_an_empty_dkim_key_path_in_the_environment_means_unset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAILER_DKIM_PRIVATE_KEY_PATH", "")
+    settings = Settings(data_dir=tmp_path)
+    assert settings.dkim_private_key_path is None
+    settings.check()
