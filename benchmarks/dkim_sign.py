@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from mailer.config import Settings
-from mailer.dkim_signing import DKIMSigner, generate_private_key, load_private_key, public_key_b64
+from mailer.mail.dkim import DKIMSigner, generate_private_key, load_private_key, public_key_b64
 
 SENDER = "The Bench <news@news.example.org>"
 SELECTOR = "bench"
@@ -53,10 +53,10 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
     workers hand the signer; joined, they are the wire bytes."""
     from mailer.delivery import Reader, message_template, personalise
     from mailer.digests import KIND, Item, context_for
-    from mailer.links import Links
-    from mailer.messages import Slots
+    from mailer.mail.links import Links
+    from mailer.mail.messages import Slots
+    from mailer.mail.rendering import EmailRenderer
     from mailer.models import Frequency, Newsletter
-    from mailer.rendering import EmailRenderer
 
     settings = Settings(
         secret_key="bench-secret", base_url="https://news.example.org", data_dir=data_dir

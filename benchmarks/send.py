@@ -57,7 +57,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from benchmarks.sink import SINKS, Sink, start_sink
-from mailer.sink import free_port
+from mailer.mail.sink import free_port
 
 ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -392,7 +392,7 @@ def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[
     from mailer import db
     from mailer.config import get_settings
     from mailer.delivery import personalise, variant_template
-    from mailer.links import Links
+    from mailer.mail.links import Links
     from mailer.models import (
         Delivery,
         DeliveryStatus,
@@ -507,7 +507,7 @@ class Run:
         for name in ("MAILER_DKIM_SELECTOR", "MAILER_DKIM_PRIVATE_KEY_PATH"):
             os.environ.pop(name, None)  # unsigned unless --dkim, whatever the caller set
         if self.options.dkim:
-            from mailer.dkim_signing import generate_private_key, txt_record_value
+            from mailer.mail.dkim import generate_private_key, txt_record_value
 
             key = self.data_dir / "dkim.pem"
             generate_private_key(key, 2048)

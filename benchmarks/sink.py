@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailer.sink import Pipelining, port_answers
+from mailer.mail.sink import Pipelining, port_answers
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 SINKS = ("aiosmtpd", "postfix")

@@ -34,7 +34,7 @@ from collections import Counter
 import httpx
 from sqlalchemy import create_engine, text
 
-from mailer.sink import free_port, port_answers
+from mailer.mail.sink import free_port, port_answers
 
 ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

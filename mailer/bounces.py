@@ -48,7 +48,8 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Settings
 from mailer.db import among, is_postgres, session_scope
-from mailer.messages import sender_domain
+from mailer.mail.messages import sender_domain
+from mailer.mail.transport import cleartext_login_refusal
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -58,7 +59,6 @@ from mailer.models import (
     utcnow,
 )
 from mailer.subscriptions import TRANSITIONS, change_status, subscriber_by_email, suppress
-from mailer.transport import cleartext_login_refusal
 
 log = logging.getLogger(__name__)
 

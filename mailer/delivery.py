@@ -56,9 +56,19 @@ from mailer import bounces, digests, suppressions
 from mailer.addresses import address_hash
 from mailer.config import Settings
 from mailer.db import among, async_commit_engine, is_postgres, prepare
-from mailer.dkim_signing import DKIMSigner, signer_for
-from mailer.links import Links, Tokened
-from mailer.messages import MessageTemplate, Slot, Slots
+from mailer.mail.dkim import DKIMSigner, signer_for
+from mailer.mail.links import Links, Tokened
+from mailer.mail.messages import MessageTemplate, Slot, Slots
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.transport import (
+    ConnectionLost,
+    Connections,
+    Reply,
+    close,
+    connect,
+    send,
+    send_when,
+)
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -72,17 +82,7 @@ from mailer.models import (
 )
 from mailer.notices import list_id, unsubscribe_mailto
 from mailer.ratelimit import Limiter, Unlimited
-from mailer.rendering import EmailRenderer
 from mailer.subscriptions import TRANSITIONS, change_status, suppress
-from mailer.transport import (
-    ConnectionLost,
-    Connections,
-    Reply,
-    close,
-    connect,
-    send,
-    send_when,
-)
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,9 @@ from mailer.articles import dedupe_articles, dedupe_key
 from mailer.cleaner import cut_summary
 from mailer.config import Settings
 from mailer.db import is_postgres
-from mailer.links import Links
-from mailer.messages import Slot, Slots
+from mailer.mail.links import Links
+from mailer.mail.messages import Slot, Slots
+from mailer.mail.rendering import EmailRenderer, RenderedEmail
 from mailer.models import (
     Article,
     ArticleTopic,
@@ -58,7 +59,6 @@ from mailer.models import (
     VariantArticle,
     utcnow,
 )
-from mailer.rendering import EmailRenderer, RenderedEmail
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 
 from mailer.bounces import reset_soft_bounces, return_paths
 from mailer.config import Settings
-from mailer.dkim_signing import sign_if_configured
-from mailer.links import Links
-from mailer.messages import MessageTemplate, ascii_domain, list_id_value
+from mailer.mail.dkim import sign_if_configured
+from mailer.mail.links import Links
+from mailer.mail.messages import MessageTemplate, ascii_domain, list_id_value
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.transport import ConnectionLost, Reply, close, connect, send
 from mailer.models import Newsletter, Notification, Status, Subscription, utcnow
-from mailer.rendering import EmailRenderer
 from mailer.suppressions import may_send
-from mailer.transport import ConnectionLost, Reply, close, connect, send
 
 # Which subscription status a notice still makes sense for.
 VALID_FOR = {"confirm": Status.PENDING, "welcome": Status.ACTIVE}

@@ -37,6 +37,7 @@ from mailer import cleaner, digests, feeds, suppressions
 from mailer import subscriptions as subs
 from mailer.addresses import address_hash, address_key
 from mailer.config import Settings
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Article,
     Delivery,
@@ -55,7 +56,6 @@ from mailer.models import (
     Topic,
     utcnow,
 )
-from mailer.rendering import EmailRenderer
 
 OPERATOR = "operator"
 # Ending states that mean "the reader asked us to stop": kept as a hash after erasure.

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from mailer import suppressions
 from mailer.addresses import Address, InvalidAddress, address_key, normalise
-from mailer.messages import UnencodableAddress, ascii_domain
+from mailer.mail.messages import UnencodableAddress, ascii_domain
+from mailer.mail.tokens import Purpose, TokenError, Tokens
 from mailer.models import (
     Frequency,
     Newsletter,
@@ -40,7 +41,6 @@ from mailer.models import (
 # The suppression rules live in mailer.suppressions; these two are used from here too.
 from mailer.suppressions import is_suppressed as is_suppressed
 from mailer.suppressions import suppress as suppress
-from mailer.tokens import Purpose, TokenError, Tokens
 
 T = TypeVar("T", bound=Hashable)
 

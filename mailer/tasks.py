@@ -29,9 +29,9 @@ from mailer import (
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.transport import kept
 from mailer.ratelimit import limiter_for
-from mailer.rendering import EmailRenderer
-from mailer.transport import kept
 
 log = logging.getLogger(__name__)
 

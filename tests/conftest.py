@@ -43,8 +43,8 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from mailer import config, db, migrate  # noqa: E402
+from mailer.mail.sink import free_port, port_answers  # noqa: E402
 from mailer.models import Base  # noqa: E402
-from mailer.sink import free_port, port_answers  # noqa: E402
 from tests.fixtures.feedserver import FeedServer  # noqa: E402
 from tests.smtp import SMTPServer, start_smtp_server  # noqa: E402
 

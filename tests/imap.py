@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailer.bounces import _imap_quote as quoted  # the poller's own quoting
-from mailer.sink import free_port, port_answers
+from mailer.mail.sink import free_port, port_answers
 
 CONFIG = """\
 protocols = imap

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 
-from mailer.sink import free_port
+from mailer.mail.sink import free_port
 
 
 class CuttableProxy:

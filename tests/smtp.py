@@ -17,7 +17,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailer.sink import Pipelining, free_port
+from mailer.mail.sink import Pipelining, free_port
 
 
 @dataclass

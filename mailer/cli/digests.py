@@ -13,8 +13,8 @@ from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Frequency
-from mailer.rendering import EmailRenderer
 from mailer.subscriptions import get_newsletter
 
 FREQUENCIES = click.Choice([f.value for f in Frequency])

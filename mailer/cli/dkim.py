@@ -8,7 +8,7 @@ import click
 
 from mailer.cli.base import console
 from mailer.config import get_settings
-from mailer.dkim_signing import DKIMError, DKIMSigner, dns_record, generate_private_key
+from mailer.mail.dkim import DKIMError, DKIMSigner, dns_record, generate_private_key
 
 
 @click.group()

@@ -461,7 +461,7 @@ def _check_relay(settings: Settings) -> None:
 
 
 def _start_sink(settings: Settings) -> tuple[Controller, int] | None:
-    from mailer.sink import free_port, start_sink
+    from mailer.mail.sink import free_port, start_sink
 
     if not settings.uses_sink:
         return None
@@ -525,7 +525,7 @@ def _safe_url(url: str) -> str:
 @click.option("--concurrency", default=1, show_default=True, help="Worker concurrency.")
 def up(host: str, port: int, concurrency: int) -> None:
     """Run web, worker, beat and the SMTP sink together (Ctrl-C stops all)."""
-    from mailer.sink import port_answers
+    from mailer.mail.sink import port_answers
 
     settings = settings_or_exit()
     _prepare_data_dir(settings)

@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict
 
 from mailer import operators as ops
 from mailer import tasks
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Frequency
 from mailer.operators import CancelReport, DeliveryPage, EditionOut, EditionPage, SendNowOut
-from mailer.rendering import EmailRenderer
 from mailer.web.api import CONFLICT, NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from mailer import logs, throttle
 from mailer.config import Settings, get_settings
 from mailer.db import get_engine, session_factory
-from mailer.links import tokens_for
+from mailer.mail.links import tokens_for
 from mailer.migrate import require_current
 from mailer.subscriptions import Offers
 from mailer.web.auth import AuthFirst

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Settings
 from mailer.db import session_factory
-from mailer.tokens import Tokens
+from mailer.mail.tokens import Tokens
 from mailer.web.auth import WRONG_TOKEN, bearer_matches
 
 # Light dependencies are `async def`: FastAPI runs a plain `def` dependency in the

@@ -15,7 +15,7 @@ from html.parser import HTMLParser
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from mailer.sink import Outbox, OutboxItem
+from mailer.mail.sink import Outbox, OutboxItem
 from mailer.web.deps import SettingsDep
 from mailer.web.pages import page
 

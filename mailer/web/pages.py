@@ -1,4 +1,4 @@
-"""The Jinja2 environment for server-rendered pages (not email: see rendering.py)."""
+"""The Jinja2 environment for server-rendered pages (not email: see mailer/mail/rendering.py)."""
 
 from __future__ import annotations
 

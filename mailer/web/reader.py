@@ -22,10 +22,10 @@ from sqlalchemy.orm import Session
 from mailer import jsondata, subscriptions, tasks, throttle
 from mailer.addresses import address_hash
 from mailer.config import Settings
+from mailer.mail.tokens import Purpose, TokenError
 from mailer.models import Newsletter, Status, Subscription, utcnow
 from mailer.subscriptions import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
-from mailer.tokens import Purpose, TokenError
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, TokensDep
 from mailer.web.pages import message_page, page
 

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from mailer.mail.sink import Outbox, OutboxItem
 from mailer.models import Status, Subscription
-from mailer.sink import Outbox, OutboxItem
 from tests.helpers.processes import alive, descendants, mailer_argv
 
 START_TIMEOUT = 90.0

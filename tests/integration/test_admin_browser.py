@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from mailer import digests
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Digest, Frequency, Newsletter
-from mailer.rendering import EmailRenderer
 from mailer.web import admin
 from mailer.web.app import create_app
 from tests.browser import chromium

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 
 from mailer import delivery, digests
 from mailer.cli import main
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -23,7 +24,6 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
-from mailer.rendering import EmailRenderer
 from mailer.web.app import create_app
 from tests.conftest import configure, wait_for
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter

@@ -20,7 +20,8 @@ from mailer import delivery, digests
 from mailer import subscriptions as subs
 from mailer.cli import main
 from mailer.config import Settings
-from mailer.links import Links
+from mailer.mail.links import Links
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Frequency,
     Newsletter,
@@ -30,7 +31,6 @@ from mailer.models import (
     SubscriptionEvent,
     Topic,
 )
-from mailer.rendering import EmailRenderer
 from mailer.web.app import create_app
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 from tests.smtp import SMTPServer

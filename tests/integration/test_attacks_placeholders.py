@@ -23,11 +23,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from mailer import config, delivery, digests, feeds, notices, subscriptions
-from mailer.links import tokens_for
+from mailer.mail.links import tokens_for
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.sink import Outbox, free_port, start_sink
+from mailer.mail.tokens import Purpose
 from mailer.models import DigestVariant, Feed, Frequency, Notification, utcnow
-from mailer.rendering import EmailRenderer
-from mailer.sink import Outbox, free_port, start_sink
-from mailer.tokens import Purpose
 from mailer.web.app import create_app
 from tests.conftest import configure
 from tests.fixtures.feedserver import FeedServer, Route

@@ -26,7 +26,7 @@ import pytest
 
 from mailer import migrate
 from mailer.cli.run import web_argv
-from mailer.sink import free_port, port_answers
+from mailer.mail.sink import free_port, port_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWANCE = 3

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from mailer import subscriptions as subs
 from mailer.config import Settings
-from mailer.links import Links
+from mailer.mail.links import Links
 from mailer.models import Subscription
 from mailer.web.app import create_app
 

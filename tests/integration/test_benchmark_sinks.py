@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.sink import SINKS, SMTP_SINK, Sink, start_sink
-from mailer.sink import free_port
+from mailer.mail.sink import free_port
 from tests.conftest import service_missing, wait_for
 
 MESSAGE = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody\r\n.a line with a dot\r\n"

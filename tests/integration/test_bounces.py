@@ -12,7 +12,8 @@ from sqlalchemy import select
 from mailer import bounces, notices
 from mailer import subscriptions as subs
 from mailer.addresses import address_hash
-from mailer.dkim_signing import generate_private_key, txt_record_value
+from mailer.mail.dkim import generate_private_key, txt_record_value
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -25,7 +26,6 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
-from mailer.rendering import EmailRenderer
 from tests.conftest import configure
 from tests.fixtures.bounces import load
 

@@ -30,8 +30,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from mailer.config import Settings
+from mailer.mail.sink import free_port
 from mailer.models import utcnow
-from mailer.sink import free_port
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, RUN_ID, wait_for
 from tests.helpers import compose
 from tests.helpers.processes import alive, descendants

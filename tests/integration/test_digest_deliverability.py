@@ -6,9 +6,9 @@ from __future__ import annotations
 import dkim
 
 from mailer import bounces, delivery, digests
-from mailer.dkim_signing import generate_private_key, txt_record_value
+from mailer.mail.dkim import generate_private_key, txt_record_value
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Frequency, Subscription
-from mailer.rendering import EmailRenderer
 from tests.conftest import configure
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 

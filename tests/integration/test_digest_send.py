@@ -10,7 +10,9 @@ from sqlalchemy import func, select, text
 
 from mailer import delivery, digests, tasks
 from mailer import subscriptions as subs
-from mailer.links import tokens_for
+from mailer.mail.links import tokens_for
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.tokens import Purpose
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -20,8 +22,6 @@ from mailer.models import (
     Status,
     utcnow,
 )
-from mailer.rendering import EmailRenderer
-from mailer.tokens import Purpose
 from tests.conftest import configure
 from tests.integration.test_digest_support import (
     SITE,

@@ -121,8 +121,8 @@ def prepared_edition(session, settings, emails):
     """One story for these readers, prepared: (edition id, its send ranges, subscription
     by address)."""
     from mailer import digests
+    from mailer.mail.rendering import EmailRenderer
     from mailer.models import Frequency
-    from mailer.rendering import EmailRenderer
 
     nl = make_newsletter(session)
     subs_by_email = {e: add_reader(session, nl, e) for e in emails}

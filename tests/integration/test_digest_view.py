@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from mailer import delivery, digests
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import DigestVariant, Frequency
-from mailer.rendering import EmailRenderer
 from tests.integration.test_digest_support import (
     add_article,
     add_reader,

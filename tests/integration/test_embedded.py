@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mailer.mail.sink import free_port
 from mailer.models import Status
-from mailer.sink import free_port
 from tests.helpers.processes import alive, cmdline, descendants
 from tests.helpers.up import (
     STOP_TIMEOUT,

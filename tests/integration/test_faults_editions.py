@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from mailer import db, delivery, digests
 from mailer.config import Settings
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Digest, Frequency, Newsletter, Schedule, utcnow
-from mailer.rendering import EmailRenderer
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.smtp import SMTPServer
 

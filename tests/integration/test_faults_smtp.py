@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 
 from mailer import delivery, digests
 from mailer.config import Settings
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.sink import free_port
 from mailer.models import Delivery, Frequency
-from mailer.rendering import EmailRenderer
-from mailer.sink import free_port
 from tests.conftest import configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.smtp import RecordingHandler, SMTPServer

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from mailer import digests, tasks
 from mailer.celery_app import make_celery
+from mailer.mail.sink import free_port
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -38,7 +39,6 @@ from mailer.models import (
     Subscription,
     SubscriptionTopic,
 )
-from mailer.sink import free_port
 from tests.conftest import RUN_ID, configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.proxy import CuttableProxy

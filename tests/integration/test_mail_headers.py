@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 
 from mailer import delivery, digests
 from mailer.cli import main
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency, Newsletter, utcnow
-from mailer.rendering import EmailRenderer
 from tests.conftest import configure
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 

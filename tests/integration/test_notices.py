@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from mailer import notices
 from mailer import subscriptions as subs
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import Notification, Status, Subscription
-from mailer.rendering import EmailRenderer
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from mailer import digests, feeds, operators
 from mailer import subscriptions as subs
-from mailer.links import Links
+from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.web import admin
 from tests.conftest import API_TOKEN as TOKEN

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mailer import config
-from mailer.sink import Outbox, free_port, start_sink
+from mailer.mail.sink import Outbox, free_port, start_sink
 from mailer.web.app import create_app
 from tests.conftest import configure, wait_for
 

@@ -236,7 +236,7 @@ def test_double_confirm_sends_one_welcome(http, newsletter, smtp_server, celery_
 
 
 def test_unsubscribe_twice_is_harmless(http, newsletter, session, settings):
-    from mailer.links import Links
+    from mailer.mail.links import Links
 
     out = subs.subscribe(session, email="u@example.org", newsletter="weekly-news", confirmed=True)
     session.commit()
@@ -252,7 +252,7 @@ def test_unsubscribe_twice_is_harmless(http, newsletter, session, settings):
 
 
 def test_preferences_page_changes_topics_and_frequency(http, newsletter, session, settings):
-    from mailer.links import Links
+    from mailer.mail.links import Links
 
     out = subs.subscribe(session, email="p@example.org", newsletter="weekly-news", confirmed=True)
     session.commit()

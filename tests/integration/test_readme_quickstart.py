@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mailer.sink import free_port
+from mailer.mail.sink import free_port
 from tests.browser import chromium
 from tests.helpers.time import after_this_minute
 from tests.helpers.up import Up, eventually, running, without_settings

@@ -118,8 +118,8 @@ def test_text_keeps_its_contrast_in_light_and_dark_mode(browser, mails, kind, sc
 
 def test_a_digest_of_the_default_article_cap_stays_under_100_kb(session, settings):
     from mailer import subscriptions as subs
+    from mailer.mail.rendering import EmailRenderer
     from mailer.models import Subscription
-    from mailer.rendering import EmailRenderer
 
     subs.create_newsletter(session, "weekly", "Weekly News", "Weekly News <news@example.org>")
     subs.subscribe(session, email=READER, newsletter="weekly", confirmed=True)
@@ -147,7 +147,7 @@ def test_confirm_and_welcome_text_reads_on_its_own_with_links_as_footnotes(sessi
 
 
 def test_html_becomes_text_with_its_links_footnoted_in_one_numbering():
-    from mailer.rendering import GLUE, Footnotes
+    from mailer.mail.rendering import GLUE, Footnotes
 
     notes = Footnotes()
     first = notes.ref("Read the article", "https://example.org/a")

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from mailer import delivery
+from mailer.mail.transport import Connections, connect
 from mailer.models import DeliveryStatus
-from mailer.transport import Connections, connect
 from tests.conftest import configure
 from tests.integration.test_digest_support import prepared_edition
 from tests.integration.test_send_replies import row_for

@@ -9,6 +9,8 @@ import pytest
 from sqlalchemy import select, update
 
 from mailer import delivery, digests, tasks
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.transport import connect
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -18,9 +20,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
-from mailer.rendering import EmailRenderer
 from mailer.subscriptions import is_suppressed
-from mailer.transport import connect
 from tests.conftest import configure, wait_for
 from tests.integration import test_digest_support as support
 from tests.integration.test_digest_support import (

@@ -24,11 +24,11 @@ import pytest
 
 from mailer import delivery, digests, notices
 from mailer import subscriptions as subs
-from mailer.dkim_signing import sign_if_configured
-from mailer.links import Links
-from mailer.messages import Slots
+from mailer.mail.dkim import sign_if_configured
+from mailer.mail.links import Links
+from mailer.mail.messages import Slots
+from mailer.mail.rendering import EmailRenderer
 from mailer.models import Frequency, Notification, Subscription
-from mailer.rendering import EmailRenderer
 
 READER = "reader@example.com"
 
@@ -188,7 +188,7 @@ def score(samples: list[Sample]) -> dict[str, tuple[float, list[str]]]:
 
 @pytest.fixture
 def signed_settings(settings, tmp_path_factory, monkeypatch):
-    from mailer.dkim_signing import generate_private_key
+    from mailer.mail.dkim import generate_private_key
     from tests.conftest import configure
 
     key = tmp_path_factory.mktemp("dkim") / "mail.pem"

@@ -25,7 +25,7 @@ from allpairspy import AllPairs
 from sqlalchemy import create_engine, text
 
 from mailer.cli.run import failure_reason
-from mailer.sink import free_port
+from mailer.mail.sink import free_port
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, RUN_ID
 from tests.helpers.processes import mailer_argv
 from tests.helpers.up import eventually, running, start_up, without_settings

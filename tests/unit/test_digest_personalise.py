@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from mailer.config import Settings
 from mailer.delivery import message_template, personalise
 from mailer.digests import Item, context_for
-from mailer.links import Links
-from mailer.messages import Slots
+from mailer.mail.links import Links
+from mailer.mail.messages import Slots
+from mailer.mail.rendering import EmailRenderer
+from mailer.mail.tokens import Purpose
 from mailer.models import Frequency, Newsletter, Subscription
-from mailer.rendering import EmailRenderer
-from mailer.tokens import Purpose
 from tests.helpers import hostile
 
 NOW = datetime(2024, 5, 6, 8, tzinfo=UTC)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from benchmarks.dkim_sign import digest_messages, dkimpy_sign
 from mailer.config import ConfigError, Settings
-from mailer.dkim_signing import (
+from mailer.mail.dkim import (
     DKIMError,
     DKIMSigner,
     _Cores,
@@ -27,7 +27,7 @@ from mailer.dkim_signing import (
     split_message,
     txt_record_value,
 )
-from mailer.messages import MessageTemplate, Slot, Slots
+from mailer.mail.messages import MessageTemplate, Slot, Slots
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_keygen_writes_a_private_key_only_we_can_read_and_prints_a_record_that_v
 
 # -- the same signature as dkimpy's, byte for byte --------------------------------------
 #
-# The signer does dkimpy's work its own faster way (see mailer/dkim_signing.py), so
+# The signer does dkimpy's work its own faster way (see mailer/mail/dkim.py), so
 # it is held to dkimpy's output, not to a few examples: over random messages with the
 # shapes that trip canonicalisation up (long lines, trailing blanks, runs of tabs and
 # spaces, empty lines at the end, bare LF and CR, folded and non-ASCII headers), and

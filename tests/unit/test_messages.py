@@ -2,7 +2,7 @@ from email import message_from_bytes, policy
 
 import pytest
 
-from mailer.messages import (
+from mailer.mail.messages import (
     HeaderInjection,
     MessageTemplate,
     Slot,

@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 
 from mailer import subscriptions as subs
 from mailer.db import session_factory
+from mailer.mail.tokens import Purpose, TokenError, Tokens
 from mailer.models import (
     Notification,
     Status,
@@ -15,7 +16,6 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
-from mailer.tokens import Purpose, TokenError, Tokens
 
 tokens = Tokens("k", confirm_max_age=3600)
 

@@ -8,7 +8,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from itsdangerous import URLSafeTimedSerializer
 
-from mailer.tokens import Purpose, TokenError, Tokens
+from mailer.mail.tokens import Purpose, TokenError, Tokens
 
 tokens = Tokens("secret-one", confirm_max_age=3600)
 

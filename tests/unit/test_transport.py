@@ -4,7 +4,7 @@ import random
 import re
 import smtplib
 
-from mailer.transport import dot_stuff
+from mailer.mail.transport import dot_stuff
 
 
 def smtplib_payload(data: bytes) -> bytes:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailer.config import Settings
-from mailer.tokens import Purpose, Tokens
+from mailer.mail.tokens import Purpose, Tokens
 
 
 class Tokened(Protocol):

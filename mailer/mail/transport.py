@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from mailer.messages import envelope_address
+from mailer.mail.messages import envelope_address
 from mailer.outbound import is_loopback
 
 

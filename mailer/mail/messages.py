@@ -276,7 +276,7 @@ class _Body:
     def encode(self, values: Mapping[str, str], escape: bool) -> list[bytes]:
         """The encoded body as the parts it joins to; the literal pieces are the
         template's own bytes objects, the same for every reader (the DKIM signer
-        remembers their canonical form, `dkim_signing._Cores`)."""
+        remembers their canonical form, `mail.dkim._Cores`)."""
         out: list[bytes] = []
         col = 0
         ws = b""
@@ -375,7 +375,7 @@ class MessageTemplate:
         date: datetime | None = None,
     ) -> tuple[list[bytes], str]:
         """The wire bytes for one reader as the parts they join from (what the DKIM
-        signer takes, `dkim_signing._Cores`), and the Message-ID they carry."""
+        signer takes, `mail.dkim._Cores`), and the Message-ID they carry."""
         message_id = message_id or make_msgid(domain=self.domain)
         envelope = envelope_address(to)
         lines = [
