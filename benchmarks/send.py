@@ -199,8 +199,8 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
     is about sending, and 100,000 ORM subscribes would take longer than it.
     """
     from mailer import db, digests
-    from mailer import subscriptions as subs
     from mailer.models import Frequency, Newsletter, Schedule
+    from mailer.readers import subscriptions as subs
 
     session = db.session_factory(url)()
     nl = subs.create_newsletter(

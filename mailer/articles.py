@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from mailer.cleaner import MAX_CONTENT, TEXT_BREAKS, WHITESPACE, clean, cut_summary, summarise
 from mailer.config import Settings
 from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
-from mailer.subscriptions import ensure_topic, slugify
+from mailer.readers.subscriptions import ensure_topic, slugify
 
 # Column sizes in models.Article; longer values are refused (API) or cut (feeds).
 MAX_URL = 2000

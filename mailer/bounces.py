@@ -58,7 +58,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
-from mailer.subscriptions import TRANSITIONS, change_status, subscriber_by_email, suppress
+from mailer.readers.subscriptions import TRANSITIONS, change_status, subscriber_by_email, suppress
 
 log = logging.getLogger(__name__)
 

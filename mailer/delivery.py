@@ -52,8 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailer import bounces, digests, suppressions
-from mailer.addresses import address_hash
+from mailer import bounces, digests
 from mailer.config import Settings
 from mailer.db import among, async_commit_engine, is_postgres, prepare
 from mailer.mail.dkim import DKIMSigner, signer_for
@@ -80,9 +79,11 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
-from mailer.notices import list_id, unsubscribe_mailto
 from mailer.ratelimit import Limiter, Unlimited
-from mailer.subscriptions import TRANSITIONS, change_status, suppress
+from mailer.readers import suppressions
+from mailer.readers.addresses import address_hash
+from mailer.readers.notices import list_id, unsubscribe_mailto
+from mailer.readers.subscriptions import TRANSITIONS, change_status, suppress
 
 log = logging.getLogger(__name__)
 
@@ -994,7 +995,7 @@ def send_test(
     now: datetime | None = None,
 ) -> tuple[Reply, str]:
     """The next edition's mail to one address, marked [TEST], recorded nowhere."""
-    from mailer.addresses import InvalidAddress, normalise
+    from mailer.readers.addresses import InvalidAddress, normalise
 
     try:
         address = normalise(to).email

@@ -32,8 +32,6 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailer import suppressions
-from mailer.addresses import address_hash
 from mailer.articles import dedupe_articles, dedupe_key
 from mailer.cleaner import cut_summary
 from mailer.config import Settings
@@ -59,6 +57,8 @@ from mailer.models import (
     VariantArticle,
     utcnow,
 )
+from mailer.readers import suppressions
+from mailer.readers.addresses import address_hash
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import re
 from urllib.parse import urlsplit
 
-from mailer.addresses import redact
 from mailer.config import Settings
+from mailer.readers.addresses import redact
 
 ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
 MASK = "***"

@@ -33,9 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import cleaner, digests, feeds, suppressions
-from mailer import subscriptions as subs
-from mailer.addresses import address_hash, address_key
+from mailer import cleaner, digests, feeds
 from mailer.config import Settings
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
@@ -56,6 +54,9 @@ from mailer.models import (
     Topic,
     utcnow,
 )
+from mailer.readers import subscriptions as subs
+from mailer.readers import suppressions
+from mailer.readers.addresses import address_hash, address_key
 
 OPERATOR = "operator"
 # Ending states that mean "the reader asked us to stop": kept as a hash after erasure.
@@ -749,7 +750,7 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
     asked_to_stop = any(s.status in ASKED_TO_STOP for s in subscriber.subscriptions)
     if asked_to_stop:
         # A complaint stays a complaint (only an operator lifts it); a plain "stop" may be
-        # lifted by the owner's own fresh double opt-in (mailer.suppressions).
+        # lifted by the owner's own fresh double opt-in (mailer.readers.suppressions).
         complained = any(s.status is Status.COMPLAINED for s in subscriber.subscriptions)
         reason = (
             suppressions.COMPLAINED_THEN_ERASED

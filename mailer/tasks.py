@@ -14,24 +14,14 @@ from typing import Any
 
 from celery import Task
 
-from mailer import (
-    bounces,
-    broker,
-    delivery,
-    digests,
-    feeds,
-    notices,
-    operators,
-    senders,
-    subscriptions,
-    throttle,
-)
+from mailer import bounces, broker, delivery, digests, feeds, operators, senders, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.db import session_factory, session_scope
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
 from mailer.ratelimit import limiter_for
+from mailer.readers import notices, subscriptions
 
 log = logging.getLogger(__name__)
 

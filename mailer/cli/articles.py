@@ -17,7 +17,7 @@ from mailer.cli.output import Column, json_option, print_json, show, when
 from mailer.db import get_engine
 from mailer.migrate import NotMigrated, require_current
 from mailer.models import Article, Newsletter
-from mailer.subscriptions import get_newsletter
+from mailer.readers.subscriptions import get_newsletter
 
 
 def _when(value: object) -> str:

@@ -15,7 +15,7 @@ from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Frequency
-from mailer.subscriptions import get_newsletter
+from mailer.readers.subscriptions import get_newsletter
 
 FREQUENCIES = click.Choice([f.value for f in Frequency])
 

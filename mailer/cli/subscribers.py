@@ -11,11 +11,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from mailer import operators as ops
-from mailer import spreadsheet
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
-from mailer.importer import ImportReport, import_csv
 from mailer.models import Newsletter, Status
+from mailer.readers import spreadsheet
+from mailer.readers.importer import ImportReport, import_csv
 
 STATUSES = click.Choice([s.value for s in Status])
 

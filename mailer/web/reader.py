@@ -19,12 +19,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
-from mailer import jsondata, subscriptions, tasks, throttle
-from mailer.addresses import address_hash
+from mailer import jsondata, tasks, throttle
 from mailer.config import Settings
 from mailer.mail.tokens import Purpose, TokenError
 from mailer.models import Newsletter, Status, Subscription, utcnow
-from mailer.subscriptions import SubscriptionError, UnknownNewsletter
+from mailer.readers import subscriptions
+from mailer.readers.addresses import address_hash
+from mailer.readers.subscriptions import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, TokensDep
 from mailer.web.pages import message_page, page

@@ -13,10 +13,11 @@ from urllib.parse import quote
 
 from sqlalchemy import select
 
-from mailer import config, delivery, migrate, notices
+from mailer import config, delivery, migrate
 from mailer.db import session_factory
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Notification
+from mailer.readers import notices
 from tests.integration.test_digest_support import sendable_edition
 from tests.integration.test_notices import queue_confirm
 from tests.smtp import password_check, start_smtp_server

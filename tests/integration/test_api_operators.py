@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from mailer import subscriptions as subs
 from mailer.models import Newsletter, Status, Subscription, SubscriptionEvent
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 
 TOKEN = {"Authorization": "Bearer test-api-token"}

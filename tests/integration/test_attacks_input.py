@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailer import delivery, digests
-from mailer import subscriptions as subs
 from mailer.cli import main
 from mailer.config import Settings
 from mailer.mail.links import Links
@@ -31,6 +30,7 @@ from mailer.models import (
     SubscriptionEvent,
     Topic,
 )
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 from tests.smtp import SMTPServer

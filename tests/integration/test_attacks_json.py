@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from mailer import jsondata, pages
-from mailer import subscriptions as subs
+from mailer.readers import subscriptions as subs
 
 DEPTHS = (5_000, 990, jsondata.MAX_DEPTH + 1)
 

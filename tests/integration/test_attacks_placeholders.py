@@ -22,12 +22,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer import config, delivery, digests, feeds, notices, subscriptions
+from mailer import config, delivery, digests, feeds
 from mailer.mail.links import tokens_for
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.sink import Outbox, free_port, start_sink
 from mailer.mail.tokens import Purpose
 from mailer.models import DigestVariant, Feed, Frequency, Notification, utcnow
+from mailer.readers import notices, subscriptions
 from mailer.web.app import create_app
 from tests.conftest import configure
 from tests.fixtures.feedserver import FeedServer, Route

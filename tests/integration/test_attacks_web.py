@@ -13,10 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from mailer import subscriptions as subs
 from mailer.config import Settings
 from mailer.mail.links import Links
 from mailer.models import Subscription
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 
 AUTH = {"Authorization": "Bearer test-api-token"}

@@ -9,9 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from mailer import bounces, notices
-from mailer import subscriptions as subs
-from mailer.addresses import address_hash
+from mailer import bounces
 from mailer.mail.dkim import generate_private_key, txt_record_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
@@ -26,6 +24,9 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
+from mailer.readers import notices
+from mailer.readers import subscriptions as subs
+from mailer.readers.addresses import address_hash
 from tests.conftest import configure
 from tests.fixtures.bounces import load
 

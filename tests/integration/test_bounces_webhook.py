@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from mailer import bounces
-from mailer import subscriptions as subs
 from mailer.models import Status, Subscription, Suppression
+from mailer.readers import subscriptions as subs
 from tests.fixtures.bounces import load
 
 READER = "gone@example.com"

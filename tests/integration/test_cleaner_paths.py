@@ -22,7 +22,7 @@ from mailer.cli import main
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import Article, utcnow
-from mailer.subscriptions import get_newsletter
+from mailer.readers.subscriptions import get_newsletter
 from mailer.web.app import create_app
 from tests.fixtures.feedserver import FeedServer
 from tests.helpers.seed import (

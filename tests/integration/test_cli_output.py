@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from mailer import feeds, operators
-from mailer import subscriptions as subs
 from mailer.models import Delivery, DeliveryStatus, Frequency
+from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run, run_json
 from tests.helpers.processes import mailer_argv

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
-from mailer import subscriptions as subs
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.proxy import CuttableProxy
 

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from mailer import digests
-from mailer import subscriptions as subs
 from mailer.cli import main
 from mailer.config import ROOT
 from mailer.models import Digest, Frequency, Schedule, Status
+from mailer.readers import subscriptions as subs
 from tests.conftest import configure
 from tests.integration.test_digest_support import add_article, add_reader
 

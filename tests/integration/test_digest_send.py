@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import func, select, text
 
 from mailer import delivery, digests, tasks
-from mailer import subscriptions as subs
 from mailer.mail.links import tokens_for
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.tokens import Purpose
@@ -22,6 +21,7 @@ from mailer.models import (
     Status,
     utcnow,
 )
+from mailer.readers import subscriptions as subs
 from tests.conftest import configure
 from tests.integration.test_digest_support import (
     SITE,

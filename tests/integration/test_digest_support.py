@@ -12,7 +12,6 @@ from email.message import EmailMessage
 
 from sqlalchemy import insert, select
 
-from mailer import subscriptions as subs
 from mailer.models import (
     Article,
     Delivery,
@@ -26,6 +25,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
+from mailer.readers import subscriptions as subs
 from tests.conftest import wait_for
 
 SENDER = "The News <news@news.example.org>"

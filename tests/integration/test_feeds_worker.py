@@ -9,7 +9,7 @@ from mailer import feeds
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Newsletter
-from mailer.subscriptions import create_newsletter
+from mailer.readers.subscriptions import create_newsletter
 from tests.conftest import wait_for
 from tests.fixtures.feedserver import FeedServer, fixture
 

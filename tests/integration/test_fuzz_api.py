@@ -38,8 +38,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy.orm import Session
 
-from mailer import subscriptions as subs
 from mailer.config import Settings
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.conftest import configure
 

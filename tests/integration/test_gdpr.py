@@ -11,8 +11,6 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 
-from mailer import subscriptions as subs
-from mailer.addresses import address_hash
 from mailer.cli import main
 from mailer.models import (
     Article,
@@ -26,6 +24,8 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
+from mailer.readers import subscriptions as subs
+from mailer.readers.addresses import address_hash
 from mailer.web.app import create_app
 
 LOCAL, DOMAIN = "zelda.quux", "erase-me.example"

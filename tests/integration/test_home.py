@@ -7,7 +7,7 @@ import re
 from fastapi.testclient import TestClient
 
 from mailer import operators
-from mailer import subscriptions as subs
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.conftest import configure
 

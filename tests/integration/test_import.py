@@ -14,9 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from mailer import db
-from mailer import subscriptions as subs
 from mailer.cli import main
-from mailer.importer import import_csv
 from mailer.models import (
     Notification,
     Status,
@@ -25,6 +23,8 @@ from mailer.models import (
     SubscriptionEvent,
     SubscriptionTopic,
 )
+from mailer.readers import subscriptions as subs
+from mailer.readers.importer import import_csv
 from tests.conftest import configure
 
 
@@ -136,7 +136,7 @@ def test_a_rejected_row_keeps_line_and_reason_in_their_columns_however_many_cell
 def test_a_file_without_a_readable_header_is_refused_and_nothing_is_stored(
     session, newsletter, tmp_path, content, message
 ):
-    from mailer.importer import ImportFileError
+    from mailer.readers.importer import ImportFileError
 
     path = tmp_path / "bad.csv"
     path.write_text(content)
@@ -301,7 +301,7 @@ def test_cli_set_status_is_audited_and_refuses_a_bad_transition(settings, newsle
 
 def test_the_domain_cache_gives_normalise_s_verdict_on_every_address_every_time():
     """The import checks each distinct domain once; every answer must still be normalise's own."""
-    from mailer.addresses import CachedNormaliser, InvalidAddress, normalise
+    from mailer.readers.addresses import CachedNormaliser, InvalidAddress, normalise
 
     addresses = [
         "a@example.org",
@@ -360,7 +360,7 @@ def test_an_invalid_domain_is_refused_on_every_row_with_its_line(session, newsle
 
 
 def _import_with(session, nl, path, *, writers, chunk_size, confirmed=True, write_chunk=None):
-    from mailer.importer import Importer, consent_source
+    from mailer.readers.importer import Importer, consent_source
 
     importer = Importer(session, nl, source=consent_source(path), confirmed=confirmed)
     if write_chunk is not None:

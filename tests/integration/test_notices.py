@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from mailer import notices
-from mailer import subscriptions as subs
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Notification, Status, Subscription
+from mailer.readers import notices
+from mailer.readers import subscriptions as subs
 
 
 @pytest.fixture

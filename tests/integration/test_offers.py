@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailer import db
-from mailer import subscriptions as subs
+from mailer.readers import subscriptions as subs
 
 
 @pytest.fixture

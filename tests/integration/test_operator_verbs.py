@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select
 
 from mailer import digests, feeds, operators
-from mailer import subscriptions as subs
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
+from mailer.readers import subscriptions as subs
 from mailer.web import admin
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run

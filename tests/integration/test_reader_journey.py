@@ -10,8 +10,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from mailer import subscriptions as subs
 from mailer.models import Notification, Status, Subscription, SubscriptionEvent
+from mailer.readers import subscriptions as subs
 from tests.conftest import configure
 from tests.helpers.journey import link, mails_to
 

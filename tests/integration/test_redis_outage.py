@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from mailer import subscriptions as subs
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.proxy import CuttableProxy
 

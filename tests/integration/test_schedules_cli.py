@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer import subscriptions as subs
 from mailer.cli import main
 from mailer.models import (
     Delivery,
@@ -22,6 +21,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
+from mailer.readers import subscriptions as subs
 from tests.helpers.cli import run_json
 
 

@@ -20,7 +20,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
-from mailer.subscriptions import is_suppressed
+from mailer.readers.subscriptions import is_suppressed
 from tests.conftest import configure, wait_for
 from tests.integration import test_digest_support as support
 from tests.integration.test_digest_support import (

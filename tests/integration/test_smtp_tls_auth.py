@@ -19,10 +19,11 @@ import pytest
 import trustme
 from sqlalchemy import select
 
-from mailer import delivery, notices
+from mailer import delivery
 from mailer.mail import transport
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Notification
+from mailer.readers import notices
 from tests.conftest import configure
 from tests.integration.test_digest_support import sendable_edition
 from tests.integration.test_notices import queue_confirm

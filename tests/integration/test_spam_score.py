@@ -22,13 +22,14 @@ from email.utils import make_msgid
 
 import pytest
 
-from mailer import delivery, digests, notices
-from mailer import subscriptions as subs
+from mailer import delivery, digests
 from mailer.mail.dkim import sign_if_configured
 from mailer.mail.links import Links
 from mailer.mail.messages import Slots
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Frequency, Notification, Subscription
+from mailer.readers import notices
+from mailer.readers import subscriptions as subs
 
 READER = "reader@example.com"
 

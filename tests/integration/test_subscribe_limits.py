@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from mailer import subscriptions as subs
+from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 
 

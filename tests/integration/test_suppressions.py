@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from mailer import operators
-from mailer import subscriptions as subs
-from mailer.addresses import address_hash
 from mailer.cli import main
-from mailer.importer import import_csv
 from mailer.models import Notification, Status, Suppression, SuppressionEvent
+from mailer.readers import subscriptions as subs
+from mailer.readers.addresses import address_hash
+from mailer.readers.importer import import_csv
 from tests.helpers.journey import link, mails_to
 from tests.integration.test_digest_support import add_reader, make_newsletter
 

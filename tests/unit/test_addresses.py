@@ -1,6 +1,6 @@
 import pytest
 
-from mailer.addresses import InvalidAddress, address_hash, normalise
+from mailer.readers.addresses import InvalidAddress, address_hash, normalise
 
 
 def test_domain_is_lowercased_and_local_part_kept_as_typed():
@@ -74,13 +74,13 @@ LEFT_TO_SPLIT_EMAIL = [
 def test_the_plain_split_of_an_everyday_address_is_split_email_s_own(raw):
     from email_validator.syntax import split_email
 
-    from mailer.addresses import plain_split
+    from mailer.readers.addresses import plain_split
 
     assert plain_split(raw) == split_email(raw)
 
 
 @pytest.mark.parametrize("raw", LEFT_TO_SPLIT_EMAIL)
 def test_quotes_brackets_unicode_and_stray_at_signs_are_left_to_split_email(raw):
-    from mailer.addresses import plain_split
+    from mailer.readers.addresses import plain_split
 
     assert plain_split(raw) is None

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailer import spreadsheet
+from mailer.readers import spreadsheet
 
 # Values that start with a trigger, behind quotes, or look like a guard already.
 edgy = st.text(alphabet=st.sampled_from(["=", "+", "-", "@", "\t", "\r", "'", "a", " "]))

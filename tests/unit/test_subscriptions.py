@@ -5,7 +5,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from mailer import subscriptions as subs
 from mailer.db import session_factory
 from mailer.mail.tokens import Purpose, TokenError, Tokens
 from mailer.models import (
@@ -16,6 +15,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
+from mailer.readers import subscriptions as subs
 
 tokens = Tokens("k", confirm_max_age=3600)
 

@@ -22,8 +22,6 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer import suppressions
-from mailer.addresses import Address, InvalidAddress, address_key, normalise
 from mailer.mail.messages import UnencodableAddress, ascii_domain
 from mailer.mail.tokens import Purpose, TokenError, Tokens
 from mailer.models import (
@@ -37,10 +35,12 @@ from mailer.models import (
     Topic,
     utcnow,
 )
+from mailer.readers import suppressions
+from mailer.readers.addresses import Address, InvalidAddress, address_key, normalise
 
-# The suppression rules live in mailer.suppressions; these two are used from here too.
-from mailer.suppressions import is_suppressed as is_suppressed
-from mailer.suppressions import suppress as suppress
+# The suppression rules live in mailer.readers.suppressions; these two are used from here too.
+from mailer.readers.suppressions import is_suppressed as is_suppressed
+from mailer.readers.suppressions import suppress as suppress
 
 T = TypeVar("T", bound=Hashable)
 

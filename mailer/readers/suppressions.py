@@ -35,9 +35,9 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from mailer.addresses import address_hash, address_key
 from mailer.db import among, is_postgres
 from mailer.models import Subscriber, Suppression, SuppressionEvent, utcnow
+from mailer.readers.addresses import address_hash, address_key
 
 UNSUBSCRIBED_THEN_ERASED = "unsubscribed-then-erased"
 COMPLAINED_THEN_ERASED = "complained-then-erased"

@@ -43,9 +43,6 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from mailer import spreadsheet
-from mailer import subscriptions as subs
-from mailer.addresses import CachedNormaliser, InvalidAddress, address_hash
 from mailer.models import (
     Frequency,
     Newsletter,
@@ -58,6 +55,9 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
+from mailer.readers import spreadsheet
+from mailer.readers import subscriptions as subs
+from mailer.readers.addresses import CachedNormaliser, InvalidAddress, address_hash
 
 CHUNK = 2000
 WRITERS = 2  # chunks in flight on PostgreSQL, each on its own connection (see Importer.run)

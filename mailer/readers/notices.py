@@ -23,7 +23,7 @@ from mailer.mail.messages import MessageTemplate, ascii_domain, list_id_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import ConnectionLost, Reply, close, connect, send
 from mailer.models import Newsletter, Notification, Status, Subscription, utcnow
-from mailer.suppressions import may_send
+from mailer.readers.suppressions import may_send
 
 # Which subscription status a notice still makes sense for.
 VALID_FOR = {"confirm": Status.PENDING, "welcome": Status.ACTIVE}
