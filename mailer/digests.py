@@ -32,9 +32,9 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailer.articles import dedupe_articles, dedupe_key
-from mailer.cleaner import cut_summary
 from mailer.config import Settings
+from mailer.content.articles import dedupe_articles, dedupe_key
+from mailer.content.cleaner import cut_summary
 from mailer.db import is_postgres
 from mailer.mail.links import Links
 from mailer.mail.messages import Slot, Slots

@@ -313,7 +313,7 @@ class Article(Base):
     title: Mapped[str] = mapped_column(String(1000))
     summary: Mapped[str] = mapped_column(Text, default="")
     content_html: Mapped[str] = mapped_column(Text, default="")
-    # What the source sent, before the cleaner (mailer.cleaner); NULL for articles stored
+    # What the source sent, before the cleaner (mailer.content.cleaner); NULL for articles stored
     # before it was kept (migration 0006), which are never cleaned again.
     raw_summary: Mapped[str | None] = mapped_column(Text)
     raw_content: Mapped[str | None] = mapped_column(Text)

@@ -33,8 +33,9 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import cleaner, digests, feeds
+from mailer import digests
 from mailer.config import Settings
+from mailer.content import cleaner, feeds
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Article,
@@ -392,8 +393,8 @@ def create_topic(session: Session, slug: str, name: str) -> Topic:
 
 def rename_topic(session: Session, slug: str, topic_slug: str, new_name: str) -> Topic:
     """Rename by the articles module's rule: the slug stays, so links and forms still work."""
-    from mailer.articles import ArticleError
-    from mailer.articles import rename_topic as rename
+    from mailer.content.articles import ArticleError
+    from mailer.content.articles import rename_topic as rename
 
     nl = newsletter(session, slug)
     if not any(t.slug == topic_slug for t in nl.topics):

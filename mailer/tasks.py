@@ -14,9 +14,10 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, delivery, digests, feeds, operators, senders, throttle
+from mailer import bounces, broker, delivery, digests, operators, senders, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
+from mailer.content import feeds
 from mailer.db import session_factory, session_scope
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept

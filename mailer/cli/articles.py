@@ -9,11 +9,11 @@ import click
 from rich.table import Table
 from sqlalchemy import select
 
-from mailer import feeds, pages
 from mailer import operators as ops
-from mailer.articles import TopicBudget, rename_topic
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, when
+from mailer.content import feeds, pages
+from mailer.content.articles import TopicBudget, rename_topic
 from mailer.db import get_engine
 from mailer.migrate import NotMigrated, require_current
 from mailer.models import Article, Newsletter

@@ -13,7 +13,7 @@ The same guid again updates the article in place. Answers 200 with counts
 and, per item, the article id and whether it was created, updated or unchanged;
 topics past the newsletter's cap (`MAILER_MAX_TOPICS_PER_NEWSLETTER`) are not
 created, and the answer lists them in `topics_not_created` with a `warning`.
-Every field goes through the one article cleaner (`mailer.cleaner`) before
+Every field goes through the one article cleaner (`mailer.content.cleaner`) before
 it is stored; what was sent is kept beside it.
 
 Also here, for operators: `GET /api/articles/{id}` shows a stored article,
@@ -28,8 +28,8 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from mailer import articles
 from mailer import operators as ops
+from mailer.content import articles
 from mailer.operators import ArticleDetail
 from mailer.web.api import NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep

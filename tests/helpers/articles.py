@@ -8,7 +8,7 @@ import html
 from hypothesis import strategies as st
 from lxml import etree
 
-from mailer.cleaner import PHRASES
+from mailer.content.cleaner import PHRASES
 
 SENTENCES = (
     "The council approved the new ferry timetable on Thursday.",

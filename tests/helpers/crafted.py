@@ -10,7 +10,7 @@ prints how long each takes.
 
 from __future__ import annotations
 
-from mailer.cleaner import MAX_CONTENT
+from mailer.content.cleaner import MAX_CONTENT
 
 
 def _fill(unit: str, size: int) -> str:

@@ -7,9 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from mailer import feeds, migrate, pages
-from mailer.articles import ArticleError
+from mailer import migrate
 from mailer.config import Settings
+from mailer.content import feeds, pages
+from mailer.content.articles import ArticleError
 from mailer.db import session_scope
 from mailer.models import Article
 from mailer.readers.subscriptions import create_newsletter

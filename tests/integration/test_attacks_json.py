@@ -11,7 +11,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from mailer import jsondata, pages
+from mailer import jsondata
+from mailer.content import pages
 from mailer.readers import subscriptions as subs
 
 DEPTHS = (5_000, 990, jsondata.MAX_DEPTH + 1)

@@ -22,7 +22,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer import config, delivery, digests, feeds
+from mailer import config, delivery, digests
+from mailer.content import feeds
 from mailer.mail.links import tokens_for
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.sink import Outbox, free_port, start_sink

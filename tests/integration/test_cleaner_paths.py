@@ -17,9 +17,9 @@ from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer import feeds
 from mailer.cli import main
 from mailer.config import Settings
+from mailer.content import feeds
 from mailer.db import session_scope
 from mailer.models import Article, utcnow
 from mailer.readers.subscriptions import get_newsletter

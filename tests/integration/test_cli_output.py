@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from mailer import feeds, operators
+from mailer import operators
+from mailer.content import feeds
 from mailer.models import Delivery, DeliveryStatus, Frequency
 from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from mailer import feeds
-from mailer.articles import dedupe_articles
 from mailer.config import Settings
+from mailer.content import feeds
+from mailer.content.articles import dedupe_articles
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Newsletter, utcnow
 from mailer.readers.subscriptions import create_newsletter

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from mailer import feeds
 from mailer.config import Settings
+from mailer.content import feeds
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Newsletter
 from mailer.readers.subscriptions import create_newsletter

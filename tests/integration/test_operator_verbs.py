@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from mailer import digests, feeds, operators
+from mailer import digests, operators
+from mailer.content import feeds
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.readers import subscriptions as subs

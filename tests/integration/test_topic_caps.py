@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from mailer import feeds
+from mailer.content import feeds
 from mailer.models import Article, Feed, Topic
 from tests.conftest import configure
 from tests.fixtures.feedserver import FeedServer

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from mailer.articles import (
+from mailer.content.articles import (
     ArticleError,
     RawArticle,
     canonical_url,
@@ -19,8 +19,8 @@ from mailer.articles import (
     normalise,
     sanitise_html,
 )
-from mailer.feeds import FeedError, backoff, parse
-from mailer.pages import extract, parse_date
+from mailer.content.feeds import FeedError, backoff, parse
+from mailer.content.pages import extract, parse_date
 from tests.fixtures.feedserver import fixture
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mailer import db
-from mailer.articles import (
+from mailer.content.articles import (
     ArticleError,
     BatchRejected,
     CleanArticle,

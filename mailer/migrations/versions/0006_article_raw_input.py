@@ -1,7 +1,7 @@
 """keep what the source sent beside the cleaned article
 
 Articles are now cleaned (page furniture, "Also read" boxes, trailing
-boilerplate, tracking pixels) by `mailer.cleaner` on every path. What the
+boilerplate, tracking pixels) by `mailer.content.cleaner` on every path. What the
 source sent for the summary and the body is kept in two new columns so an
 operator can see what was removed (`mailer article show ID --raw`).
 

@@ -25,7 +25,8 @@ import feedparser
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from mailer.articles import (
+from mailer.config import Settings
+from mailer.content.articles import (
     ArticleError,
     CleanArticle,
     Outcome,
@@ -37,7 +38,6 @@ from mailer.articles import (
     normalise,
     upsert_article,
 )
-from mailer.config import Settings
 from mailer.db import is_postgres, session_scope
 from mailer.models import Feed, Newsletter, utcnow
 from mailer.outbound import FetchResult, fetch

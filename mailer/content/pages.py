@@ -5,7 +5,7 @@ more reliably than any reading of the page's layout, so title, lead, image,
 date, canonical link and section come from there in that order, with
 <title> and <h1> as fallbacks. The body is the article's main container,
 handed to `articles.normalise` as the page sent it: there the one article
-cleaner (`mailer.cleaner`) cuts out the page furniture (search boxes, share
+cleaner (`mailer.content.cleaner`) cuts out the page furniture (search boxes, share
 buttons, "Also read" boxes, newsletter sign-ups, adverts) as it does for
 feeds and the API, finds the lead when the page gives no description, and
 the result is sanitised like any other outside HTML.
@@ -25,7 +25,8 @@ from lxml import etree
 from sqlalchemy.orm import Session
 
 from mailer import jsondata
-from mailer.articles import (
+from mailer.config import Settings
+from mailer.content.articles import (
     ArticleError,
     Outcome,
     RawArticle,
@@ -35,7 +36,6 @@ from mailer.articles import (
     page_source,
     upsert_article,
 )
-from mailer.config import Settings
 from mailer.models import Article, Newsletter
 from mailer.outbound import fetch
 

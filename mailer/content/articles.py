@@ -2,7 +2,7 @@
 
 Whatever arrives from outside is untrusted. Before anything is stored:
 titles, authors and topic names become plain text; article HTML goes
-through the one article cleaner (`mailer.cleaner`: page furniture,
+through the one article cleaner (`mailer.content.cleaner`: page furniture,
 "Also read" boxes, trailing boilerplate and tracking pixels removed) and
 then nh3 with a small allow-list, links and images made absolute against
 the document they came from and anything but http(s)/mailto dropped; dates
@@ -39,8 +39,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mailer.cleaner import MAX_CONTENT, TEXT_BREAKS, WHITESPACE, clean, cut_summary, summarise
 from mailer.config import Settings
+from mailer.content.cleaner import (
+    MAX_CONTENT,
+    TEXT_BREAKS,
+    WHITESPACE,
+    clean,
+    cut_summary,
+    summarise,
+)
 from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
 from mailer.readers.subscriptions import ensure_topic, slugify
 
