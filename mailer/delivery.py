@@ -79,11 +79,11 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
-from mailer.ratelimit import Limiter, Unlimited
 from mailer.readers import suppressions
 from mailer.readers.addresses import address_hash
 from mailer.readers.notices import list_id, unsubscribe_mailto
 from mailer.readers.subscriptions import TRANSITIONS, change_status, suppress
+from mailer.sending.ratelimit import Limiter, Unlimited
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,16 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, delivery, digests, operators, senders, throttle
+from mailer import bounces, broker, delivery, digests, operators, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.content import feeds
 from mailer.db import session_factory, session_scope
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
-from mailer.ratelimit import limiter_for
 from mailer.readers import notices, subscriptions
+from mailer.sending import senders
+from mailer.sending.ratelimit import limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
     session = session_factory(settings.database)()
     try:
         # Beats while it sends: if this worker dies, the tick hands its rows back in
-        # seconds instead of after their leases (mailer/senders.py).
+        # seconds instead of after their leases (mailer/sending/senders.py).
         with senders.at_work(session, settings.database, digest_id, lo, hi):
             result = delivery.send_range(
                 session,

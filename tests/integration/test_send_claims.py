@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from mailer import db, delivery
 from mailer.models import Delivery, DeliveryStatus
-from mailer.ratelimit import Unlimited
+from mailer.sending.ratelimit import Unlimited
 from tests.integration.test_digest_support import sendable_edition
 
 

@@ -5,7 +5,7 @@ test SMTP server; it is killed while a batch is going out and started again.
 Its claimed rows come back, so every reader ends up with exactly one digest,
 except at most the one message in flight on the killed connection, and no
 row is left in `sending`. They come back as soon as the worker is known dead
-(its sender stops beating: `mailer/senders.py`), not after their lease: the
+(its sender stops beating: `mailer/sending/senders.py`), not after their lease: the
 second test keeps the default 300 s lease and finishes well inside it.
 """
 

@@ -13,7 +13,7 @@ import pytest
 from mailer import db, delivery, operators
 from mailer.mail.transport import connect, send, send_when
 from mailer.models import DeliveryStatus
-from mailer.ratelimit import Unlimited
+from mailer.sending.ratelimit import Unlimited
 from tests.integration.test_digest_support import deliveries_by_email, sendable_edition
 from tests.smtp import start_smtp_server
 

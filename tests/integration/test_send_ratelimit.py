@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mailer.db import get_engine
-from mailer.ratelimit import DatabaseLimiter, RedisLimiter, Unlimited, limiter_for
+from mailer.sending.ratelimit import DatabaseLimiter, RedisLimiter, Unlimited, limiter_for
 from tests.conftest import RUN_ID, configure
 
 

@@ -1,4 +1,4 @@
-"""The tick takes back what a dead sender held, and only that (mailer/senders.py)."""
+"""The tick takes back what a dead sender held, and only that (mailer/sending/senders.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from mailer import delivery, senders
+from mailer import delivery
 from mailer.models import Delivery, DeliveryStatus, Sender, utcnow
+from mailer.sending import senders
 from tests.integration.test_digest_support import sendable_edition
 
 
