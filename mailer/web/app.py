@@ -105,23 +105,23 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
 
     app.include_router(home.router)
     app.include_router(reader.router)
-    from mailer.web import api
+    from mailer.web.api import core as api
 
     app.include_router(api.router)
-    from mailer.web import api_articles
+    from mailer.web.api import articles as api_articles
 
     app.include_router(api_articles.router)
     app.include_router(api_articles.operator_router)
-    from mailer.web import api_bounces
+    from mailer.web.api import bounces as api_bounces
 
     app.include_router(api_bounces.router)
-    from mailer.web import api_editions
+    from mailer.web.api import editions as api_editions
 
     app.include_router(api_editions.router)
     from mailer.web import digest_view
 
     app.include_router(digest_view.router)
-    from mailer.web import admin
+    from mailer.web.admin import views as admin
 
     app.include_router(admin.router)
     if settings.uses_sink:

@@ -11,22 +11,12 @@ they are what the API schema shows, and the admin ones add the CSRF field.
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-WRONG_TOKEN = "missing or wrong API token"
-
-
-def bearer_matches(authorization: str | None, expected: str) -> bool:
-    """`Authorization: Bearer <token>` carrying `expected`, compared in constant time."""
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer":
-        given = ""
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
+from mailer.web.deps import WRONG_TOKEN, bearer_matches
 
 
 def wrong_token() -> JSONResponse:
@@ -51,7 +41,7 @@ class AuthFirst:
                 await wrong_token()(scope, receive, send)
                 return
         elif scope["method"] == "POST" and path.startswith("/admin/") and path != "/admin/login":
-            from mailer.web import admin
+            from mailer.web.admin import views as admin
 
             if await run_in_threadpool(admin.current_session, request) is None:
                 refused = await run_in_threadpool(admin.refused, request, None)

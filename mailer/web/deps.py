@@ -1,7 +1,12 @@
-"""Request-scoped pieces shared by the routes: session, settings, caller's IP, API auth."""
+"""Request-scoped pieces shared by the routes: session, settings, caller's IP, API auth, renderer.
+
+The token check here is the one the `auth` middleware uses too, so `auth` imports
+this module and no route module imports `auth`: the web has no import circle.
+"""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -11,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from mailer.config import Settings
 from mailer.db import session_factory
+from mailer.mail.rendering import EmailRenderer
 from mailer.mail.tokens import Tokens
-from mailer.web.auth import WRONG_TOKEN, bearer_matches
 
 # Light dependencies are `async def`: FastAPI runs a plain `def` dependency in the
 # thread pool, and a thread hop per dependency per request is real CPU at load.
@@ -53,6 +58,17 @@ async def client_ip(request: Request) -> str | None:
 
 IPDep = Annotated[str | None, Depends(client_ip)]
 
+WRONG_TOKEN = "missing or wrong API token"
+
+
+def bearer_matches(authorization: str | None, expected: str) -> bool:
+    """`Authorization: Bearer <token>` carrying `expected`, compared in constant time."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        given = ""
+    return hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -70,3 +86,13 @@ async def require_api_token(
 
 
 APIAuth = Depends(require_api_token)
+
+
+def get_renderer(request: Request) -> EmailRenderer:
+    """One renderer per app: it holds the parsed templates and a reusable Premailer."""
+    state = request.app.state
+    renderer: EmailRenderer | None = getattr(state, "email_renderer", None)
+    if renderer is None:
+        renderer = EmailRenderer(state.settings.email_templates)
+        state.email_renderer = renderer
+    return renderer

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from mailer import digests
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Digest, Frequency, Newsletter
-from mailer.web import admin
+from mailer.web.admin import views as admin
 from mailer.web.app import create_app
 from tests.browser import chromium
 from tests.conftest import configure

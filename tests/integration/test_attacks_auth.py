@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from mailer.web import admin
+from mailer.web.admin import views as admin
 from tests.integration.test_admin_browser import holding, logged_in
 from tests.integration.test_digest_support import make_newsletter
 

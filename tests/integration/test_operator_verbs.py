@@ -12,7 +12,7 @@ from mailer.content import feeds
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.readers import subscriptions as subs
-from mailer.web import admin
+from mailer.web.admin import views as admin
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run
 

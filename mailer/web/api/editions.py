@@ -1,6 +1,6 @@
 """Editions in the operator API: preview, send now, watch, cancel, deliveries.
 
-Same rules as the rest of /api (see api.py): the bearer token first, then the
+Same rules as the rest of /api (see core.py): the bearer token first, then the
 handler; refusals are JSON a person can act on. Every route calls one
 `operators` function, the one the CLI and the admin page call too. "Send
 now" commits the edition before its prepare task is enqueued, so a worker
@@ -17,11 +17,10 @@ from pydantic import BaseModel, ConfigDict
 
 from mailer import operators as ops
 from mailer import tasks
-from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Frequency
 from mailer.operators import CancelReport, DeliveryPage, EditionOut, EditionPage, SendNowOut
-from mailer.web.api import CONFLICT, NOT_FOUND, OperatorRoute
-from mailer.web.deps import APIAuth, SessionDep, SettingsDep
+from mailer.web.api.core import CONFLICT, NOT_FOUND, OperatorRoute
+from mailer.web.deps import APIAuth, SessionDep, SettingsDep, get_renderer
 
 router = APIRouter(
     prefix="/api",
@@ -44,16 +43,6 @@ PREVIEW_HEADERS = {
     ),
     "Cache-Control": "no-store",
 }
-
-
-def get_renderer(request: Request) -> EmailRenderer:
-    """One renderer per app: it holds the parsed templates and a reusable Premailer."""
-    state = request.app.state
-    renderer: EmailRenderer | None = getattr(state, "email_renderer", None)
-    if renderer is None:
-        renderer = EmailRenderer(state.settings.email_templates)
-        state.email_renderer = renderer
-    return renderer
 
 
 class SendNowIn(BaseModel):

@@ -8,7 +8,7 @@ the same shape FastAPI uses for its own validation errors).
 The token is checked before anything else, body parsing included, so a
 caller without it learns nothing but 401. Subscribers may be named by id or
 by address; ids keep addresses out of URLs and access logs.
-Editions and deliveries are in api_editions.py, articles in api_articles.py.
+Editions and deliveries are in editions.py, articles in articles.py.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from mailer import operators as ops
 from mailer.content import articles
 from mailer.operators import ArticleDetail
-from mailer.web.api import NOT_FOUND, OperatorRoute
+from mailer.web.api.core import NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
 router = APIRouter(
