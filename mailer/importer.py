@@ -14,10 +14,11 @@ checking each distinct domain once and splitting an everyday address at its
 @ directly (`addresses.CachedNormaliser`). The
 rules are not copied: addresses go through
 `addresses.normalise`, topics through `subscriptions.resolve_topics`,
-frequency through `subscriptions.parse_frequency`, suppression by the same
-hash, and any row that is not a plain "new" or "already active" case (a
-pending reader being confirmed by the import) is handed to
-`subscriptions.subscribe` itself.
+frequency through `subscriptions.parse_frequency`, suppression through
+`suppressions.suppressed` (or its SQL spelling, `suppressed_among_sql`),
+and any row that is not a plain "new" or "already active" case (a pending
+reader being confirmed by the import) is handed to `subscriptions.subscribe`
+itself.
 
 Two deliberate differences from the reader's own subscribe:
 - a reader who unsubscribed, complained or bounced is not subscribed again
@@ -43,7 +44,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from mailer import spreadsheet
+from mailer import spreadsheet, suppressions
 from mailer import subscriptions as subs
 from mailer.addresses import CachedNormaliser, InvalidAddress, address_hash
 from mailer.models import (
@@ -55,7 +56,6 @@ from mailer.models import (
     Subscription,
     SubscriptionEvent,
     SubscriptionTopic,
-    Suppression,
     utcnow,
 )
 
@@ -211,11 +211,7 @@ class _Store:
         return None
 
     def suppressed(self, hashes: list[str]) -> set[str]:
-        return set(
-            self.session.scalars(
-                select(Suppression.address_hash).where(Suppression.address_hash.in_(hashes))
-            )
-        )
+        return suppressions.suppressed(self.session, hashes)
 
     def subscribers(
         self, pairs: list[tuple[str, str]], newsletter_id: int, now: datetime
@@ -370,8 +366,7 @@ class _PostgresStore(_Store):
             "WITH input AS (SELECT * FROM unnest("
             f"{_T('e')}, {_T('k')}, {_T('h')}, {_T('f')}, {_T('t')}"
             ") WITH ORDINALITY AS t(e, k, h, f, tp, n)), "
-            "blocked AS (SELECT address_hash AS h FROM suppression "
-            f"WHERE address_hash = ANY({_T('h')})), "
+            f"blocked AS ({suppressions.suppressed_among_sql(_T('h'))}), "
             "new_subscriber AS (INSERT INTO subscriber (email, email_key, created_at) "
             "SELECT e, k, :now FROM input WHERE h NOT IN (SELECT h FROM blocked) ORDER BY n "
             "ON CONFLICT (email_key) DO NOTHING RETURNING id, email_key), "

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from mailer import cleaner, digests, feeds, suppressions
 from mailer import subscriptions as subs
-from mailer.addresses import address_hash, address_key
+from mailer.addresses import address_key
 from mailer.config import Settings
 from mailer.models import (
     Article,
@@ -769,10 +769,7 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
     return ErasureReport(
         erased=True,
         subscriptions=count,
-        suppressed=session.scalar(
-            select(Suppression.id).where(Suppression.address_hash == address_hash(email))
-        )
-        is not None,
+        suppressed=suppressions.is_suppressed(session, email),
     )
 
 
