@@ -73,7 +73,7 @@ from mailer.models import (
 from mailer.notices import list_id, unsubscribe_mailto
 from mailer.ratelimit import Limiter, Unlimited
 from mailer.rendering import EmailRenderer
-from mailer.subscriptions import TRANSITIONS, change_status, suppress
+from mailer.subscriptions import end_address
 from mailer.transport import (
     ConnectionLost,
     Connections,
@@ -378,18 +378,24 @@ def record(
         return
     result.replies.append((row.delivery_id, reply.code))
     if values["status"] is DeliveryStatus.FAILED and reply.code in HARD_BOUNCE and not reply.local:
-        sub = session.get_one(Subscription, row.subscription.id)
-        hard_bounce(session, sub, row.email, text)
+        hard_bounce(session, row.subscription.id, text)
         result.bounced += 1
 
 
-def hard_bounce(session: Session, sub: Subscription, email: str, reply: str) -> None:
-    """The address does not exist: never mail it again, from any newsletter."""
-    suppress(session, email, "hard-bounce", source="smtp")
-    session.refresh(sub)
-    if Status.BOUNCED in TRANSITIONS[sub.status]:
-        change_status(session, sub, Status.BOUNCED, source="smtp-bounce", detail=reply)
-    session.flush()
+def hard_bounce(session: Session, subscription_id: int, reply: str) -> None:
+    """The address does not exist: never mail it again, from any newsletter (the same
+    rule a bounce report for it takes; a reply our own relay made up, `Reply.local`,
+    never comes here)."""
+    sub = session.get_one(Subscription, subscription_id)
+    session.refresh(sub)  # its status as it is now, not as the claim read it
+    end_address(
+        session,
+        sub.subscriber,
+        Status.BOUNCED,
+        reason="hard-bounce",
+        source="smtp-bounce",
+        detail=reply,
+    )
 
 
 def _mark_unknown(

@@ -277,6 +277,28 @@ def change_status(
     )
 
 
+def end_address(
+    session: Session,
+    subscriber: Subscriber,
+    new: Status,
+    *,
+    reason: str,
+    source: str,
+    detail: str,
+    now: datetime | None = None,
+) -> None:
+    """A verdict on an address (a 550 at send time, a bounce report, a complaint) is
+    about the address, not one newsletter: it goes on the suppression list and every
+    subscription of it ends, or their statuses would claim mail still goes. The one
+    place both the SMTP reply and the bounce report take this, so they leave the same
+    state; `source` only says which of them it was."""
+    suppress(session, subscriber.email, reason, source=source)
+    for sub in subscriber.subscriptions:
+        if sub.status is not new and new in TRANSITIONS[sub.status]:
+            change_status(session, sub, new, source=source, detail=detail, now=now)
+    session.flush()
+
+
 # -- the reader's journey ----------------------------------------------------------
 
 
