@@ -91,20 +91,41 @@ def window(frequency: Frequency, end: datetime, previous_end: datetime | None) -
     return end - PERIOD[frequency]
 
 
-def _zone(name: str) -> ZoneInfo:
+class ScheduleError(DigestError):
+    """A schedule we could not evaluate; `field` says which half is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_cron(cron: str) -> str:
+    """The expression as it is stored (single spaces), or ScheduleError. Five fields
+    only: croniter would also take a sixth (seconds) that a minute's tick can't keep."""
+    cron = " ".join(cron.split())
+    if len(cron.split(" ")) != 5 or not croniter.is_valid(cron):
+        raise ScheduleError(
+            "cron",
+            f"{cron!r} is not a valid cron expression: write a five-field one (minute "
+            "hour day-of-month month day-of-week), e.g. '0 8 * * MON'.",
+        )
+    return cron
+
+
+def check_timezone(name: str) -> ZoneInfo:
     try:
-        return ZoneInfo(name)
+        return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise DigestError(
-            f"Unknown time zone {name!r}; use an IANA name like Europe/Berlin."
+        raise ScheduleError(
+            "timezone",
+            f"Unknown time zone {name!r}; use an IANA name like Europe/Kyiv or UTC.",
         ) from exc
 
 
-def check_schedule(cron: str, timezone: str) -> None:
-    """Refuse a schedule we could not evaluate, before it is stored."""
-    _zone(timezone)
-    if not croniter.is_valid(cron):
-        raise DigestError(f"{cron!r} is not a valid cron expression (five fields).")
+def check_schedule(cron: str, timezone: str) -> tuple[str, str]:
+    """Refuse a schedule we could not evaluate, before it is stored; else the
+    (cron, zone) to store."""
+    return check_cron(cron), check_timezone(timezone).key
 
 
 def last_fire(cron: str, timezone: str, now: datetime) -> datetime:
@@ -118,8 +139,8 @@ def last_fire(cron: str, timezone: str, now: datetime) -> datetime:
     went out twice). On the spring day a time the clock skips fires once,
     at the end of the gap (02:30 → 03:00), which is croniter's own answer.
     """
-    check_schedule(cron, timezone)
-    zone = _zone(timezone)
+    zone = check_timezone(timezone)
+    check_cron(cron)
     it = croniter(cron, now.astimezone(zone) + timedelta(seconds=1))
     for _ in range(4):
         prev: datetime = it.get_prev(datetime)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict
@@ -864,29 +864,17 @@ class ScheduleOut(BaseModel):
     last_run_at: datetime | None
 
 
-def check_cron(cron: str) -> str:
-    cron = " ".join(cron.split())
-    if len(cron.split(" ")) != 5 or not croniter.is_valid(cron):
-        raise Invalid(
-            "cron",
-            f"{cron!r} is not a five-field cron expression "
-            "(minute hour day-of-month month day-of-week), e.g. '0 8 * * MON'.",
-        )
-    return cron
-
-
-def check_timezone(name: str) -> ZoneInfo:
+def check_schedule(cron: str, timezone: str) -> tuple[str, str]:
+    """`digests`' own checks, each refusal tied to its field: (cron, zone) as stored."""
     try:
-        return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise Invalid(
-            "timezone", f"{name!r} is not an IANA time zone; use a name like Europe/Kyiv or UTC."
-        ) from exc
+        return digests.check_schedule(cron, timezone)
+    except digests.ScheduleError as exc:
+        raise Invalid(exc.field, str(exc)) from exc
 
 
 def next_run(cron: str, timezone: str, now: datetime | None = None) -> datetime:
     """The next fire time, evaluated in the schedule's zone so 08:00 stays 08:00 over DST."""
-    local_now = (now or utcnow()).astimezone(check_timezone(timezone))
+    local_now = (now or utcnow()).astimezone(digests.check_timezone(timezone))
     fire: datetime = croniter(cron, local_now).get_next(datetime)
     return fire
 
@@ -914,8 +902,7 @@ def set_schedule(
     now: datetime | None = None,
 ) -> ScheduleOut:
     nl = newsletter(session, slug)
-    cron = check_cron(cron)
-    zone = check_timezone(timezone).key
+    cron, zone = check_schedule(cron, timezone)
     schedule = session.scalar(
         select(Schedule).where(Schedule.newsletter_id == nl.id, Schedule.frequency == frequency)
     )
