@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from mailer.cleaner import MAX_CONTENT, TEXT_BREAKS, WHITESPACE, clean, cut_summary, summarise
 from mailer.config import Settings
 from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
-from mailer.subscriptions import ensure_topic, slugify
+from mailer.subscriptions import ensure_topic, find_newsletter, slugify
 
 # Column sizes in models.Article; longer values are refused (API) or cut (feeds).
 MAX_URL = 2000
@@ -630,7 +630,7 @@ def ingest_batch(
             errors.append((index, "newsletter", "the newsletter's slug is required"))
             continue
         if slug not in newsletters:
-            newsletters[slug] = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+            newsletters[slug] = find_newsletter(session, slug)
         newsletter = newsletters[slug]
         if newsletter is None:
             errors.append((index, "newsletter", f"there is no newsletter called {slug!r}"))

@@ -84,10 +84,10 @@ class Invalid(OperatorError):
 
 
 def newsletter(session: Session, slug: str) -> Newsletter:
-    found = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
-    if found is None:
-        raise NotFound(f"There is no newsletter {slug!r}.")
-    return found
+    try:
+        return subs.get_newsletter(session, slug)
+    except subs.UnknownNewsletter as exc:
+        raise NotFound(str(exc)) from exc
 
 
 def list_newsletters(session: Session) -> Sequence[Newsletter]:

@@ -135,7 +135,7 @@ def create_newsletter(
             f"letter or digit; got {slug!r}.",
             field="slug",
         )
-    if session.scalar(select(Newsletter.id).where(Newsletter.slug == slug)) is not None:
+    if find_newsletter(session, slug) is not None:
         raise NewsletterExists(f"A newsletter {slug!r} already exists.")
     newsletter = Newsletter(
         slug=slug,
@@ -159,10 +159,17 @@ def newsletter_name(value: str) -> str:
     return value.strip()
 
 
+def find_newsletter(session: Session, slug: str) -> Newsletter | None:
+    """The one lookup of a newsletter by its slug (its identity everywhere outside)."""
+    return session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+
+
 def get_newsletter(session: Session, slug: str) -> Newsletter:
-    newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+    """The newsletter, or UnknownNewsletter: each caller says it in its own terms
+    (a 404 page for a reader, NotFound for an operator)."""
+    newsletter = find_newsletter(session, slug)
     if newsletter is None:
-        raise UnknownNewsletter(f"There is no newsletter called {slug!r}.")
+        raise UnknownNewsletter(f"There is no newsletter {slug!r}.", field="newsletter")
     return newsletter
 
 

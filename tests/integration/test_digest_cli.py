@@ -52,7 +52,7 @@ def test_preview_writes_the_html_a_reader_would_get_and_records_nothing(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["preview", "nope"], "no newsletter called 'nope'"),
+        (["preview", "nope"], "no newsletter 'nope'"),
         (["preview", "news", "--email", "stranger@example.org"], "not subscribed"),
         (["test", "news", "--to", "not an address"], "not valid"),
         (["status", "12345"], "no edition 12345"),
