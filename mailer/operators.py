@@ -142,11 +142,8 @@ def newsletters_out(session: Session) -> list[NewsletterOut]:
 
 
 def parse_frequency(value: str, field_name: str = "frequency") -> Frequency:
-    try:
-        return Frequency(value.strip().lower())
-    except ValueError as exc:
-        choices = ", ".join(f.value for f in Frequency)
-        raise Invalid(field_name, f"frequency must be one of {choices}; got {value!r}") from exc
+    with _fields():
+        return subs.frequency(value, field_name)
 
 
 @contextmanager

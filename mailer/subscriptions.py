@@ -238,15 +238,23 @@ class HasDefaultFrequency(Protocol):
     def default_frequency(self) -> Frequency: ...
 
 
-def parse_frequency(value: str | None, newsletter: HasDefaultFrequency) -> Frequency:
-    if value is None or value == "":
-        return newsletter.default_frequency
+def frequency(value: str, field: str = "frequency") -> Frequency:
+    """The one reading of a frequency someone typed (form, CSV, API, CLI): case and
+    surrounding spaces don't matter; anything else is refused by name."""
     try:
         return Frequency(value.strip().lower())
     except ValueError as exc:
+        choices = ", ".join(f.value for f in Frequency)
         raise SubscriptionError(
-            "Frequency must be 'daily' or 'weekly'.", field="frequency"
+            f"frequency must be one of {choices}; got {value[:40]!r}", field=field
         ) from exc
+
+
+def parse_frequency(value: str | None, newsletter: HasDefaultFrequency) -> Frequency:
+    """A reader's choice, or the newsletter's default when they made none."""
+    if value is None or value == "":
+        return newsletter.default_frequency
+    return frequency(value)
 
 
 # -- status changes -------------------------------------------------------------
