@@ -53,6 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Every id column is PostgreSQL `integer`: a larger number names no row, and must not reach
+# the database, which would refuse the parameter rather than find nothing.
+MAX_ID = 2**31 - 1
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
 

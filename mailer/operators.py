@@ -38,6 +38,7 @@ from mailer import subscriptions as subs
 from mailer.addresses import address_key
 from mailer.config import Settings
 from mailer.models import (
+    MAX_ID,
     Article,
     Delivery,
     DeliveryStatus,
@@ -455,9 +456,6 @@ def subscriber_out(subscriber: Subscriber) -> SubscriberOut:
             for s in sorted(subscriber.subscriptions, key=lambda s: s.newsletter_id)
         ],
     )
-
-
-MAX_ID = 2**31 - 1  # ids are PostgreSQL `integer`: a larger one names no row
 
 
 def parse_id(text: str) -> int | None:
@@ -1213,13 +1211,8 @@ def _edition_out(digest: Digest, slug: str, counts: dict[str, int]) -> EditionOu
     )
 
 
-# Edition ids are PostgreSQL `integer`: a larger number names no row (and must not reach
-# the database, which would refuse the parameter rather than find nothing).
-EDITION_ID_MAX = 2**31 - 1
-
-
 def find_edition(session: Session, digest_id: int) -> Digest:
-    found = session.get(Digest, digest_id) if 0 < digest_id <= EDITION_ID_MAX else None
+    found = session.get(Digest, digest_id) if 0 < digest_id <= MAX_ID else None
     if found is None:
         raise NotFound(f"There is no edition {digest_id}.")
     return found
