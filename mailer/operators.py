@@ -95,6 +95,13 @@ def list_newsletters(session: Session) -> Sequence[Newsletter]:
     return session.scalars(select(Newsletter).order_by(Newsletter.slug)).all()
 
 
+def open_newsletters(session: Session) -> Sequence[Newsletter]:
+    """The newsletters that take subscriptions (not archived), by name: the home page's list."""
+    return session.scalars(
+        select(Newsletter).where(Newsletter.archived_at.is_(None)).order_by(Newsletter.name)
+    ).all()
+
+
 class NewsletterOut(BaseModel):
     id: int
     slug: str
@@ -1075,6 +1082,17 @@ class ArticleDetail(BaseModel):
     removed: list[str] | None = None
 
 
+def recent_articles(session: Session, slug: str, limit: int = 20) -> Sequence[Article]:
+    """A newsletter's newest articles, newest first."""
+    nl = newsletter(session, slug)
+    return session.scalars(
+        select(Article)
+        .where(Article.newsletter_id == nl.id)
+        .order_by(Article.published_at.desc(), Article.id.desc())
+        .limit(limit)
+    ).all()
+
+
 def show_article(session: Session, article_id: int, *, raw: bool = False) -> ArticleDetail:
     article = session.get(Article, article_id)
     if article is None:
@@ -1245,6 +1263,17 @@ def list_editions(
     )
 
 
+def problem_deliveries(session: Session, digest_id: int, limit: int = 10) -> list[EditionDelivery]:
+    """A few of an edition's deliveries that did not simply go out (deferred, failed,
+    unknown): what an operator looks at first."""
+    return list_deliveries(
+        session,
+        digest_id,
+        statuses=(DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN),
+        limit=limit,
+    ).items
+
+
 def recent_editions(session: Session, slug: str | None = None, limit: int = 20) -> list[EditionOut]:
     """The newest editions of every newsletter (or one), with live delivery counts."""
     query = select(Digest, Newsletter.slug).join(Newsletter, Newsletter.id == Digest.newsletter_id)
@@ -1277,6 +1306,19 @@ def send_now(
         raise Conflict(str(exc)) from exc
     session.flush()
     return digest, existed is None
+
+
+def prepare_edition(
+    session: Session, settings: Settings, renderer: EmailRenderer, digest_id: int
+) -> digests.Prepared:
+    """Write an edition's delivery rows (once: a second call finds them written), and
+    close it at once when nobody is left to mail. Whoever made the edition comes here
+    next: the worker's prepare task (after `send_now` from the API or admin, or a
+    schedule) and `mailer digest send`, which waits for it to print the counts."""
+    prepared = digests.prepare(session, settings, renderer, digest_id)
+    if not prepared.ranges:
+        digests.close_if_done(session, digest_id)
+    return prepared
 
 
 def cancel_edition(session: Session, digest_id: int, now: datetime | None = None) -> CancelReport:
