@@ -52,6 +52,7 @@ from mailer.messages import sender_domain
 from mailer.models import (
     Delivery,
     DeliveryStatus,
+    NoticeStatus,
     Notification,
     Status,
     Subscriber,
@@ -536,7 +537,7 @@ def _mark_failed(
         delivery.smtp_reply = text
         delivery.updated_at = now
     if note is not None:
-        note.status = "failed"
+        note.status = NoticeStatus.FAILED
         note.last_error = text
 
 

@@ -64,6 +64,7 @@ from mailer.models import (
     DeliveryStatus,
     Digest,
     DigestVariant,
+    EditionStatus,
     Newsletter,
     Status,
     Subscriber,
@@ -638,7 +639,7 @@ def send_range(
     limiter = limiter or Unlimited()
     result = BatchResult()
     digest = session.get(Digest, digest_id)
-    if digest is None or digest.status != "sending":
+    if digest is None or digest.status is not EditionStatus.SENDING:
         return result
     nl = session.get_one(Newsletter, digest.newsletter_id)
     outgoing = Outgoing.for_newsletter(settings, nl)
@@ -944,7 +945,7 @@ def due_ranges(
     """
     now = now or utcnow()
     stale = now - timedelta(seconds=settings.send_lease)
-    sending = select(Digest.id).where(Digest.status == "sending")
+    sending = select(Digest.id).where(Digest.status == EditionStatus.SENDING)
     due = session.execute(
         select(Delivery.digest_id, Delivery.id)
         .where(

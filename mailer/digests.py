@@ -47,6 +47,7 @@ from mailer.models import (
     DeliveryStatus,
     Digest,
     DigestVariant,
+    EditionStatus,
     Frequency,
     Newsletter,
     Schedule,
@@ -232,7 +233,7 @@ def create_edition(
             frequency=frequency,
             window_start=window(frequency, end, previous),
             window_end=end,
-            status="created",
+            status=EditionStatus.CREATED,
             created_at=utcnow(),
             counts={},
         )
@@ -613,7 +614,7 @@ def prepare(
     now = now or utcnow()
     digest = _lock_digest(session, digest_id)
     result = Prepared(digest_id)
-    if digest.status != "created":
+    if digest.status is not EditionStatus.CREATED:
         result.already = True
         result.ranges = open_ranges(session, digest_id, settings.send_batch_size)
         return result
@@ -639,7 +640,7 @@ def prepare(
         result.queued += queued
         result.skipped += skipped
     result.variants = len(variant_ids)
-    digest.status = "sending"
+    digest.status = EditionStatus.SENDING
     digest.prepared_at = now
     session.flush()
     if is_postgres(session) and result.queued + result.skipped >= ANALYZE_AFTER:
@@ -875,15 +876,15 @@ def counts(session: Session, digest_id: int) -> dict[str, int]:
 def close_if_done(session: Session, digest_id: int, now: datetime | None = None) -> bool:
     """Record the edition's counts; mark it done once no delivery can change any more."""
     digest = session.get(Digest, digest_id)
-    if digest is None or digest.status not in ("sending", "done"):
+    if digest is None or digest.status not in (EditionStatus.SENDING, EditionStatus.DONE):
         return False
     tally = counts(session, digest_id)
     digest.counts = tally
-    if digest.status == "sending" and not any(tally.get(s.value, 0) for s in OPEN):
-        digest.status = "done"
+    if digest.status is EditionStatus.SENDING and not any(tally.get(s.value, 0) for s in OPEN):
+        digest.status = EditionStatus.DONE
         digest.finished_at = now or utcnow()
     session.flush()
-    return digest.status == "done"
+    return digest.status is EditionStatus.DONE
 
 
 def has_open(session: Session, digest_id: int) -> bool:
@@ -899,7 +900,7 @@ def has_open(session: Session, digest_id: int) -> bool:
 
 
 def close_finished(session: Session, now: datetime | None = None) -> list[int]:
-    ids = session.scalars(select(Digest.id).where(Digest.status == "sending")).all()
+    ids = session.scalars(select(Digest.id).where(Digest.status == EditionStatus.SENDING)).all()
     return [i for i in ids if close_if_done(session, i, now)]
 
 
@@ -910,7 +911,9 @@ def stale_unprepared(
     cutoff = (now or utcnow()) - older_than
     return list(
         session.scalars(
-            select(Digest.id).where(Digest.status == "created", Digest.created_at < cutoff)
+            select(Digest.id).where(
+                Digest.status == EditionStatus.CREATED, Digest.created_at < cutoff
+            )
         )
     )
 

@@ -50,6 +50,7 @@ from mailer.addresses import CachedNormaliser, InvalidAddress, address_hash
 from mailer.models import (
     Frequency,
     Newsletter,
+    NoticeStatus,
     Notification,
     Status,
     Subscriber,
@@ -290,7 +291,13 @@ class _Store:
         rows = self.session.execute(
             table.insert().returning(table.c.id),
             [
-                dict(subscription_id=i, kind=kind, status="queued", attempts=0, created_at=now)
+                dict(
+                    subscription_id=i,
+                    kind=kind,
+                    status=NoticeStatus.QUEUED,
+                    attempts=0,
+                    created_at=now,
+                )
                 for i in sub_ids
             ],
         )
@@ -357,8 +364,8 @@ class _PostgresStore(_Store):
         self._run("SET LOCAL jit = off")
         notice_cte = (
             ", notice AS (INSERT INTO notification (subscription_id, kind, status, attempts, "
-            "created_at) SELECT id, 'confirm', 'queued', 0, :now FROM made ORDER BY id "
-            "RETURNING id) "
+            f"created_at) SELECT id, 'confirm', '{NoticeStatus.QUEUED}', 0, :now FROM made "
+            "ORDER BY id RETURNING id) "
             if notices
             else " "
         )
@@ -490,7 +497,7 @@ class _PostgresStore(_Store):
     def notices(self, sub_ids: list[int], kind: str, now: datetime) -> list[int]:
         rows = self._run(
             "INSERT INTO notification (subscription_id, kind, status, attempts, created_at) "
-            f"SELECT i, :kind, 'queued', 0, :now FROM unnest({_I('i')}) AS t(i) "
+            f"SELECT i, :kind, '{NoticeStatus.QUEUED}', 0, :now FROM unnest({_I('i')}) AS t(i) "
             "RETURNING id",
             i=_ints(sub_ids),
             kind=kind,

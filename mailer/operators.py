@@ -38,11 +38,13 @@ from mailer import subscriptions as subs
 from mailer.addresses import address_key
 from mailer.config import Settings
 from mailer.models import (
+    EDITION_OPEN,
     MAX_ID,
     Article,
     Delivery,
     DeliveryStatus,
     Digest,
+    EditionStatus,
     Feed,
     Frequency,
     Newsletter,
@@ -230,7 +232,7 @@ def archive_newsletter(session: Session, slug: str, now: datetime | None = None)
         return nl
     busy = session.scalar(
         select(Digest.id)
-        .where(Digest.newsletter_id == nl.id, Digest.status.in_(("created", "sending")))
+        .where(Digest.newsletter_id == nl.id, Digest.status.in_(EDITION_OPEN))
         .order_by(Digest.id)
         .limit(1)
     )
@@ -1147,7 +1149,7 @@ class EditionOut(BaseModel):
     frequency: Frequency
     window_start: datetime
     window_end: datetime
-    status: str
+    status: EditionStatus
     created_at: datetime
     prepared_at: datetime | None
     finished_at: datetime | None
@@ -1336,7 +1338,7 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()  # waits for a prepare in progress to commit
     digest = session.scalars(query.execution_options(populate_existing=True)).one()
-    if digest.status == "done":
+    if digest.status is EditionStatus.DONE:
         raise Conflict(f"Edition {digest_id} has finished sending; there is nothing to cancel.")
 
     def stop(states: tuple[DeliveryStatus, ...], release: bool) -> list[int]:
@@ -1360,8 +1362,8 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
 
     released = stop(WAITING, release=True)
     cancelled = len(released) + len(stop(MAYBE_SENT, release=False))
-    if digest.status != "cancelled":
-        digest.status = "cancelled"
+    if digest.status is not EditionStatus.CANCELLED:
+        digest.status = EditionStatus.CANCELLED
         digest.finished_at = now
     live = _live_counts(session, [digest_id])[digest_id]
     digest.counts = live
@@ -1385,7 +1387,7 @@ def sweep_cancelled(session: Session, now: datetime | None = None) -> list[int]:
     stray = (
         select(Delivery.digest_id)
         .join(Digest, Digest.id == Delivery.digest_id)
-        .where(Digest.status == "cancelled", Delivery.status.in_(WAITING + MAYBE_SENT))
+        .where(Digest.status == EditionStatus.CANCELLED, Delivery.status.in_(WAITING + MAYBE_SENT))
         .distinct()
     )
     swept = list(session.scalars(stray))

@@ -48,7 +48,7 @@ from mailer import admin_sessions, tasks, throttle
 from mailer import operators as ops
 from mailer.config import Settings
 from mailer.db import session_scope
-from mailer.models import DeliveryStatus, Frequency
+from mailer.models import EDITION_OPEN, DeliveryStatus, Frequency
 from mailer.web.api_editions import get_renderer
 from mailer.web.deps import IPDep, SessionDep, SettingsDep
 from mailer.web.headers import mail_html_headers
@@ -296,7 +296,7 @@ def dashboard(
         newsletters=newsletters,
         frequencies=[f.value for f in Frequency],
         note=_note(session, note, slug, edition),
-        open_states=("created", "sending"),
+        open_states=EDITION_OPEN,
     )
 
 
@@ -457,7 +457,7 @@ def edition(
         status=status.value if status else "",
         statuses=[s.value for s in DeliveryStatus],
         more=more,
-        open_states=("created", "sending"),
+        open_states=EDITION_OPEN,
     )
 
 
