@@ -18,8 +18,9 @@ duplicate per connection that dies. That is kept by three rules:
   are simply still queued.
 - Replies drive the state machine: 2xx `sent`; 4xx `deferred` with an
   exponential `next_attempt_at` until the attempts run out; 5xx `failed`,
-  and a 550-class reply also suppresses the address and marks the
-  subscription bounced. A lost connection puts the in-flight row in
+  and a 550-class reply also suppresses the address and ends every
+  subscription of it as bounced, as a bounce report would
+  (`subscriptions.end_address`). A lost connection puts the in-flight row in
   `unknown` and asks for a retry of the batch.
 """
 
