@@ -53,12 +53,17 @@ from mailer.mail.transport import cleartext_login_refusal
 from mailer.models import (
     Delivery,
     DeliveryStatus,
+    NoticeStatus,
     Notification,
     Status,
+    Subscriber,
     Subscription,
     utcnow,
 )
-from mailer.readers.subscriptions import TRANSITIONS, change_status, subscriber_by_email, suppress
+from mailer.readers.subscriptions import (
+    end_address,
+    subscriber_by_email,
+)
 
 log = logging.getLogger(__name__)
 
@@ -424,9 +429,8 @@ def apply_tagged(
         return ignored("unknown-subscription", "the subscription is gone; nothing changed")
     outcome = _apply(
         session,
-        sub.subscriber.email,
+        sub.subscriber,
         [sub],
-        list(sub.subscriber.subscriptions),
         report.severity,
         report.status,
         report.diagnostic,
@@ -454,8 +458,7 @@ def handle_event(
         return ignored("unknown-address", "no subscriber has that address; nothing changed")
     return _apply(
         session,
-        subscriber.email,
-        list(subscriber.subscriptions),
+        subscriber,
         list(subscriber.subscriptions),
         severity,
         event.status,
@@ -471,9 +474,8 @@ def _detail(status: str | None, diagnostic: str | None) -> str:
 
 def _apply(
     session: Session,
-    email: str,
+    subscriber: Subscriber,
     counted: list[Subscription],
-    everyone: list[Subscription],
     severity: Severity,
     status: str | None,
     diagnostic: str | None,
@@ -483,8 +485,7 @@ def _apply(
 ) -> Outcome:
     """Soft bounces count on the subscriptions the report is about (`counted`);
     suppression is per address, so ending one ends all of the address's
-    subscriptions (`everyone`), or their statuses would claim mail still goes."""
-    subs = everyone
+    subscriptions (`subscriptions.end_address`)."""
     detail = _detail(status, diagnostic)
     if severity == "soft":
         worst = 0
@@ -495,30 +496,37 @@ def _apply(
             session.flush()
             return Outcome("soft-bounce", f"soft bounce {worst} of {soft_limit}: {detail}", True)
         reason = f"soft-bounce-limit ({worst} in a row): {detail}"
-        _end(session, email, subs, Status.BOUNCED, "soft-bounce-limit", "bounce", reason, now)
+        end_address(
+            session,
+            subscriber,
+            Status.BOUNCED,
+            reason="soft-bounce-limit",
+            source="bounce",
+            detail=reason,
+            now=now,
+        )
         return Outcome("soft-bounce-limit", reason, True)
     if severity == "hard":
-        _end(session, email, subs, Status.BOUNCED, "hard-bounce", "bounce", detail, now)
+        end_address(
+            session,
+            subscriber,
+            Status.BOUNCED,
+            reason="hard-bounce",
+            source="bounce",
+            detail=detail,
+            now=now,
+        )
         return Outcome("hard-bounce", f"address suppressed: {detail}", True)
-    _end(session, email, subs, Status.COMPLAINED, "complaint", "complaint", detail, now)
+    end_address(
+        session,
+        subscriber,
+        Status.COMPLAINED,
+        reason="complaint",
+        source="complaint",
+        detail=detail,
+        now=now,
+    )
     return Outcome("complaint", f"address suppressed: {detail}", True)
-
-
-def _end(
-    session: Session,
-    email: str,
-    subs: list[Subscription],
-    new: Status,
-    reason: str,
-    source: str,
-    detail: str,
-    now: datetime,
-) -> None:
-    suppress(session, email, reason=reason, source=source)
-    for sub in subs:
-        if sub.status is not new and new in TRANSITIONS[sub.status]:
-            change_status(session, sub, new, source=source, detail=detail, now=now)
-    session.flush()
 
 
 def _mark_failed(
@@ -532,7 +540,7 @@ def _mark_failed(
         delivery.smtp_reply = text
         delivery.updated_at = now
     if note is not None:
-        note.status = "failed"
+        note.status = NoticeStatus.FAILED
         note.last_error = text
 
 

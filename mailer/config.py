@@ -154,12 +154,7 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value()
         if self.env == "production":
             raise ConfigError("MAILER_SECRET_KEY is not set; production mode needs a secret key")
-        path = self.data_dir / "secret.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return self._kept_secret("secret.key", 32)
 
     def api_secret(self) -> str:
         """The operator API's bearer token; generated once in development.
@@ -178,10 +173,15 @@ class Settings(BaseSettings):
             return token
         if self.env == "production":
             raise ConfigError("MAILER_API_TOKEN is not set; production mode needs an API token")
-        path = self.data_dir / "api.token"
+        return self._kept_secret("api.token", 24)
+
+    def _kept_secret(self, name: str, nbytes: int) -> str:
+        """A development secret: made on first use and kept in data_dir, readable by us
+        alone, so every process on that directory shares it across restarts."""
+        path = self.data_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24))
+            path.write_text(secrets.token_urlsafe(nbytes))
             path.chmod(0o600)
         return path.read_text().strip()
 

@@ -18,8 +18,9 @@ duplicate per connection that dies. That is kept by three rules:
   are simply still queued.
 - Replies drive the state machine: 2xx `sent`; 4xx `deferred` with an
   exponential `next_attempt_at` until the attempts run out; 5xx `failed`,
-  and a 550-class reply also suppresses the address and marks the
-  subscription bounced. A lost connection puts the in-flight row in
+  and a 550-class reply also suppresses the address and ends every
+  subscription of it as bounced, as a bounce report would
+  (`subscriptions.end_address`). A lost connection puts the in-flight row in
   `unknown` and asks for a retry of the batch.
 """
 
@@ -73,6 +74,7 @@ from mailer.models import (
     DeliveryStatus,
     Digest,
     DigestVariant,
+    EditionStatus,
     Newsletter,
     Status,
     Subscriber,
@@ -82,7 +84,7 @@ from mailer.models import (
 from mailer.readers import suppressions
 from mailer.readers.addresses import address_hash
 from mailer.readers.notices import list_id, unsubscribe_mailto
-from mailer.readers.subscriptions import TRANSITIONS, change_status, suppress
+from mailer.readers.subscriptions import end_address
 from mailer.sending.ratelimit import Limiter, Unlimited
 
 log = logging.getLogger(__name__)
@@ -379,18 +381,24 @@ def record(
         return
     result.replies.append((row.delivery_id, reply.code))
     if values["status"] is DeliveryStatus.FAILED and reply.code in HARD_BOUNCE and not reply.local:
-        sub = session.get_one(Subscription, row.subscription.id)
-        hard_bounce(session, sub, row.email, text)
+        hard_bounce(session, row.subscription.id, text)
         result.bounced += 1
 
 
-def hard_bounce(session: Session, sub: Subscription, email: str, reply: str) -> None:
-    """The address does not exist: never mail it again, from any newsletter."""
-    suppress(session, email, "hard-bounce", source="smtp")
-    session.refresh(sub)
-    if Status.BOUNCED in TRANSITIONS[sub.status]:
-        change_status(session, sub, Status.BOUNCED, source="smtp-bounce", detail=reply)
-    session.flush()
+def hard_bounce(session: Session, subscription_id: int, reply: str) -> None:
+    """The address does not exist: never mail it again, from any newsletter (the same
+    rule a bounce report for it takes; a reply our own relay made up, `Reply.local`,
+    never comes here)."""
+    sub = session.get_one(Subscription, subscription_id)
+    session.refresh(sub)  # its status as it is now, not as the claim read it
+    end_address(
+        session,
+        sub.subscriber,
+        Status.BOUNCED,
+        reason="hard-bounce",
+        source="smtp-bounce",
+        detail=reply,
+    )
 
 
 def _mark_unknown(
@@ -633,7 +641,7 @@ def send_range(
     limiter = limiter or Unlimited()
     result = BatchResult()
     digest = session.get(Digest, digest_id)
-    if digest is None or digest.status != "sending":
+    if digest is None or digest.status is not EditionStatus.SENDING:
         return result
     nl = session.get_one(Newsletter, digest.newsletter_id)
     outgoing = Outgoing.for_newsletter(settings, nl)
@@ -939,7 +947,7 @@ def due_ranges(
     """
     now = now or utcnow()
     stale = now - timedelta(seconds=settings.send_lease)
-    sending = select(Digest.id).where(Digest.status == "sending")
+    sending = select(Digest.id).where(Digest.status == EditionStatus.SENDING)
     due = session.execute(
         select(Delivery.digest_id, Delivery.id)
         .where(

@@ -46,6 +46,7 @@ from mailer.models import (
     DeliveryStatus,
     Digest,
     DigestVariant,
+    EditionStatus,
     Frequency,
     Newsletter,
     Schedule,
@@ -91,20 +92,41 @@ def window(frequency: Frequency, end: datetime, previous_end: datetime | None) -
     return end - PERIOD[frequency]
 
 
-def _zone(name: str) -> ZoneInfo:
+class ScheduleError(DigestError):
+    """A schedule we could not evaluate; `field` says which half is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_cron(cron: str) -> str:
+    """The expression as it is stored (single spaces), or ScheduleError. Five fields
+    only: croniter would also take a sixth (seconds) that a minute's tick can't keep."""
+    cron = " ".join(cron.split())
+    if len(cron.split(" ")) != 5 or not croniter.is_valid(cron):
+        raise ScheduleError(
+            "cron",
+            f"{cron!r} is not a valid cron expression: write a five-field one (minute "
+            "hour day-of-month month day-of-week), e.g. '0 8 * * MON'.",
+        )
+    return cron
+
+
+def check_timezone(name: str) -> ZoneInfo:
     try:
-        return ZoneInfo(name)
+        return ZoneInfo(name.strip())
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise DigestError(
-            f"Unknown time zone {name!r}; use an IANA name like Europe/Berlin."
+        raise ScheduleError(
+            "timezone",
+            f"Unknown time zone {name!r}; use an IANA name like Europe/Kyiv or UTC.",
         ) from exc
 
 
-def check_schedule(cron: str, timezone: str) -> None:
-    """Refuse a schedule we could not evaluate, before it is stored."""
-    _zone(timezone)
-    if not croniter.is_valid(cron):
-        raise DigestError(f"{cron!r} is not a valid cron expression (five fields).")
+def check_schedule(cron: str, timezone: str) -> tuple[str, str]:
+    """Refuse a schedule we could not evaluate, before it is stored; else the
+    (cron, zone) to store."""
+    return check_cron(cron), check_timezone(timezone).key
 
 
 def last_fire(cron: str, timezone: str, now: datetime) -> datetime:
@@ -118,8 +140,8 @@ def last_fire(cron: str, timezone: str, now: datetime) -> datetime:
     went out twice). On the spring day a time the clock skips fires once,
     at the end of the gap (02:30 → 03:00), which is croniter's own answer.
     """
-    check_schedule(cron, timezone)
-    zone = _zone(timezone)
+    zone = check_timezone(timezone)
+    check_cron(cron)
     it = croniter(cron, now.astimezone(zone) + timedelta(seconds=1))
     for _ in range(4):
         prev: datetime = it.get_prev(datetime)
@@ -211,7 +233,7 @@ def create_edition(
             frequency=frequency,
             window_start=window(frequency, end, previous),
             window_end=end,
-            status="created",
+            status=EditionStatus.CREATED,
             created_at=utcnow(),
             counts={},
         )
@@ -592,7 +614,7 @@ def prepare(
     now = now or utcnow()
     digest = _lock_digest(session, digest_id)
     result = Prepared(digest_id)
-    if digest.status != "created":
+    if digest.status is not EditionStatus.CREATED:
         result.already = True
         result.ranges = open_ranges(session, digest_id, settings.send_batch_size)
         return result
@@ -618,7 +640,7 @@ def prepare(
         result.queued += queued
         result.skipped += skipped
     result.variants = len(variant_ids)
-    digest.status = "sending"
+    digest.status = EditionStatus.SENDING
     digest.prepared_at = now
     session.flush()
     if is_postgres(session) and result.queued + result.skipped >= ANALYZE_AFTER:
@@ -854,15 +876,15 @@ def counts(session: Session, digest_id: int) -> dict[str, int]:
 def close_if_done(session: Session, digest_id: int, now: datetime | None = None) -> bool:
     """Record the edition's counts; mark it done once no delivery can change any more."""
     digest = session.get(Digest, digest_id)
-    if digest is None or digest.status not in ("sending", "done"):
+    if digest is None or digest.status not in (EditionStatus.SENDING, EditionStatus.DONE):
         return False
     tally = counts(session, digest_id)
     digest.counts = tally
-    if digest.status == "sending" and not any(tally.get(s.value, 0) for s in OPEN):
-        digest.status = "done"
+    if digest.status is EditionStatus.SENDING and not any(tally.get(s.value, 0) for s in OPEN):
+        digest.status = EditionStatus.DONE
         digest.finished_at = now or utcnow()
     session.flush()
-    return digest.status == "done"
+    return digest.status is EditionStatus.DONE
 
 
 def has_open(session: Session, digest_id: int) -> bool:
@@ -878,7 +900,7 @@ def has_open(session: Session, digest_id: int) -> bool:
 
 
 def close_finished(session: Session, now: datetime | None = None) -> list[int]:
-    ids = session.scalars(select(Digest.id).where(Digest.status == "sending")).all()
+    ids = session.scalars(select(Digest.id).where(Digest.status == EditionStatus.SENDING)).all()
     return [i for i in ids if close_if_done(session, i, now)]
 
 
@@ -889,7 +911,9 @@ def stale_unprepared(
     cutoff = (now or utcnow()) - older_than
     return list(
         session.scalars(
-            select(Digest.id).where(Digest.status == "created", Digest.created_at < cutoff)
+            select(Digest.id).where(
+                Digest.status == EditionStatus.CREATED, Digest.created_at < cutoff
+            )
         )
     )
 

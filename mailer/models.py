@@ -53,6 +53,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Every id column is PostgreSQL `integer`: a larger number names no row, and must not reach
+# the database, which would refuse the parameter rather than find nothing.
+MAX_ID = 2**31 - 1
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
 
@@ -68,6 +73,30 @@ class Status(enum.StrEnum):
 class Frequency(enum.StrEnum):
     DAILY = "daily"
     WEEKLY = "weekly"
+
+
+class EditionStatus(enum.StrEnum):
+    """An edition's life: made, its deliveries written and going out, every one answered;
+    or stopped by an operator."""
+
+    CREATED = "created"
+    SENDING = "sending"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+# Editions not yet finished: what an operator may still cancel, and what keeps going out.
+EDITION_OPEN = (EditionStatus.CREATED, EditionStatus.SENDING)
+
+
+class NoticeStatus(enum.StrEnum):
+    """A confirm or welcome mail's life; `skipped` when it no longer fits the reader."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -236,7 +265,9 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     subscription_id: Mapped[int] = mapped_column(ForeignKey("subscription.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[NoticeStatus] = mapped_column(
+        _enum(NoticeStatus, "notice_status"), default=NoticeStatus.QUEUED
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
@@ -337,7 +368,9 @@ class Digest(Base):
     frequency: Mapped[Frequency] = mapped_column(_enum(Frequency, "frequency"))
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(16), default="created")
+    status: Mapped[EditionStatus] = mapped_column(
+        _enum(EditionStatus, "edition_status"), default=EditionStatus.CREATED
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     prepared_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

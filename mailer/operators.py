@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict
@@ -38,10 +38,13 @@ from mailer.config import Settings
 from mailer.content import cleaner, feeds
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
+    EDITION_OPEN,
+    MAX_ID,
     Article,
     Delivery,
     DeliveryStatus,
     Digest,
+    EditionStatus,
     Feed,
     Frequency,
     Newsletter,
@@ -57,7 +60,7 @@ from mailer.models import (
 )
 from mailer.readers import subscriptions as subs
 from mailer.readers import suppressions
-from mailer.readers.addresses import address_hash, address_key
+from mailer.readers.addresses import address_key
 
 OPERATOR = "operator"
 # Ending states that mean "the reader asked us to stop": kept as a hash after erasure.
@@ -86,14 +89,21 @@ class Invalid(OperatorError):
 
 
 def newsletter(session: Session, slug: str) -> Newsletter:
-    found = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
-    if found is None:
-        raise NotFound(f"There is no newsletter {slug!r}.")
-    return found
+    try:
+        return subs.get_newsletter(session, slug)
+    except subs.UnknownNewsletter as exc:
+        raise NotFound(str(exc)) from exc
 
 
 def list_newsletters(session: Session) -> Sequence[Newsletter]:
     return session.scalars(select(Newsletter).order_by(Newsletter.slug)).all()
+
+
+def open_newsletters(session: Session) -> Sequence[Newsletter]:
+    """The newsletters that take subscriptions (not archived), by name: the home page's list."""
+    return session.scalars(
+        select(Newsletter).where(Newsletter.archived_at.is_(None)).order_by(Newsletter.name)
+    ).all()
 
 
 class NewsletterOut(BaseModel):
@@ -144,11 +154,8 @@ def newsletters_out(session: Session) -> list[NewsletterOut]:
 
 
 def parse_frequency(value: str, field_name: str = "frequency") -> Frequency:
-    try:
-        return Frequency(value.strip().lower())
-    except ValueError as exc:
-        choices = ", ".join(f.value for f in Frequency)
-        raise Invalid(field_name, f"frequency must be one of {choices}; got {value!r}") from exc
+    with _fields():
+        return subs.frequency(value, field_name)
 
 
 @contextmanager
@@ -227,7 +234,7 @@ def archive_newsletter(session: Session, slug: str, now: datetime | None = None)
         return nl
     busy = session.scalar(
         select(Digest.id)
-        .where(Digest.newsletter_id == nl.id, Digest.status.in_(("created", "sending")))
+        .where(Digest.newsletter_id == nl.id, Digest.status.in_(EDITION_OPEN))
         .order_by(Digest.id)
         .limit(1)
     )
@@ -460,9 +467,6 @@ def subscriber_out(subscriber: Subscriber) -> SubscriberOut:
             for s in sorted(subscriber.subscriptions, key=lambda s: s.newsletter_id)
         ],
     )
-
-
-MAX_ID = 2**31 - 1  # ids are PostgreSQL `integer`: a larger one names no row
 
 
 def parse_id(text: str) -> int | None:
@@ -771,10 +775,7 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
     return ErasureReport(
         erased=True,
         subscriptions=count,
-        suppressed=session.scalar(
-            select(Suppression.id).where(Suppression.address_hash == address_hash(email))
-        )
-        is not None,
+        suppressed=suppressions.is_suppressed(session, email),
     )
 
 
@@ -869,29 +870,17 @@ class ScheduleOut(BaseModel):
     last_run_at: datetime | None
 
 
-def check_cron(cron: str) -> str:
-    cron = " ".join(cron.split())
-    if len(cron.split(" ")) != 5 or not croniter.is_valid(cron):
-        raise Invalid(
-            "cron",
-            f"{cron!r} is not a five-field cron expression "
-            "(minute hour day-of-month month day-of-week), e.g. '0 8 * * MON'.",
-        )
-    return cron
-
-
-def check_timezone(name: str) -> ZoneInfo:
+def check_schedule(cron: str, timezone: str) -> tuple[str, str]:
+    """`digests`' own checks, each refusal tied to its field: (cron, zone) as stored."""
     try:
-        return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise Invalid(
-            "timezone", f"{name!r} is not an IANA time zone; use a name like Europe/Kyiv or UTC."
-        ) from exc
+        return digests.check_schedule(cron, timezone)
+    except digests.ScheduleError as exc:
+        raise Invalid(exc.field, str(exc)) from exc
 
 
 def next_run(cron: str, timezone: str, now: datetime | None = None) -> datetime:
     """The next fire time, evaluated in the schedule's zone so 08:00 stays 08:00 over DST."""
-    local_now = (now or utcnow()).astimezone(check_timezone(timezone))
+    local_now = (now or utcnow()).astimezone(digests.check_timezone(timezone))
     fire: datetime = croniter(cron, local_now).get_next(datetime)
     return fire
 
@@ -919,8 +908,7 @@ def set_schedule(
     now: datetime | None = None,
 ) -> ScheduleOut:
     nl = newsletter(session, slug)
-    cron = check_cron(cron)
-    zone = check_timezone(timezone).key
+    cron, zone = check_schedule(cron, timezone)
     schedule = session.scalar(
         select(Schedule).where(Schedule.newsletter_id == nl.id, Schedule.frequency == frequency)
     )
@@ -1098,6 +1086,17 @@ class ArticleDetail(BaseModel):
     removed: list[str] | None = None
 
 
+def recent_articles(session: Session, slug: str, limit: int = 20) -> Sequence[Article]:
+    """A newsletter's newest articles, newest first."""
+    nl = newsletter(session, slug)
+    return session.scalars(
+        select(Article)
+        .where(Article.newsletter_id == nl.id)
+        .order_by(Article.published_at.desc(), Article.id.desc())
+        .limit(limit)
+    ).all()
+
+
 def show_article(session: Session, article_id: int, *, raw: bool = False) -> ArticleDetail:
     article = session.get(Article, article_id)
     if article is None:
@@ -1152,7 +1151,7 @@ class EditionOut(BaseModel):
     frequency: Frequency
     window_start: datetime
     window_end: datetime
-    status: str
+    status: EditionStatus
     created_at: datetime
     prepared_at: datetime | None
     finished_at: datetime | None
@@ -1234,13 +1233,8 @@ def _edition_out(digest: Digest, slug: str, counts: dict[str, int]) -> EditionOu
     )
 
 
-# Edition ids are PostgreSQL `integer`: a larger number names no row (and must not reach
-# the database, which would refuse the parameter rather than find nothing).
-EDITION_ID_MAX = 2**31 - 1
-
-
 def find_edition(session: Session, digest_id: int) -> Digest:
-    found = session.get(Digest, digest_id) if 0 < digest_id <= EDITION_ID_MAX else None
+    found = session.get(Digest, digest_id) if 0 < digest_id <= MAX_ID else None
     if found is None:
         raise NotFound(f"There is no edition {digest_id}.")
     return found
@@ -1271,6 +1265,17 @@ def list_editions(
         items=[_edition_out(d, nl.slug, live[d.id]) for d in page],
         next_cursor=encode_cursor(page[-1].id) if len(rows) > limit and page else None,
     )
+
+
+def problem_deliveries(session: Session, digest_id: int, limit: int = 10) -> list[EditionDelivery]:
+    """A few of an edition's deliveries that did not simply go out (deferred, failed,
+    unknown): what an operator looks at first."""
+    return list_deliveries(
+        session,
+        digest_id,
+        statuses=(DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN),
+        limit=limit,
+    ).items
 
 
 def recent_editions(session: Session, slug: str | None = None, limit: int = 20) -> list[EditionOut]:
@@ -1307,6 +1312,19 @@ def send_now(
     return digest, existed is None
 
 
+def prepare_edition(
+    session: Session, settings: Settings, renderer: EmailRenderer, digest_id: int
+) -> digests.Prepared:
+    """Write an edition's delivery rows (once: a second call finds them written), and
+    close it at once when nobody is left to mail. Whoever made the edition comes here
+    next: the worker's prepare task (after `send_now` from the API or admin, or a
+    schedule) and `mailer digest send`, which waits for it to print the counts."""
+    prepared = digests.prepare(session, settings, renderer, digest_id)
+    if not prepared.ranges:
+        digests.close_if_done(session, digest_id)
+    return prepared
+
+
 def cancel_edition(session: Session, digest_id: int, now: datetime | None = None) -> CancelReport:
     """Stop an edition: waiting deliveries become `cancelled`, rows in flight finish.
 
@@ -1322,7 +1340,7 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()  # waits for a prepare in progress to commit
     digest = session.scalars(query.execution_options(populate_existing=True)).one()
-    if digest.status == "done":
+    if digest.status is EditionStatus.DONE:
         raise Conflict(f"Edition {digest_id} has finished sending; there is nothing to cancel.")
 
     def stop(states: tuple[DeliveryStatus, ...], release: bool) -> list[int]:
@@ -1346,8 +1364,8 @@ def cancel_edition(session: Session, digest_id: int, now: datetime | None = None
 
     released = stop(WAITING, release=True)
     cancelled = len(released) + len(stop(MAYBE_SENT, release=False))
-    if digest.status != "cancelled":
-        digest.status = "cancelled"
+    if digest.status is not EditionStatus.CANCELLED:
+        digest.status = EditionStatus.CANCELLED
         digest.finished_at = now
     live = _live_counts(session, [digest_id])[digest_id]
     digest.counts = live
@@ -1371,7 +1389,7 @@ def sweep_cancelled(session: Session, now: datetime | None = None) -> list[int]:
     stray = (
         select(Delivery.digest_id)
         .join(Digest, Digest.id == Delivery.digest_id)
-        .where(Digest.status == "cancelled", Delivery.status.in_(WAITING + MAYBE_SENT))
+        .where(Digest.status == EditionStatus.CANCELLED, Delivery.status.in_(WAITING + MAYBE_SENT))
         .distinct()
     )
     swept = list(session.scalars(stray))

@@ -140,9 +140,7 @@ def enqueue_sends(ranges: list[tuple[int, int, int]]) -> None:
 def prepare_digest(digest_id: int) -> int:
     settings = get_settings()
     with session_scope(settings.database) as session:
-        prepared = digests.prepare(session, settings, renderer(), digest_id)
-        if not prepared.ranges:
-            digests.close_if_done(session, digest_id)
+        prepared = operators.prepare_edition(session, settings, renderer(), digest_id)
     enqueue_sends([(digest_id, lo, hi) for lo, hi in prepared.ranges])
     return prepared.queued
 

@@ -7,17 +7,14 @@ from pathlib import Path
 
 import click
 from rich.table import Table
-from sqlalchemy import select
 
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, when
 from mailer.content import feeds, pages
-from mailer.content.articles import TopicBudget, rename_topic
+from mailer.content.articles import TopicBudget
 from mailer.db import get_engine
 from mailer.migrate import NotMigrated, require_current
-from mailer.models import Article, Newsletter
-from mailer.readers.subscriptions import get_newsletter
 
 
 def _when(value: object) -> str:
@@ -184,9 +181,9 @@ def article_import(
         data = path.read_bytes()
     with domain_session() as session:
         if newsletter:
-            nl = get_newsletter(session, newsletter)
+            nl = ops.newsletter(session, newsletter)
         else:
-            found = session.scalars(select(Newsletter).limit(2)).all()
+            found = ops.list_newsletters(session)
             if len(found) != 1:
                 raise click.ClickException("say which newsletter with --newsletter SLUG")
             nl = found[0]
@@ -210,13 +207,7 @@ def article_import(
 def article_list(newsletter: str, limit: int) -> None:
     """The newsletter's newest articles."""
     with domain_session() as session:
-        nl = get_newsletter(session, newsletter)
-        rows = session.scalars(
-            select(Article)
-            .where(Article.newsletter_id == nl.id)
-            .order_by(Article.published_at.desc(), Article.id.desc())
-            .limit(limit)
-        ).all()
+        rows = ops.recent_articles(session, newsletter, limit)
         table = Table("id", "published (UTC)", "title", "source", "topics")
         for a in rows:
             table.add_row(
@@ -300,5 +291,5 @@ def topic_list(newsletter: str, as_json: bool) -> None:
 def topic_rename(newsletter: str, slug: str, new_name: str) -> None:
     """Show topic SLUG as NEW_NAME; the slug stays, so readers' choices keep working."""
     with domain_session() as session:
-        renamed = rename_topic(session, get_newsletter(session, newsletter), slug, new_name)
+        renamed = ops.rename_topic(session, newsletter, slug, new_name)
         console.print(f"topic {renamed.slug} is now called {renamed.name!r}", highlight=False)

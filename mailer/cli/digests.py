@@ -7,15 +7,13 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import select
 
 from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
 from mailer.mail.rendering import EmailRenderer
-from mailer.models import Delivery, DeliveryStatus, Frequency
-from mailer.readers.subscriptions import get_newsletter
+from mailer.models import DeliveryStatus, Frequency
 
 FREQUENCIES = click.Choice([f.value for f in Frequency])
 
@@ -38,25 +36,23 @@ def preview(newsletter: str, email: str | None, frequency: str | None, out: Path
     """Write the HTML of the next edition as a reader would get it (nothing is recorded)."""
     settings = settings_or_exit()
     with domain_session() as session:
-        nl = get_newsletter(session, newsletter)
-        draft = digests.draft(
+        found = operators.preview_edition(
             session,
             settings,
             _renderer(),
-            nl,
-            email=email,
+            newsletter,
             frequency=Frequency(frequency) if frequency else None,
+            subscriber=email,
         )
-        page = digests.draft_html(settings, draft)
         session.rollback()
     if out is None:
-        click.echo(page)
+        click.echo(found.html)
         return
-    out.write_text(page, encoding="utf-8")
+    out.write_text(found.html, encoding="utf-8")
     console.print(
-        f"wrote {out} — {len(draft.article_ids)} article(s), {draft.frequency.value} window "
-        f"{draft.window_start:%Y-%m-%d %H:%M} → {draft.window_end:%Y-%m-%d %H:%M} UTC; "
-        f"subject: {draft.rendered.subject}"
+        f"wrote {out} — {found.articles} article(s), {found.frequency.value} window "
+        f"{found.window_start:%Y-%m-%d %H:%M} → {found.window_end:%Y-%m-%d %H:%M} UTC; "
+        f"subject: {found.subject}"
     )
 
 
@@ -71,12 +67,13 @@ def send(newsletter: str, frequency: str | None, wait: bool, timeout: float) -> 
 
     settings = settings_or_exit()
     with domain_session() as session:
-        nl = get_newsletter(session, newsletter)
-        freq = Frequency(frequency) if frequency else nl.default_frequency
-        edition = digests.create_now(session, nl, freq)
-        prepared = digests.prepare(session, settings, _renderer(), edition.id)
-        if not prepared.ranges:
-            digests.close_if_done(session, edition.id)
+        # What the API and the admin's button do, but the prepare runs here, not in a
+        # worker, so the command can say what it queued.
+        edition, _ = operators.send_now(
+            session, newsletter, Frequency(frequency) if frequency else None
+        )
+        freq = edition.frequency
+        prepared = operators.prepare_edition(session, settings, _renderer(), edition.id)
         digest_id = edition.id
     if prepared.already:
         console.print(
@@ -173,16 +170,7 @@ def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: b
         if as_json:
             print_json(edition)
             return
-        problems = session.execute(
-            select(Delivery.status, Delivery.smtp_reply)
-            .where(
-                Delivery.digest_id == digest_id,
-                Delivery.status.in_(
-                    (DeliveryStatus.DEFERRED, DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN)
-                ),
-            )
-            .limit(10)
-        ).all()
+        problems = operators.problem_deliveries(session, digest_id)
     show(
         [edition],
         (
@@ -191,8 +179,10 @@ def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: b
             *EDITION_COLUMNS[4:],
         ),
     )
-    for state, reply in problems:
-        console.print(f"  {state.value}: {reply or '(no reply recorded)'}", highlight=False)
+    for row in problems:
+        console.print(
+            f"  {row.status.value}: {row.smtp_reply or '(no reply recorded)'}", highlight=False
+        )
 
 
 @digest.command()
@@ -215,7 +205,7 @@ def test(newsletter: str, to: str) -> None:
     """Send the next edition's mail to one address as [TEST]; nothing is recorded."""
     settings = settings_or_exit()
     with domain_session() as session:
-        nl = get_newsletter(session, newsletter)
+        nl = operators.newsletter(session, newsletter)
         reply, message_id = delivery.send_test(session, settings, _renderer(), nl, to)
         session.rollback()
     if not reply.ok:

@@ -13,7 +13,7 @@ from rich.table import Table
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
-from mailer.models import Newsletter, Status
+from mailer.models import Status
 from mailer.readers import spreadsheet
 from mailer.readers.importer import ImportReport, import_csv
 
@@ -201,8 +201,7 @@ def import_(file: Path, newsletter: str | None, confirmed: bool, chunk_size: int
 
     slug = _only_newsletter(newsletter)
     with domain_session() as session:
-        if session.query(Newsletter.id).filter(Newsletter.slug == slug).first() is None:
-            raise click.ClickException(f"There is no newsletter {slug!r}.")
+        ops.newsletter(session, slug)  # NotFound, before the file is read
         size = file.stat().st_size
         columns = [
             TextColumn("[bold]importing"),

@@ -49,7 +49,7 @@ from mailer.content.cleaner import (
     summarise,
 )
 from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
-from mailer.readers.subscriptions import ensure_topic, slugify
+from mailer.readers.subscriptions import ensure_topic, find_newsletter, slugify
 
 # Column sizes in models.Article; longer values are refused (API) or cut (feeds).
 MAX_URL = 2000
@@ -637,7 +637,7 @@ def ingest_batch(
             errors.append((index, "newsletter", "the newsletter's slug is required"))
             continue
         if slug not in newsletters:
-            newsletters[slug] = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+            newsletters[slug] = find_newsletter(session, slug)
         newsletter = newsletters[slug]
         if newsletter is None:
             errors.append((index, "newsletter", f"there is no newsletter called {slug!r}"))

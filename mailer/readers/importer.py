@@ -14,10 +14,11 @@ checking each distinct domain once and splitting an everyday address at its
 @ directly (`addresses.CachedNormaliser`). The
 rules are not copied: addresses go through
 `addresses.normalise`, topics through `subscriptions.resolve_topics`,
-frequency through `subscriptions.parse_frequency`, suppression by the same
-hash, and any row that is not a plain "new" or "already active" case (a
-pending reader being confirmed by the import) is handed to
-`subscriptions.subscribe` itself.
+frequency through `subscriptions.parse_frequency`, suppression through
+`suppressions.suppressed` (or its SQL spelling, `suppressed_among_sql`),
+and any row that is not a plain "new" or "already active" case (a pending
+reader being confirmed by the import) is handed to `subscriptions.subscribe`
+itself.
 
 Two deliberate differences from the reader's own subscribe:
 - a reader who unsubscribed, complained or bounced is not subscribed again
@@ -46,16 +47,16 @@ from sqlalchemy.orm import Session
 from mailer.models import (
     Frequency,
     Newsletter,
+    NoticeStatus,
     Notification,
     Status,
     Subscriber,
     Subscription,
     SubscriptionEvent,
     SubscriptionTopic,
-    Suppression,
     utcnow,
 )
-from mailer.readers import spreadsheet
+from mailer.readers import spreadsheet, suppressions
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import CachedNormaliser, InvalidAddress, address_hash
 
@@ -211,11 +212,7 @@ class _Store:
         return None
 
     def suppressed(self, hashes: list[str]) -> set[str]:
-        return set(
-            self.session.scalars(
-                select(Suppression.address_hash).where(Suppression.address_hash.in_(hashes))
-            )
-        )
+        return suppressions.suppressed(self.session, hashes)
 
     def subscribers(
         self, pairs: list[tuple[str, str]], newsletter_id: int, now: datetime
@@ -294,7 +291,13 @@ class _Store:
         rows = self.session.execute(
             table.insert().returning(table.c.id),
             [
-                dict(subscription_id=i, kind=kind, status="queued", attempts=0, created_at=now)
+                dict(
+                    subscription_id=i,
+                    kind=kind,
+                    status=NoticeStatus.QUEUED,
+                    attempts=0,
+                    created_at=now,
+                )
                 for i in sub_ids
             ],
         )
@@ -361,8 +364,8 @@ class _PostgresStore(_Store):
         self._run("SET LOCAL jit = off")
         notice_cte = (
             ", notice AS (INSERT INTO notification (subscription_id, kind, status, attempts, "
-            "created_at) SELECT id, 'confirm', 'queued', 0, :now FROM made ORDER BY id "
-            "RETURNING id) "
+            f"created_at) SELECT id, 'confirm', '{NoticeStatus.QUEUED}', 0, :now FROM made "
+            "ORDER BY id RETURNING id) "
             if notices
             else " "
         )
@@ -370,8 +373,7 @@ class _PostgresStore(_Store):
             "WITH input AS (SELECT * FROM unnest("
             f"{_T('e')}, {_T('k')}, {_T('h')}, {_T('f')}, {_T('t')}"
             ") WITH ORDINALITY AS t(e, k, h, f, tp, n)), "
-            "blocked AS (SELECT address_hash AS h FROM suppression "
-            f"WHERE address_hash = ANY({_T('h')})), "
+            f"blocked AS ({suppressions.suppressed_among_sql(_T('h'))}), "
             "new_subscriber AS (INSERT INTO subscriber (email, email_key, created_at) "
             "SELECT e, k, :now FROM input WHERE h NOT IN (SELECT h FROM blocked) ORDER BY n "
             "ON CONFLICT (email_key) DO NOTHING RETURNING id, email_key), "
@@ -495,7 +497,7 @@ class _PostgresStore(_Store):
     def notices(self, sub_ids: list[int], kind: str, now: datetime) -> list[int]:
         rows = self._run(
             "INSERT INTO notification (subscription_id, kind, status, attempts, created_at) "
-            f"SELECT i, :kind, 'queued', 0, :now FROM unnest({_I('i')}) AS t(i) "
+            f"SELECT i, :kind, '{NoticeStatus.QUEUED}', 0, :now FROM unnest({_I('i')}) AS t(i) "
             "RETURNING id",
             i=_ints(sub_ids),
             kind=kind,

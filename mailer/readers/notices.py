@@ -22,7 +22,7 @@ from mailer.mail.links import Links
 from mailer.mail.messages import MessageTemplate, ascii_domain, list_id_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import ConnectionLost, Reply, close, connect, send
-from mailer.models import Newsletter, Notification, Status, Subscription, utcnow
+from mailer.models import Newsletter, NoticeStatus, Notification, Status, Subscription, utcnow
 from mailer.readers.suppressions import may_send
 
 # Which subscription status a notice still makes sense for.
@@ -81,13 +81,13 @@ def claim(session: Session, note_id: int, lease: int) -> bool:
         update(Notification)
         .where(
             Notification.id == note_id,
-            (Notification.status == "queued")
+            (Notification.status == NoticeStatus.QUEUED)
             | (
-                (Notification.status == "sending")
+                (Notification.status == NoticeStatus.SENDING)
                 & (Notification.sent_at < now - timedelta(seconds=lease))
             ),
         )
-        .values(status="sending", sent_at=now, attempts=Notification.attempts + 1)
+        .values(status=NoticeStatus.SENDING, sent_at=now, attempts=Notification.attempts + 1)
     )
     session.commit()
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -108,7 +108,7 @@ def send_notice(
     if sub.status is not VALID_FOR.get(note.kind) or not may_send(
         session, sub.subscriber.email, note.kind
     ):
-        note.status = "skipped"
+        note.status = NoticeStatus.SKIPPED
         session.commit()
         return note.status
     sub, data, message_id = build_notice(session, settings, renderer, note)
@@ -129,21 +129,21 @@ def send_notice(
 
 
 def _release(session: Session, note: Notification, error: str) -> None:
-    note.status = "queued"
+    note.status = NoticeStatus.QUEUED
     note.last_error = error
     session.commit()
 
 
 def _record(session: Session, note: Notification, reply: Reply, message_id: str) -> str:
     if reply.ok:
-        note.status, note.message_id, note.sent_at = "sent", message_id, utcnow()
+        note.status, note.message_id, note.sent_at = NoticeStatus.SENT, message_id, utcnow()
         note.last_error = None
         reset_soft_bounces(session, [note.subscription_id])
     elif reply.temporary:
         _release(session, note, f"{reply.code} {reply.text}")
         raise TemporaryFailure(f"{reply.code} {reply.text}")
     else:
-        note.status, note.last_error = "failed", f"{reply.code} {reply.text}"
+        note.status, note.last_error = NoticeStatus.FAILED, f"{reply.code} {reply.text}"
     session.commit()
     return note.status
 
@@ -154,7 +154,7 @@ def due_notices(session: Session, older_than: int, max_attempts: int) -> list[in
     return list(
         session.scalars(
             select(Notification.id).where(
-                Notification.status.in_(("queued", "sending")),
+                Notification.status.in_((NoticeStatus.QUEUED, NoticeStatus.SENDING)),
                 Notification.created_at < cutoff,
                 Notification.attempts < max_attempts,
             )

@@ -135,7 +135,7 @@ def create_newsletter(
             f"letter or digit; got {slug!r}.",
             field="slug",
         )
-    if session.scalar(select(Newsletter.id).where(Newsletter.slug == slug)) is not None:
+    if find_newsletter(session, slug) is not None:
         raise NewsletterExists(f"A newsletter {slug!r} already exists.")
     newsletter = Newsletter(
         slug=slug,
@@ -159,10 +159,17 @@ def newsletter_name(value: str) -> str:
     return value.strip()
 
 
+def find_newsletter(session: Session, slug: str) -> Newsletter | None:
+    """The one lookup of a newsletter by its slug (its identity everywhere outside)."""
+    return session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+
+
 def get_newsletter(session: Session, slug: str) -> Newsletter:
-    newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
+    """The newsletter, or UnknownNewsletter: each caller says it in its own terms
+    (a 404 page for a reader, NotFound for an operator)."""
+    newsletter = find_newsletter(session, slug)
     if newsletter is None:
-        raise UnknownNewsletter(f"There is no newsletter called {slug!r}.")
+        raise UnknownNewsletter(f"There is no newsletter {slug!r}.", field="newsletter")
     return newsletter
 
 
@@ -231,15 +238,23 @@ class HasDefaultFrequency(Protocol):
     def default_frequency(self) -> Frequency: ...
 
 
-def parse_frequency(value: str | None, newsletter: HasDefaultFrequency) -> Frequency:
-    if value is None or value == "":
-        return newsletter.default_frequency
+def frequency(value: str, field: str = "frequency") -> Frequency:
+    """The one reading of a frequency someone typed (form, CSV, API, CLI): case and
+    surrounding spaces don't matter; anything else is refused by name."""
     try:
         return Frequency(value.strip().lower())
     except ValueError as exc:
+        choices = ", ".join(f.value for f in Frequency)
         raise SubscriptionError(
-            "Frequency must be 'daily' or 'weekly'.", field="frequency"
+            f"frequency must be one of {choices}; got {value[:40]!r}", field=field
         ) from exc
+
+
+def parse_frequency(value: str | None, newsletter: HasDefaultFrequency) -> Frequency:
+    """A reader's choice, or the newsletter's default when they made none."""
+    if value is None or value == "":
+        return newsletter.default_frequency
+    return frequency(value)
 
 
 # -- status changes -------------------------------------------------------------
@@ -275,6 +290,28 @@ def change_status(
             detail=detail,
         )
     )
+
+
+def end_address(
+    session: Session,
+    subscriber: Subscriber,
+    new: Status,
+    *,
+    reason: str,
+    source: str,
+    detail: str,
+    now: datetime | None = None,
+) -> None:
+    """A verdict on an address (a 550 at send time, a bounce report, a complaint) is
+    about the address, not one newsletter: it goes on the suppression list and every
+    subscription of it ends, or their statuses would claim mail still goes. The one
+    place both the SMTP reply and the bounce report take this, so they leave the same
+    state; `source` only says which of them it was."""
+    suppress(session, subscriber.email, reason, source=source)
+    for sub in subscriber.subscriptions:
+        if sub.status is not new and new in TRANSITIONS[sub.status]:
+            change_status(session, sub, new, source=source, detail=detail, now=now)
+    session.flush()
 
 
 # -- the reader's journey ----------------------------------------------------------

@@ -68,7 +68,10 @@ def is_suppressed(session: Session, email: str) -> bool:
 
 def suppressed(session: Session, hashes: Iterable[str]) -> set[str]:
     """Which of these address hashes are suppressed: one query on PostgreSQL (an
-    array parameter), 1,000 at a time elsewhere (SQLite's parameter limit)."""
+    array parameter), 1,000 at a time elsewhere (SQLite's parameter limit).
+
+    The one rule for a batch; `suppressed_among_sql` is the same test spelt as SQL
+    for a statement that must do it inside one round trip."""
     wanted = list(set(hashes))
     postgres = is_postgres(session)
     step = len(wanted) if postgres else 1000
@@ -82,6 +85,13 @@ def suppressed(session: Session, hashes: Iterable[str]) -> set[str]:
             )
         )
     return found
+
+
+def suppressed_among_sql(hashes: str) -> str:
+    """`suppressed` as a PostgreSQL subquery yielding the suppressed hashes (column `h`)
+    among the text array expression `hashes`: for the importer's single-statement
+    write of a chunk, where a separate lookup would cost a round trip per chunk."""
+    return f"SELECT address_hash AS h FROM suppression WHERE address_hash = ANY({hashes})"
 
 
 def may_send(session: Session, email: str, kind: str) -> bool:

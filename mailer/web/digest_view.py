@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
 
 from mailer.digests import DigestError, public_html
-from mailer.operators import MAX_ID
+from mailer.models import MAX_ID
 from mailer.web.deps import SessionDep, SettingsDep
 
 router = APIRouter()

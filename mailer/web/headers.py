@@ -14,6 +14,25 @@ from collections.abc import Mapping
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def mail_html_headers(*, framed_by_us: bool) -> dict[str, str]:
+    """Headers for a mail's own HTML shown in a browser (previews, the outbox): images
+    and inline styles only, no scripts or fetches, sandboxed even if opened directly,
+    never cached. `framed_by_us`: our own pages may frame it (the admin's preview
+    frame, the outbox); otherwise nothing may."""
+    ancestors = "'self'" if framed_by_us else "'none'"
+    headers = {
+        "Content-Security-Policy": (
+            "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
+            "font-src https: data:; base-uri 'none'; form-action 'none'; "
+            f"frame-ancestors {ancestors}; sandbox allow-popups allow-popups-to-escape-sandbox"
+        ),
+        "Cache-Control": "no-store",
+    }
+    if framed_by_us:
+        headers["X-Frame-Options"] = "SAMEORIGIN"
+    return headers
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp, headers: Mapping[str, str]) -> None:
         self.app = app

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 
-from mailer.models import Newsletter
+from mailer import operators
 from mailer.web.deps import SessionDep, SettingsDep
 from mailer.web.pages import page
 
@@ -21,7 +20,9 @@ router = APIRouter(tags=["reader"])
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLResponse:
     """The newsletters open for subscription, and links for the operator."""
-    open_ = session.scalars(
-        select(Newsletter).where(Newsletter.archived_at.is_(None)).order_by(Newsletter.name)
-    ).all()
-    return page(request, "home.html", newsletters=open_, outbox=settings.uses_sink)
+    return page(
+        request,
+        "home.html",
+        newsletters=operators.open_newsletters(session),
+        outbox=settings.uses_sink,
+    )

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from mailer.mail.sink import Outbox, OutboxItem
 from mailer.web.deps import SettingsDep
+from mailer.web.headers import mail_html_headers
 from mailer.web.pages import page
 
 router = APIRouter(prefix="/outbox", tags=["outbox"], include_in_schema=False)
@@ -26,16 +27,8 @@ LIST_LIMIT = 200
 KEY = re.compile(r"^[A-Za-z0-9._:,-]{1,200}$")
 URL_IN_TEXT = re.compile(r"https?://[^\s<>\"')\]]+")
 
-# The mail's own HTML: images and inline styles only; sandboxed even if opened directly.
-RAW_HTML_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
-        "font-src https: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'; "
-        "sandbox allow-popups allow-popups-to-escape-sandbox"
-    ),
-    "X-Frame-Options": "SAMEORIGIN",
-    "Cache-Control": "no-store",
-}
+# The mail's own HTML, which the outbox page frames.
+RAW_HTML_HEADERS = mail_html_headers(framed_by_us=True)
 
 
 class _Links(HTMLParser):

@@ -52,8 +52,8 @@ def test_preview_writes_the_html_a_reader_would_get_and_records_nothing(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["preview", "nope"], "no newsletter called 'nope'"),
-        (["preview", "news", "--email", "stranger@example.org"], "not subscribed"),
+        (["preview", "nope"], "no newsletter 'nope'"),
+        (["preview", "news", "--email", "stranger@example.org"], "No subscriber"),
         (["test", "news", "--to", "not an address"], "not valid"),
         (["status", "12345"], "no edition 12345"),
     ],

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import delivery, digests, tasks
+from mailer import bounces, delivery, digests, tasks
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import connect
 from mailer.models import (
@@ -21,7 +21,9 @@ from mailer.models import (
     utcnow,
 )
 from mailer.readers.subscriptions import is_suppressed
-from tests.conftest import configure, wait_for
+from tests.conftest import configure, truncate_all, wait_for
+from tests.fixtures.bounces import load
+from tests.helpers.verdicts import address_state, on_two_newsletters
 from tests.integration import test_digest_support as support
 from tests.integration.test_digest_support import (
     add_article,
@@ -141,6 +143,41 @@ def test_hard_bounce_fails_suppresses_and_marks_the_subscription_bounced(
     ).one()
     assert "550" in event.detail
     assert not is_suppressed(session, "ok@example.org")
+
+
+def test_a_550_at_send_time_and_a_bounce_report_for_the_address_leave_the_same_state(
+    session, settings, renderer, smtp_server
+):
+    gone = "gone@example.org"
+    # The reply: the server refuses the address while the edition goes out.
+    on_two_newsletters(session, gone)
+    digest_id, (lo, hi), _ = prepared_edition(session, settings, renderer, [gone])
+    smtp_server.handler.script.on_rcpt = lambda a: "550 5.1.1 no such user"
+    delivery.send_range(session, settings, digest_id, lo, hi)
+    by_reply = address_state(session, gone)
+
+    # The report: the same world again, the mail accepted, then the bounce for it arrives.
+    session.close()
+    truncate_all(settings.database)
+    smtp_server.handler.script.on_rcpt = None
+    on_two_newsletters(session, gone)
+    digest_id, (lo, hi), subs = prepared_edition(session, settings, renderer, [gone])
+    delivery.send_range(session, settings, digest_id, lo, hi)
+    sent = row_for(session, subs[gone])
+    assert sent.status is DeliveryStatus.SENT
+    verp = bounces.return_paths(settings)
+    report = load("postfix_hard", verp.for_delivery(sent.id, support.SENDER), gone)
+    assert bounces.handle_raw(session, verp, report).result == "hard-bounce"
+    session.commit()
+    by_report = address_state(session, gone)
+
+    ended = [("news", Status.BOUNCED), ("other", Status.BOUNCED)]
+    assert by_reply.subscriptions == by_report.subscriptions == ended
+    assert by_reply.suppression == by_report.suppression == "hard-bounce"
+    assert by_reply.events == by_report.events
+    assert ("other", "active", "bounced") in by_report.events
+    assert by_reply.deliveries == by_report.deliveries == [(DeliveryStatus.FAILED, 550)]
+    assert (by_reply.sources, by_report.sources) == ({"smtp-bounce"}, {"bounce"})
 
 
 def test_other_permanent_refusal_fails_without_suppressing(

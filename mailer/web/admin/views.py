@@ -48,9 +48,10 @@ from mailer import operators as ops
 from mailer import tasks, throttle
 from mailer.config import Settings
 from mailer.db import session_scope
-from mailer.models import DeliveryStatus, Frequency
+from mailer.models import EDITION_OPEN, DeliveryStatus, Frequency
 from mailer.web.admin import sessions as admin_sessions
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, get_renderer
+from mailer.web.headers import mail_html_headers
 from mailer.web.pages import page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -61,17 +62,8 @@ SESSION_MAX_AGE = 8 * 3600  # a working day; then the token is asked for again
 EDITIONS_SHOWN = 5
 DELIVERIES_PER_PAGE = 100
 
-# The mail's own HTML inside the preview frame: images and inline styles only, sandboxed
-# even if opened directly, and framed by our own pages alone.
-PREVIEW_FRAME_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
-        "font-src https: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'; "
-        "sandbox allow-popups allow-popups-to-escape-sandbox"
-    ),
-    "X-Frame-Options": "SAMEORIGIN",
-    "Cache-Control": "no-store",
-}
+# The mail's own HTML inside the preview frame: framed by our own pages alone.
+PREVIEW_FRAME_HEADERS = mail_html_headers(framed_by_us=True)
 
 
 @dataclass(frozen=True)
@@ -304,7 +296,7 @@ def dashboard(
         newsletters=newsletters,
         frequencies=[f.value for f in Frequency],
         note=_note(session, note, slug, edition),
-        open_states=("created", "sending"),
+        open_states=EDITION_OPEN,
     )
 
 
@@ -465,7 +457,7 @@ def edition(
         status=status.value if status else "",
         statuses=[s.value for s in DeliveryStatus],
         more=more,
-        open_states=("created", "sending"),
+        open_states=EDITION_OPEN,
     )
 
 

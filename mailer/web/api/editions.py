@@ -21,6 +21,7 @@ from mailer.models import DeliveryStatus, Frequency
 from mailer.operators import CancelReport, DeliveryPage, EditionOut, EditionPage, SendNowOut
 from mailer.web.api.core import CONFLICT, NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep, get_renderer
+from mailer.web.headers import mail_html_headers
 
 router = APIRouter(
     prefix="/api",
@@ -34,15 +35,8 @@ router = APIRouter(
     },
 )
 
-# The preview is mail HTML: no scripts, no fetches but images, never framed from elsewhere.
-PREVIEW_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
-        "font-src https: data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
-        "sandbox allow-popups allow-popups-to-escape-sandbox"
-    ),
-    "Cache-Control": "no-store",
-}
+# The preview is mail HTML, for an API client: nothing may frame it.
+PREVIEW_HEADERS = mail_html_headers(framed_by_us=False)
 
 
 class SendNowIn(BaseModel):
