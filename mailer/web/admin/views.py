@@ -9,7 +9,7 @@ operator logs in with the API token; the page then holds a session cookie:
 - HttpOnly, SameSite=Strict, path /admin, and Secure when the public
   address is https;
 - good only while its session id is live on the server
-  (`mailer.web.admin.sessions`): logging out deletes it, so the same cookie
+  (`mailer.admin_sessions`): logging out deletes it, so the same cookie
   replayed afterwards is refused.
 
 Every POST but the login carries a CSRF token in a hidden field: an HMAC of
@@ -44,12 +44,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
+from mailer import admin_sessions, tasks, throttle
 from mailer import operators as ops
-from mailer import tasks, throttle
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import EDITION_OPEN, DeliveryStatus, Frequency
-from mailer.web.admin import sessions as admin_sessions
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, get_renderer
 from mailer.web.headers import mail_html_headers
 from mailer.web.pages import page
