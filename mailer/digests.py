@@ -276,8 +276,8 @@ class Item:
 
     @cached_property
     def url_key(self) -> str:
-        """Asked for every reader with a history; computed once per article."""
-        return dedupe_key(self.url)
+        """The story under any spelling of its link, as stored in `Article.story`."""
+        return dedupe_key(self.url)[:2000]
 
 
 @dataclass(frozen=True)
@@ -306,11 +306,6 @@ class Selection:
         """Asked once per reader in prepare; readers share a few selections."""
         raw = ",".join(map(str, self.article_ids)) + f"|{self.full}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def _url_key(url: str) -> str:
-    """The same story under another URL spelling (ingest's rule, so both agree)."""
-    return dedupe_key(url)
 
 
 def _newest_first(item: Item) -> tuple[datetime, int]:
@@ -439,14 +434,14 @@ def reservations_for(
     if not items:
         return Reservations()
     query = (
-        select(VariantArticle.variant_id, DigestVariant.digest_id, Article.id, Article.url)
+        select(VariantArticle.variant_id, DigestVariant.digest_id, Article.id, Article.story)
         .join(DigestVariant, DigestVariant.id == VariantArticle.variant_id)
         .join(Article, Article.id == VariantArticle.article_id)
         .where(
             Article.newsletter_id == newsletter_id,
             or_(
                 Article.id.in_([i.id for i in items]),
-                Article.url.in_(sorted({i.url for i in items})),
+                Article.story.in_(sorted({i.url_key for i in items})),
             ),
         )
     )
@@ -454,10 +449,10 @@ def reservations_for(
         query = query.where(DigestVariant.digest_id != exclude_digest)
     digest_ids: set[int] = set()
     found: dict[int, tuple[set[int], set[str]]] = defaultdict(lambda: (set(), set()))
-    for variant_id, digest_id, article_id, url in session.execute(query):
+    for variant_id, digest_id, article_id, story in session.execute(query):
         digest_ids.add(digest_id)
         found[variant_id][0].add(article_id)
-        found[variant_id][1].add(_url_key(url))
+        found[variant_id][1].add(story)
     return Reservations(
         tuple(sorted(digest_ids)),
         {v: (frozenset(ids), frozenset(urls)) for v, (ids, urls) in found.items()},

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def utcnow() -> datetime:
@@ -308,6 +308,7 @@ class Article(Base):
         UniqueConstraint("source", "guid"),
         Index("ix_article_newsletter_published", "newsletter_id", "published_at"),
         Index("ix_article_newsletter_due", "newsletter_id", "due_at"),
+        Index("ix_article_newsletter_story", "newsletter_id", "story"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -333,10 +334,21 @@ class Article(Base):
     # When it became due: its arrival, or the moment an operator put it back
     # (`include`); NULL for history (a new feed's back catalogue), never mailed.
     due_at: Mapped[datetime | None]
+    # The story whatever the spelling of its link (`articles.dedupe_key`): a reader
+    # who has it from one source is never sent it again from another.
+    story: Mapped[str] = mapped_column(String(2000), default="")
     # Taken out of editions by an operator (`mailer article exclude`) until put back.
     excluded_at: Mapped[datetime | None]
 
     topics: Mapped[list[Topic]] = relationship(secondary="article_topic", order_by="Topic.name")
+
+    @validates("url")
+    def _story_of(self, _key: str, url: str) -> str:
+        """The story key follows the link, however the row is made or changed."""
+        from mailer.articles import dedupe_key  # articles imports this module
+
+        self.story = dedupe_key(url)[:2000]
+        return url
 
 
 class Digest(Base):

@@ -13,7 +13,7 @@ from mailer import delivery, digests, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
-from mailer.models import Delivery, DeliveryStatus, Frequency
+from mailer.models import Delivery, DeliveryStatus, Digest, Frequency
 from mailer.rendering import EmailRenderer
 from mailer.subscriptions import get_newsletter
 
@@ -73,7 +73,12 @@ def send(newsletter: str, frequency: str | None, wait: bool, timeout: float) -> 
     with domain_session() as session:
         nl = get_newsletter(session, newsletter)
         freq = Frequency(frequency) if frequency else nl.default_frequency
-        edition = digests.create_now(session, nl, freq)
+        created = digests.create_now(session, nl, freq).id
+    # Its due feeds first, as the worker's prepare does: the edition carries what the
+    # sites published up to its cut.
+    operators.poll_before_cut(settings, created)
+    with domain_session() as session:
+        edition = session.get_one(Digest, created)
         prepared = digests.prepare(session, settings, _renderer(), edition.id)
         if not prepared.ranges:
             digests.close_if_done(session, edition.id)
