@@ -11,6 +11,7 @@ import pytest
 
 from mailer import feeds, operators
 from mailer import subscriptions as subs
+from mailer.articles import RawArticle, normalise, upsert_article
 from mailer.models import Delivery, DeliveryStatus, Frequency
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run, run_json
@@ -42,6 +43,12 @@ def newsroom(settings, session):
             source="test",
         )
         ids.append((out.subscription_id, state))
+    story = RawArticle(
+        url="https://news.example.org/2026/12/07/a-long-story-about-science-and-culture",
+        title="A long story about science, culture and everything that lies between",
+        topics=["Science", "Culture"],
+    )
+    upsert_article(session, nl, "api:1", normalise(story, base_url=None))
     edition, _ = operators.send_now(session, "weekly")
     edition.status = "sending"
     for sub_id, state in ids:
@@ -58,6 +65,7 @@ LISTINGS = [
     (("stats",), "/api/stats"),
     (("stats", "weekly"), "/api/newsletters/weekly/stats"),
     (("digest", "status", "{edition}"), "/api/editions/{edition}"),
+    (("article", "list", "weekly"), "/api/newsletters/weekly/articles"),
 ]
 
 
