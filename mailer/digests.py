@@ -603,10 +603,12 @@ class Plan:
         last = self._last_cuts(readers)
         out: dict[int, datetime] = {}
         for r in readers:
-            bounds = [b for b in (last.get(r.subscription_id),) if b is not None]
+            best = last.get(r.subscription_id)
             if r.confirmed_at is not None:
-                bounds.append(self.fresh_start(r.confirmed_at))
-            out[r.subscription_id] = max(bounds) if bounds else self.start
+                fresh = self.fresh_start(r.confirmed_at)
+                if best is None or fresh > best:
+                    best = fresh
+            out[r.subscription_id] = self.start if best is None else best
         return out
 
     def _returned(self, readers: Sequence[Reader]) -> tuple[dict[int, set[int]], list[int]]:
