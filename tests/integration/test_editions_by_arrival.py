@@ -187,3 +187,75 @@ D, W = Frequency.DAILY, Frequency.WEEKLY
 )
 def test_fixed_sequences_hold_the_rule(store_settings, plan):
     run(store_settings, plan)
+
+
+# -- an arrival racing a cut (PostgreSQL, where they really run at once) ----------------
+
+
+def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(settings, session):
+    """The cut waits for an arrival already timed and not yet committed, and carries
+    it; an arrival timed after the cut goes in the next edition: never both, never
+    neither."""
+    import threading
+
+    from sqlalchemy import text as sql
+
+    from mailer import articles as arts
+    from mailer import digests
+    from mailer import subscriptions as subs
+    from mailer.rendering import EmailRenderer
+    from tests.conftest import wait_for
+
+    nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+    subs.subscribe(
+        session, email="ann@example.org", newsletter="news", frequency="daily", confirmed=True
+    )
+    session.commit()
+    renderer = EmailRenderer(settings.email_templates)
+
+    def cut_in_a_thread() -> tuple[threading.Thread, dict[str, int]]:
+        done: dict[str, int] = {}
+
+        def work() -> None:
+            with db.session_factory(settings.database)() as other:
+                edition = digests.create_now(other, other.get_one(type(nl), nl.id), Frequency.DAILY)
+                other.commit()
+                digests.prepare(other, settings, renderer, edition.id)
+                other.commit()
+                done["edition"] = edition.id
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        return thread, done
+
+    def waiting_for_the_arrival_lock() -> bool:
+        with db.session_factory(settings.database)() as probe:
+            return bool(
+                probe.scalar(
+                    sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                )
+            )
+
+    arriving = db.session_factory(settings.database)()
+    raw = arts.RawArticle(url="https://news.example.org/racing", title="Racing the cut")
+    story, _ = arts.upsert_article(arriving, nl, "api:1", arts.normalise(raw, base_url=None))
+    thread, done = cut_in_a_thread()
+    wait_for(waiting_for_the_arrival_lock)  # the cut waits for the timed arrival
+    arriving.commit()
+    arriving.close()
+    thread.join(timeout=60)
+    first = done["edition"]
+    assert {a for _, a in digests.reserved_articles(session, first)} == {story.id}
+
+    # Timed after a cut: the next edition's, in a minute of its own.
+    from tests.helpers.time import after_this_minute
+
+    later = db.session_factory(settings.database)()
+    raw = arts.RawArticle(url="https://news.example.org/after", title="After the cut")
+    after, _ = arts.upsert_article(later, nl, "api:1", arts.normalise(raw, base_url=None))
+    later.commit()
+    later.close()
+    after_this_minute()
+    thread, done = cut_in_a_thread()
+    thread.join(timeout=60)
+    assert {a for _, a in digests.reserved_articles(session, done["edition"])} == {after.id}
