@@ -24,6 +24,7 @@ from mailer.sink import Outbox
 from tests.fixtures.feedserver import FeedServer
 from tests.helpers.time import after_this_minute
 from tests.helpers.up import Up
+from tests.smtp import SMTPServer
 
 TOKEN = "journeys-api-token-0123456789"
 LATE_READERS = ("ann@example.org", "bob@example.org")
@@ -62,6 +63,13 @@ class Journeys:
 def outbox_mails(data_dir: Path) -> Callable[[str], list[EmailMessage]]:
     def mails(address: str) -> list[EmailMessage]:
         return [i.message for i in Outbox(data_dir / "outbox").items(1000) if address in i.to]
+
+    return mails
+
+
+def smtp_mails(server: SMTPServer) -> Callable[[str], list[EmailMessage]]:
+    def mails(address: str) -> list[EmailMessage]:
+        return [r.message for r in server.to(address)]
 
     return mails
 

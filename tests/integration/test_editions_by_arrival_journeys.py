@@ -25,6 +25,7 @@ from tests.helpers.arrival_journeys import (
     Journeys,
     outbox_mails,
     play,
+    smtp_mails,
 )
 from tests.helpers.up import running, start_up, without_settings
 from tests.smtp import start_smtp_server
@@ -57,14 +58,7 @@ def journeys(request, tmp_path_factory) -> Iterator[Journeys]:
     up = start_up(env, workdir, free_port(), workdir / "up.log", workdir / "data")
     try:
         with running(up):
-            if smtp is None:
-                mails = outbox_mails(workdir / "data")
-            else:
-                server = smtp
-
-                def mails(address: str):  # type: ignore[no-untyped-def]
-                    return [r.message for r in server.to(address)]
-
+            mails = outbox_mails(workdir / "data") if smtp is None else smtp_mails(smtp)
             story = Journeys(up, mails)
             play(story, feeds, workdir)
             yield story
