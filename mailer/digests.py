@@ -1,16 +1,21 @@
 """Editions: when they are due, which articles each reader gets, shared variants, closing.
 
-An edition covers a window of published time that starts where the previous
-edition of that newsletter and frequency ended, so consecutive editions never
-overlap and never leave a gap. Readers are then grouped by the exact list of
-articles they get: each group is one `DigestVariant`, rendered and inlined
-once, so the per-reader work at send time is string substitution only.
+An edition is named by its window (the schedule's fire times) but carries
+articles by *arrival*: it is cut when it is prepared (`Digest.cut_at`, timed
+against arrivals under a lock, `articles.edition_cut`), and each reader gets
+what became due after their own last cut up to this one, whatever its
+published date (`Plan`). Consecutive cuts never overlap and never leave a
+gap, for a reader who switches frequency too. Readers are then grouped by the
+exact list of articles they get: each group is one `DigestVariant`, rendered
+and inlined once, so the per-reader work at send time is string substitution
+only.
 
 A delivery reserves its variant's articles for its reader from the moment it
 is written (a reservation, not a receipt), so an edition prepared while the
 previous one is still going out cannot pick the same article for the same
 reader; a delivery that finally fails, is skipped at send time or is
-cancelled before it went gives them back (`Delivery.released`). Nothing is
+cancelled before it went gives them back (`Delivery.released`), to that
+reader's next edition (`Delivery.returned` once taken). Nothing is
 written per reader per article: who holds an article is found from the few
 variants that carry it (`VariantArticle`) and those variants' deliveries.
 """
