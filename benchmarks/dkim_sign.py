@@ -83,7 +83,7 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
         settings,
         newsletter,
         items,
-        0,
+        (),
         "https://news.example.org/digest/1?v=k",
         window_end=WHEN,
         frequency=Frequency.DAILY,

@@ -259,6 +259,7 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
             author="A. Writer",
             published_at=now - timedelta(hours=23 - i * 23 / max(1, articles)),
         )
+        article.arrived_at = article.due_at = article.published_at
         article.topics = [
             subs.ensure_topic(session, nl, t) for t in ARTICLE_TOPICS[i % len(ARTICLE_TOPICS)]
         ]

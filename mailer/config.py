@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     send_max_attempts: int = 6
     send_retry_base: int = 60
     digest_max_articles: int = 10
+    # A feed's first poll makes only items published this recently due (the rest is history).
+    digest_max_age: int = Field(7 * 86400, ge=0, description="seconds")
     summary_length: int = 280
     feed_poll_interval: int = 900
     feed_timeout: float = 20.0

@@ -1,22 +1,28 @@
 """Editions: when they are due, which articles each reader gets, shared variants, closing.
 
-An edition covers a window of published time that starts where the previous
-edition of that newsletter and frequency ended, so consecutive editions never
-overlap and never leave a gap. Readers are then grouped by the exact list of
-articles they get: each group is one `DigestVariant`, rendered and inlined
-once, so the per-reader work at send time is string substitution only.
+An edition is named by its window (the schedule's fire times) but carries
+articles by *arrival*: it is cut when it is prepared (`Digest.cut_at`, timed
+against arrivals under a lock, `articles.edition_cut`), and each reader gets
+what became due after their own last cut up to this one, whatever its
+published date (`Plan`). Consecutive cuts never overlap and never leave a
+gap, for a reader who switches frequency too. Readers are then grouped by the
+exact list of articles they get: each group is one `DigestVariant`, rendered
+and inlined once, so the per-reader work at send time is string substitution
+only.
 
 A delivery reserves its variant's articles for its reader from the moment it
 is written (a reservation, not a receipt), so an edition prepared while the
 previous one is still going out cannot pick the same article for the same
 reader; a delivery that finally fails, is skipped at send time or is
-cancelled before it went gives them back (`Delivery.released`). Nothing is
+cancelled before it went gives them back (`Delivery.released`), to that
+reader's next edition (`Delivery.returned` once taken). Nothing is
 written per reader per article: who holds an article is found from the few
 variants that carry it (`VariantArticle`) and those variants' deliveries.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 from collections import defaultdict
@@ -28,14 +34,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
-from mailer.content.articles import dedupe_articles, dedupe_key
+from mailer.content import articles
+from mailer.content.articles import dedupe_key
 from mailer.content.cleaner import cut_summary
-from mailer.db import is_postgres
+from mailer.db import among, is_postgres
 from mailer.mail.links import Links
 from mailer.mail.messages import Slot, Slots
 from mailer.mail.rendering import EmailRenderer, RenderedEmail
@@ -292,6 +299,13 @@ class Item:
     published_at: datetime
     topic_ids: frozenset[int]
     topics: tuple[str, ...] = ()
+    # When it became due (`Article.due_at`): compared with each reader's last cut.
+    due_at: datetime | None = None
+
+    @cached_property
+    def url_key(self) -> str:
+        """The story under any spelling of its link, as stored in `Article.story`."""
+        return dedupe_key(self.url)[:2000]
 
 
 @dataclass(frozen=True)
@@ -299,23 +313,31 @@ class Reader:
     subscription_id: int
     email: str
     topic_ids: frozenset[int]
+    # Their latest (re)activation: a fresh start begins at the cut before it.
+    confirmed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Selection:
+    """A reader's articles, newest first: the first `full` with summary and image,
+    the rest listed by title and link. Every one of them counts as delivered."""
+
     article_ids: tuple[int, ...]
-    more: int
+    full: int
+
+    @property
+    def compact(self) -> int:
+        return len(self.article_ids) - self.full
 
     @cached_property
     def key(self) -> str:
         """Asked once per reader in prepare; readers share a few selections."""
-        raw = ",".join(map(str, self.article_ids)) + f"|{self.more}"
+        raw = ",".join(map(str, self.article_ids)) + f"|{self.full}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def _url_key(url: str) -> str:
-    """The same story under another URL spelling (ingest's rule, so both agree)."""
-    return dedupe_key(url)
+def _newest_first(item: Item) -> tuple[datetime, int]:
+    return item.published_at, item.id
 
 
 def select_for(
@@ -324,20 +346,35 @@ def select_for(
     sent_ids: set[int],
     sent_urls: set[str],
     cap: int,
+    *,
+    since: datetime | None = None,
+    returned: Sequence[Item] = (),
 ) -> Selection:
-    """The reader's articles: matching topics (none chosen = all), not sent before, capped.
+    """The reader's articles: due after `since` and matching their topics (none
+    chosen = all), plus what a given-up delivery handed back; none they have or
+    have coming (by id or URL), each story once, newest published first.
 
-    `items` are newest first; what passes the cap is counted in `more`.
+    `items` are newest first. The first `cap` are shown in full, the rest compactly.
     """
     chosen = [
-        item.id
+        item
         for item in items
-        if item.id not in sent_ids
-        and _url_key(item.url) not in sent_urls
+        if (since is None or (item.due_at is not None and item.due_at > since))
         and (not reader_topics or item.topic_ids & reader_topics)
+        and item.id not in sent_ids
     ]
-    cap = max(1, cap)
-    return Selection(tuple(chosen[:cap]), max(0, len(chosen) - cap))
+    if returned:
+        have = {item.id for item in chosen}
+        chosen.extend(i for i in returned if i.id not in have and i.id not in sent_ids)
+        chosen.sort(key=_newest_first, reverse=True)
+    seen = set(sent_urls)
+    ids: list[int] = []
+    for item in chosen:
+        if item.url_key in seen:
+            continue
+        seen.add(item.url_key)
+        ids.append(item.id)
+    return Selection(tuple(ids), min(max(1, cap), len(ids)))
 
 
 def group_variants(selections: dict[int, Selection]) -> dict[str, list[int]]:
@@ -349,29 +386,25 @@ def group_variants(selections: dict[int, Selection]) -> dict[str, list[int]]:
     return dict(groups)
 
 
-def window_items(
-    session: Session, newsletter_id: int, start: datetime, end: datetime
-) -> list[Item]:
-    """Articles published in (start, end], newest first, one per URL."""
+def load_items(session: Session, newsletter_id: int, *where: Any) -> list[Item]:
+    """The newsletter's articles that editions may carry (not excluded), newest
+    published first, with their topics."""
     articles = session.scalars(
         select(Article)
-        .where(
-            Article.newsletter_id == newsletter_id,
-            Article.published_at > start,
-            Article.published_at <= end,
-        )
+        .where(Article.newsletter_id == newsletter_id, Article.excluded_at.is_(None), *where)
         .order_by(Article.published_at.desc(), Article.id.desc())
     ).all()
     topics: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    if articles:
+    ids = [a.id for a in articles]
+    for i in range(0, len(ids), 5000):
         for article_id, topic_id, name in session.execute(
             select(ArticleTopic.article_id, Topic.id, Topic.name)
             .join(Topic, Topic.id == ArticleTopic.topic_id)
-            .where(ArticleTopic.article_id.in_([a.id for a in articles]))
+            .where(ArticleTopic.article_id.in_(ids[i : i + 5000]))
             .order_by(Topic.name)
         ):
             topics[article_id].append((topic_id, name))
-    return dedupe_articles(
+    return [
         Item(
             id=a.id,
             url=a.url,
@@ -382,9 +415,20 @@ def window_items(
             published_at=a.published_at,
             topic_ids=frozenset(t for t, _ in topics[a.id]),
             topics=tuple(n for _, n in topics[a.id]),
+            due_at=a.due_at,
         )
         for a in articles
-    )
+    ]
+
+
+def due_items(
+    session: Session, newsletter_id: int, after: datetime | None, upto: datetime
+) -> list[Item]:
+    """Articles that became due in (after, upto], newest published first."""
+    where = [Article.due_at.is_not(None), Article.due_at <= upto]
+    if after is not None:
+        where.append(Article.due_at > after)
+    return load_items(session, newsletter_id, *where)
 
 
 def holding() -> Any:
@@ -392,13 +436,24 @@ def holding() -> Any:
     return and_(Delivery.variant_id.is_not(None), Delivery.released.is_(False))
 
 
+# Spelled as the partial index ix_delivery_unreturned is, so both databases use it.
+UNRETURNED = text("delivery.released AND NOT delivery.returned")
+
+
 @dataclass(frozen=True)
 class Reservations:
-    """The variants of other editions that carry any of a window's articles, by id
+    """The variants of other editions that carry any of a set of articles, by id
     or by URL, with those articles: all a reader's history that can matter here."""
 
     digest_ids: tuple[int, ...] = ()
     variants: dict[int, tuple[frozenset[int], frozenset[str]]] = field(default_factory=dict)
+
+    def merged(self, other: Reservations) -> Reservations:
+        variants = dict(self.variants)
+        for vid, (ids, urls) in other.variants.items():
+            had = variants.get(vid, (frozenset(), frozenset()))
+            variants[vid] = (had[0] | ids, had[1] | urls)
+        return Reservations(tuple(sorted({*self.digest_ids, *other.digest_ids})), variants)
 
 
 def reservations_for(
@@ -407,14 +462,14 @@ def reservations_for(
     if not items:
         return Reservations()
     query = (
-        select(VariantArticle.variant_id, DigestVariant.digest_id, Article.id, Article.url)
+        select(VariantArticle.variant_id, DigestVariant.digest_id, Article.id, Article.story)
         .join(DigestVariant, DigestVariant.id == VariantArticle.variant_id)
         .join(Article, Article.id == VariantArticle.article_id)
         .where(
             Article.newsletter_id == newsletter_id,
             or_(
                 Article.id.in_([i.id for i in items]),
-                Article.url.in_(sorted({i.url for i in items})),
+                Article.story.in_(sorted({i.url_key for i in items})),
             ),
         )
     )
@@ -422,10 +477,10 @@ def reservations_for(
         query = query.where(DigestVariant.digest_id != exclude_digest)
     digest_ids: set[int] = set()
     found: dict[int, tuple[set[int], set[str]]] = defaultdict(lambda: (set(), set()))
-    for variant_id, digest_id, article_id, url in session.execute(query):
+    for variant_id, digest_id, article_id, story in session.execute(query):
         digest_ids.add(digest_id)
         found[variant_id][0].add(article_id)
-        found[variant_id][1].add(_url_key(url))
+        found[variant_id][1].add(story)
     return Reservations(
         tuple(sorted(digest_ids)),
         {v: (frozenset(ids), frozenset(urls)) for v, (ids, urls) in found.items()},
@@ -435,8 +490,8 @@ def reservations_for(
 def already_sent(
     session: Session, reservations: Reservations, between: tuple[int, int]
 ) -> dict[int, tuple[set[int], set[str]]]:
-    """Per subscription in `between`, which of the window's articles (by id or by URL)
-    it already got or has coming. No earlier variant carries them: no query at all."""
+    """Per subscription in `between`, which of the articles (by id or by URL) it
+    already got or has coming. No earlier variant carries them: no query at all."""
     out: dict[int, tuple[set[int], set[str]]] = {}
     if not reservations.variants:
         return out
@@ -469,6 +524,224 @@ def reserved_articles(session: Session, digest_id: int | None = None) -> set[tup
     return {(sub_id, article_id) for sub_id, article_id in session.execute(query)}
 
 
+@dataclass
+class Choice:
+    """What one chunk of readers gets, and the given-up deliveries it took back."""
+
+    selections: dict[int, Selection]
+    since: dict[int, datetime]
+    returned_deliveries: list[int]
+
+
+class Plan:
+    """What one cut of a (newsletter, frequency) owes its readers, set-based.
+
+    A reader's articles are those that became due after their own last cut
+    (the latest edition, of any frequency, that has a delivery row for them,
+    or the cut before their latest opt-in, whichever is later) up to this cut
+    and match their topics then; plus what their given-up deliveries hand
+    back; minus anything they already have or have coming. Readers share
+    their last cut: the articles are loaded once per distinct cut, the
+    editions' history asked once per chunk of readers, never per reader.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        newsletter_id: int,
+        frequency: Frequency,
+        cut: datetime,
+        exclude_digest: int | None,
+    ) -> None:
+        self.session = session
+        self.newsletter_id = newsletter_id
+        self.frequency = frequency
+        self.cut = cut
+        self.exclude_digest = exclude_digest
+        self.postgres = is_postgres(session)
+        query = select(Digest.id, Digest.frequency, Digest.cut_at).where(
+            Digest.newsletter_id == newsletter_id,
+            Digest.cut_at.is_not(None),
+            Digest.cut_at <= cut,
+        )
+        if exclude_digest is not None:
+            query = query.where(Digest.id != exclude_digest)
+        cuts: dict[Frequency, list[datetime]] = defaultdict(list)
+        editions: list[tuple[int, datetime]] = []
+        for digest_id, freq, at in session.execute(query.order_by(Digest.cut_at)):
+            assert at is not None  # asked for
+            cuts[Frequency(freq)].append(at)
+            editions.append((digest_id, at))
+        self.cuts = dict(cuts)
+        # Where every reader who was active lately has a row: the latest edition of
+        # each frequency and everything cut since the earlier of the two.
+        latest = [c[-1] for c in self.cuts.values()]
+        floor = min(latest) if latest else cut
+        self.recent = {d: at for d, at in editions if at >= floor}
+        self.older = len(self.recent) < len(editions)
+        self.start = self.fresh_start(cut)
+        self.items: list[Item] = []
+        self.loaded_after: datetime | None = cut
+        self.by_id: dict[int, Item] = {}
+        self.held = Reservations()
+
+    def fresh_start(self, at: datetime) -> datetime:
+        """Where a reader starting at `at` begins: the cut of their frequency before
+        it (what today's window would give them), or one period back."""
+        cuts = self.cuts.get(self.frequency, [])
+        i = bisect.bisect_right(cuts, at)
+        return cuts[i - 1] if i else self.cut - PERIOD[self.frequency]
+
+    def _last_cuts(self, readers: Sequence[Reader]) -> dict[int, datetime]:
+        lo, hi = readers[0].subscription_id, readers[-1].subscription_id
+        last: dict[int, datetime] = {}
+        if self.recent:
+            for sid, digest_id in self.session.execute(
+                select(Delivery.subscription_id, Delivery.digest_id).where(
+                    Delivery.digest_id.in_(list(self.recent)),
+                    Delivery.subscription_id.between(lo, hi),
+                )
+            ):
+                at = self.recent[digest_id]
+                if sid not in last or at > last[sid]:
+                    last[sid] = at
+        missing = [r.subscription_id for r in readers if r.subscription_id not in last]
+        if missing and self.older:
+            # Readers in none of the recent editions: their own latest, if any.
+            query = (
+                select(Delivery.subscription_id, func.max(Digest.cut_at))
+                .join(Digest, Digest.id == Delivery.digest_id)
+                .where(
+                    among(Delivery.subscription_id, missing, self.postgres),
+                    Digest.newsletter_id == self.newsletter_id,
+                    Digest.cut_at.is_not(None),
+                    Digest.cut_at <= self.cut,
+                )
+                .group_by(Delivery.subscription_id)
+            )
+            if self.exclude_digest is not None:
+                query = query.where(Digest.id != self.exclude_digest)
+            for sid, latest in self.session.execute(query):
+                if latest is not None:
+                    last[sid] = latest
+        return last
+
+    def since(self, readers: Sequence[Reader]) -> dict[int, datetime]:
+        """Each reader's own last cut: what became due after it is theirs now."""
+        last = self._last_cuts(readers)
+        out: dict[int, datetime] = {}
+        for r in readers:
+            best = last.get(r.subscription_id)
+            if r.confirmed_at is not None:
+                fresh = self.fresh_start(r.confirmed_at)
+                if best is None or fresh > best:
+                    best = fresh
+            out[r.subscription_id] = self.start if best is None else best
+        return out
+
+    def _returned(self, readers: Sequence[Reader]) -> tuple[dict[int, set[int]], list[int]]:
+        """Articles of given-up deliveries (failed, cancelled, skipped at send) not
+        yet taken back, per reader; a reader who opted in again since starts afresh."""
+        lo, hi = readers[0].subscription_id, readers[-1].subscription_id
+        confirmed = {r.subscription_id: r.confirmed_at for r in readers}
+        out: dict[int, set[int]] = defaultdict(set)
+        deliveries: set[int] = set()
+        for delivery_id, sid, at, article_id in self.session.execute(
+            select(Delivery.id, Delivery.subscription_id, Digest.cut_at, VariantArticle.article_id)
+            .join(Digest, Digest.id == Delivery.digest_id)
+            .join(VariantArticle, VariantArticle.variant_id == Delivery.variant_id)
+            .where(
+                Delivery.subscription_id.between(lo, hi),
+                UNRETURNED,
+                Digest.newsletter_id == self.newsletter_id,
+            )
+        ):
+            if sid not in confirmed:
+                continue  # not this edition's reader: their own edition takes it back
+            deliveries.add(delivery_id)
+            start = confirmed[sid]
+            if start is None or at is None or at >= start:
+                out[sid].add(article_id)
+        return dict(out), sorted(deliveries)
+
+    def _load(self, after: datetime | None, upto: datetime | None, ids: Iterable[int] = ()) -> None:
+        if ids:
+            wanted = [i for i in ids if i not in self.by_id]
+            found = load_items(self.session, self.newsletter_id, Article.id.in_(wanted))
+        else:
+            assert upto is not None
+            found = due_items(self.session, self.newsletter_id, after, upto)
+        fresh = [i for i in found if i.id not in self.by_id]
+        if not fresh:
+            return
+        for item in fresh:
+            self.by_id[item.id] = item
+        self.held = self.held.merged(
+            reservations_for(self.session, self.newsletter_id, fresh, self.exclude_digest)
+        )
+
+    def ensure(self, since: datetime) -> None:
+        """Every article due in (since, cut] is loaded."""
+        if self.loaded_after is not None and since < self.loaded_after:
+            self._load(since, self.loaded_after)
+            self.loaded_after = since
+            self.items = sorted(
+                (i for i in self.by_id.values() if i.due_at is not None and i.due_at > since),
+                key=_newest_first,
+                reverse=True,
+            )
+
+    def choose(self, readers: Sequence[Reader], cap: int) -> Choice:
+        """Every reader's selection; readers with no history and the same last cut
+        and topics share one."""
+        since = self.since(readers)
+        self.ensure(min(since.values()))
+        returned, deliveries = self._returned(readers)
+        if returned:
+            self._load(None, None, {a for ids in returned.values() for a in ids})
+        lo, hi = readers[0].subscription_id, readers[-1].subscription_id
+        sent = already_sent(self.session, self.held, between=(lo, hi))
+        # Articles due up to the cut; given-back ones come per reader.
+        pool = self.items
+        fresh: dict[tuple[datetime, frozenset[int]], Selection] = {}
+        out: dict[int, Selection] = {}
+        for reader in readers:
+            sid = reader.subscription_id
+            got = sent.get(sid)
+            back = returned.get(sid)
+            start = since[sid]
+            if got is None and not back:
+                key = (start, reader.topic_ids)
+                chosen = fresh.get(key)
+                if chosen is None:
+                    chosen = fresh[key] = select_for(
+                        pool, reader.topic_ids, set(), set(), cap, since=start
+                    )
+            else:
+                ids, urls = got if got is not None else (set(), set())
+                extra = sorted(
+                    (self.by_id[a] for a in back or () if a in self.by_id),
+                    key=_newest_first,
+                    reverse=True,
+                )
+                chosen = select_for(
+                    pool, reader.topic_ids, ids, urls, cap, since=start, returned=extra
+                )
+            out[sid] = chosen
+        return Choice(out, since, deliveries)
+
+
+def mark_returned(session: Session, delivery_ids: Sequence[int]) -> None:
+    """Given-up deliveries whose articles an edition took back: never again."""
+    for i in range(0, len(delivery_ids), 1000):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids[i : i + 1000]))
+            .values(returned=True)
+            .execution_options(synchronize_session=False)
+        )
+
+
 # -- rendering --------------------------------------------------------------------------
 
 
@@ -483,7 +756,7 @@ def context_for(
     settings: Settings,
     newsletter: Newsletter,
     items: Sequence[Item],
-    more: int,
+    compact: Sequence[Item],
     view_url: str,
     *,
     window_end: datetime,
@@ -491,7 +764,8 @@ def context_for(
     slots: Slots,
 ) -> dict[str, Any]:
     """Everything the digest templates see; reader-specific values are this
-    rendering's markers (`slots`), which no article text can spell."""
+    rendering's markers (`slots`), which no article text can spell. `compact`
+    are the articles past MAILER_DIGEST_MAX_ARTICLES: title and link only."""
     articles: list[dict[str, Any]] = [
         {
             "title": " ".join(item.title.split()) or "(untitled)",
@@ -504,6 +778,10 @@ def context_for(
         }
         for item in items
     ]
+    listed = [
+        {"title": " ".join(item.title.split()) or "(untitled)", "url": safe_url(item.url)}
+        for item in compact
+    ]
     site = safe_url(newsletter.site_url) or settings.base_url
     titles = ", ".join(a["title"] for a in articles[:3])
     return {
@@ -511,8 +789,7 @@ def context_for(
         "frequency": frequency.value,
         "edition_date": window_end.strftime("%d %B %Y"),
         "articles": articles,
-        "more_count": more,
-        "more_url": site,
+        "more_articles": listed,
         "site_url": site,
         "view_url": view_url,
         "preheader": cut_summary(titles, 140),
@@ -539,8 +816,8 @@ def render_selection(
     context = context_for(
         settings,
         newsletter,
-        items,
-        selection.more,
+        items[: selection.full],
+        items[selection.full :],
         view_url,
         window_end=window_end,
         frequency=frequency,
@@ -589,6 +866,22 @@ def chunk_ranges(ids: Sequence[int], size: int) -> list[tuple[int, int]]:
     return [(ids[i], ids[min(i + size, len(ids)) - 1]) for i in range(0, len(ids), size)]
 
 
+# PostgreSQL advisory lock namespace for one newsletter's prepares (see serialise_prepares).
+PREPARE_LOCK = 17_002
+
+
+def serialise_prepares(session: Session, newsletter_id: int) -> None:
+    """One prepare per newsletter at a time (to the end of its transaction): a
+    reader switching frequency between a daily and a weekly edition prepared at
+    once would otherwise be chosen by each without seeing the other's rows.
+    SQLite's single writer already does this."""
+    if is_postgres(session):
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:ns, :nl)"),
+            {"ns": PREPARE_LOCK, "nl": newsletter_id},
+        )
+
+
 def _lock_digest(session: Session, digest_id: int) -> Digest:
     query = select(Digest).where(Digest.id == digest_id)
     if session.get_bind().dialect.name == "postgresql":
@@ -619,8 +912,16 @@ def prepare(
         result.ranges = open_ranges(session, digest_id, settings.send_batch_size)
         return result
     nl = session.get_one(Newsletter, digest.newsletter_id)
-    items = window_items(session, nl.id, digest.window_start, digest.window_end)
-    by_id = {i.id: i for i in items}
+    serialise_prepares(session, nl.id)
+    # The cut: after it, an arrival waits for the next edition (articles.edition_cut).
+    cut = articles.edition_cut(session, nl.id)
+    session.refresh(digest)
+    if digest.status != "created":  # prepared meanwhile (SQLite takes no row lock)
+        result.already = True
+        result.ranges = open_ranges(session, digest_id, settings.send_batch_size)
+        return result
+    digest.cut_at = cut
+    plan = Plan(session, nl.id, digest.frequency, cut, exclude_digest=digest.id)
     links = Links.from_settings(settings)
     variant_ids: dict[str, int] = {}
 
@@ -628,14 +929,13 @@ def prepare(
         key = selection.key
         if key not in variant_ids:
             variant_ids[key] = _make_variant(
-                session, settings, renderer, nl, digest, by_id, selection, key, links
+                session, settings, renderer, nl, digest, plan.by_id, selection, key, links
             )
         return variant_ids[key]
 
-    held = reservations_for(session, nl.id, items, exclude_digest=digest.id)
     for readers in reader_chunks(session, nl.id, digest.frequency, PREPARE_CHUNK):
         queued, skipped = _prepare_chunk(
-            session, settings, digest.id, items, held, readers, variant_for, now
+            session, settings, digest.id, plan, readers, variant_for, now
         )
         result.queued += queued
         result.skipped += skipped
@@ -668,7 +968,7 @@ def reader_chunks(
     after = 0
     while True:
         rows = session.execute(
-            select(Subscription.id, Subscriber.email)
+            select(Subscription.id, Subscriber.email, Subscription.confirmed_at)
             .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
             .where(
                 Subscription.newsletter_id == newsletter_id,
@@ -692,8 +992,13 @@ def reader_chunks(
         # Equal topic sets share one frozenset: a 100,000-reader edition has a few.
         shared: dict[frozenset[int], frozenset[int]] = {}
         yield [
-            Reader(sid, email, shared.setdefault(frozenset(topics[sid]), frozenset(topics[sid])))
-            for sid, email in rows
+            Reader(
+                sid,
+                email,
+                shared.setdefault(frozenset(topics[sid]), frozenset(topics[sid])),
+                confirmed,
+            )
+            for sid, email, confirmed in rows
         ]
         after = hi
 
@@ -754,41 +1059,28 @@ def _prepare_chunk(
     session: Session,
     settings: Settings,
     digest_id: int,
-    items: Sequence[Item],
-    held: Reservations,
+    plan: Plan,
     readers: Sequence[Reader],
     variant_for: Any,
     now: datetime,
 ) -> tuple[int, int]:
     """Choose for one chunk of readers and write its delivery rows; (queued, skipped)."""
-    lo, hi = readers[0].subscription_id, readers[-1].subscription_id
-    sent = already_sent(session, held, between=(lo, hi))
     hashes = {r.subscription_id: address_hash(r.email) for r in readers}
     blocked = suppressions.suppressed(session, hashes.values())
-    # Readers with no history get the same list as everyone with their topics.
-    fresh: dict[frozenset[int], Selection] = {}
+    choice = plan.choose(readers, settings.digest_max_articles)
     sub_ids: list[int] = []
     variants: list[int | None] = []
     states: list[str] = []
     replies: list[str | None] = []
-    cap = settings.digest_max_articles
     for reader in readers:
         sid = reader.subscription_id
         sub_ids.append(sid)
+        chosen = choice.selections[sid]
         if hashes[sid] in blocked:
             variants.append(None)
             states.append(DeliveryStatus.SKIPPED.value)
             replies.append("suppressed")
             continue
-        got = sent.get(sid)
-        if got is None:
-            chosen = fresh.get(reader.topic_ids)
-            if chosen is None:
-                chosen = fresh[reader.topic_ids] = select_for(
-                    items, reader.topic_ids, set(), set(), cap
-                )
-        else:
-            chosen = select_for(items, reader.topic_ids, got[0], got[1], cap)
         if not chosen.article_ids:
             variants.append(None)
             states.append(DeliveryStatus.SKIPPED.value)
@@ -798,6 +1090,7 @@ def _prepare_chunk(
         states.append(DeliveryStatus.QUEUED.value)
         replies.append(None)
     _insert_deliveries(session, digest_id, sub_ids, variants, states, replies, now)
+    mark_returned(session, choice.returned_deliveries)
     queued = sum(1 for state in states if state == DeliveryStatus.QUEUED.value)
     return queued, len(states) - queued
 
@@ -946,14 +1239,15 @@ def draft(
     frequency: Frequency | None = None,
     now: datetime | None = None,
 ) -> Draft:
-    """The next edition as a reader would get it, written nowhere.
+    """The next edition as a reader would get it if it were cut now, written nowhere.
 
-    With an address, that reader's topics and sent history count; without,
-    an all-topics reader who has seen nothing.
+    With an address, that reader's topics, last cut and history count;
+    without, an all-topics reader of the frequency who starts now. Nothing is
+    polled: what has arrived is what an edition cut now would carry.
     """
-    now = (now or utcnow()).replace(second=0, microsecond=0)
+    now = now or utcnow()
     sub: Subscription | None = None
-    topics: frozenset[int] = frozenset()
+    reader = Reader(0, "", frozenset(), now)
     if email:
         sub = session.scalar(
             select(Subscription)
@@ -966,26 +1260,12 @@ def draft(
         if sub is None:
             raise DigestError(f"{email} is not subscribed to {newsletter.slug}.")
         topics = frozenset(t.id for t in sub.topics)
+        reader = Reader(sub.id, sub.subscriber.email, topics, sub.confirmed_at)
     freq = frequency or (sub.frequency if sub else newsletter.default_frequency)
-    previous = session.scalar(
-        select(func.max(Digest.window_end)).where(
-            and_(
-                Digest.newsletter_id == newsletter.id,
-                Digest.frequency == freq,
-                Digest.window_end < now,
-            )
-        )
-    )
-    start = window(freq, now, previous)
-    items = window_items(session, newsletter.id, start, now)
-    got_ids: set[int] = set()
-    got_urls: set[str] = set()
-    if sub is not None:
-        held = reservations_for(session, newsletter.id, items, exclude_digest=None)
-        got_ids, got_urls = already_sent(session, held, (sub.id, sub.id)).get(
-            sub.id, (set(), set())
-        )
-    selection = select_for(items, topics, got_ids, got_urls, settings.digest_max_articles)
+    plan = Plan(session, newsletter.id, freq, now, exclude_digest=None)
+    choice = plan.choose([reader], settings.digest_max_articles)
+    selection = choice.selections[reader.subscription_id]
+    start = choice.since[reader.subscription_id]
     if not selection.article_ids:
         raise DigestError(
             f"Nothing new for {'that reader' if email else newsletter.slug} since "
@@ -998,7 +1278,7 @@ def draft(
         settings,
         renderer,
         newsletter,
-        {i.id: i for i in items},
+        plan.by_id,
         selection,
         links.subscribe(newsletter.slug),
         window_end=now,

@@ -26,8 +26,9 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def utcnow() -> datetime:
@@ -316,6 +317,9 @@ class Feed(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # Kept but not polled until resumed.
     paused: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # On the first poll, items published within this many days are due (NULL:
+    # MAILER_DIGEST_MAX_AGE); older ones are stored as history and never mailed.
+    backfill_days: Mapped[int | None] = mapped_column(Integer)
 
 
 class ArticleTopic(Base):
@@ -334,6 +338,8 @@ class Article(Base):
     __table_args__ = (
         UniqueConstraint("source", "guid"),
         Index("ix_article_newsletter_published", "newsletter_id", "published_at"),
+        Index("ix_article_newsletter_due", "newsletter_id", "due_at"),
+        Index("ix_article_newsletter_story", "newsletter_id", "story"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -353,8 +359,27 @@ class Article(Base):
     published_at: Mapped[datetime]
     fetched_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When it was first stored (`articles.arrival_time`, under the arrival lock): an
+    # article goes in the first edition of each frequency cut after it became due.
+    arrived_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When it became due: its arrival, or the moment an operator put it back
+    # (`include`); NULL for history (a new feed's back catalogue), never mailed.
+    due_at: Mapped[datetime | None]
+    # The story whatever the spelling of its link (`articles.dedupe_key`): a reader
+    # who has it from one source is never sent it again from another.
+    story: Mapped[str] = mapped_column(String(2000), default="")
+    # Taken out of editions by an operator (`mailer article exclude`) until put back.
+    excluded_at: Mapped[datetime | None]
 
     topics: Mapped[list[Topic]] = relationship(secondary="article_topic", order_by="Topic.name")
+
+    @validates("url")
+    def _story_of(self, _key: str, url: str) -> str:
+        """The story key follows the link, however the row is made or changed."""
+        from mailer.content.articles import dedupe_key  # articles imports this module
+
+        self.story = dedupe_key(url)[:2000]
+        return url
 
 
 class Digest(Base):
@@ -372,6 +397,9 @@ class Digest(Base):
         _enum(EditionStatus, "edition_status"), default=EditionStatus.CREATED
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The moment the edition was cut (at prepare, under the arrival lock): it carries
+    # what became due up to here; the next one of a reader carries what came after.
+    cut_at: Mapped[datetime | None]
     prepared_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
@@ -402,6 +430,13 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("digest_id", "subscription_id"),
         Index("ix_delivery_status_due", "status", "next_attempt_at"),
+        # The few given-up deliveries whose articles no later edition took back yet.
+        Index(
+            "ix_delivery_unreturned",
+            "subscription_id",
+            postgresql_where=sql_text("released AND NOT returned"),
+            sqlite_where=sql_text("released AND NOT returned"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -428,6 +463,9 @@ class Delivery(Base):
     # picks them again) from prepare on, until it is given up: failed, skipped at
     # send time, or cancelled before it went. Nothing else is written per article.
     released: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # A released delivery's articles were given back: a later edition of the reader
+    # carries them (set by that edition's prepare), so they are given back once.
+    returned: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class VariantArticle(Base):

@@ -36,6 +36,8 @@ from sqlalchemy.orm import Session, selectinload
 from mailer import digests
 from mailer.config import Settings
 from mailer.content import cleaner, feeds
+from mailer.content.articles import arrival_time
+from mailer.db import session_scope
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     EDITION_OPEN,
@@ -266,6 +268,7 @@ class FeedOut(BaseModel):
     title: str | None
     topics: list[str]
     interval: int
+    backfill_days: int | None = None
     paused: bool
     last_polled_at: datetime | None
     last_success_at: datetime | None
@@ -282,6 +285,7 @@ def feed_out(feed: Feed, slug: str) -> FeedOut:
         title=feed.title,
         topics=list(feed.topics or []),
         interval=feed.interval,
+        backfill_days=feed.backfill_days,
         paused=feed.paused,
         last_polled_at=feed.last_polled_at,
         last_success_at=feed.last_success_at,
@@ -329,12 +333,19 @@ def add_feed(
     *,
     topics: Sequence[str] = (),
     interval: int | None = None,
+    backfill_days: int | None = None,
 ) -> FeedOut:
     """A new feed, polled from the next tick on; its topics exist at once."""
     nl = newsletter(session, slug)
     with _feed_refusals():
         feed = feeds.add_feed(
-            session, nl, url, topics=list(topics), interval=interval, settings=settings
+            session,
+            nl,
+            url,
+            topics=list(topics),
+            interval=interval,
+            settings=settings,
+            backfill_days=backfill_days,
         )
     return feed_out(feed, nl.slug)
 
@@ -1086,15 +1097,96 @@ class ArticleDetail(BaseModel):
     removed: list[str] | None = None
 
 
-def recent_articles(session: Session, slug: str, limit: int = 20) -> Sequence[Article]:
-    """A newsletter's newest articles, newest first."""
+class ArticleOut(BaseModel):
+    """One line of `mailer article list` / `GET /api/newsletters/{slug}/articles`.
+
+    `due_at` is when it became due to readers (null: history, never mailed);
+    `excluded_at` is set while an operator keeps it out of editions.
+    """
+
+    id: int
+    newsletter: str
+    source: str
+    url: str
+    title: str
+    topics: list[str]
+    published_at: datetime
+    arrived_at: datetime
+    due_at: datetime | None
+    excluded_at: datetime | None
+
+
+def _article_out(article: Article, slug: str) -> ArticleOut:
+    return ArticleOut(
+        id=article.id,
+        newsletter=slug,
+        source=article.source,
+        url=article.url,
+        title=article.title,
+        topics=[t.name for t in article.topics],
+        published_at=article.published_at,
+        arrived_at=article.arrived_at,
+        due_at=article.due_at,
+        excluded_at=article.excluded_at,
+    )
+
+
+def list_articles(session: Session, slug: str, limit: int = 20) -> list[ArticleOut]:
+    """The newsletter's newest articles (by published time), with what editions make of them."""
+    if not 1 <= limit <= 1000:
+        raise Invalid("limit", f"limit is 1-1000, got {limit}")
     nl = newsletter(session, slug)
-    return session.scalars(
+    rows = session.scalars(
         select(Article)
         .where(Article.newsletter_id == nl.id)
+        .options(selectinload(Article.topics))
         .order_by(Article.published_at.desc(), Article.id.desc())
         .limit(limit)
     ).all()
+    return [_article_out(a, nl.slug) for a in rows]
+
+
+def find_article(session: Session, article_id: int) -> Article:
+    found = session.get(Article, article_id) if 0 < article_id <= MAX_ID else None
+    if found is None:
+        raise NotFound(f"there is no article {article_id}")
+    return found
+
+
+def exclude_article(session: Session, article_id: int, now: datetime | None = None) -> ArticleOut:
+    """Keep an article out of every edition cut from now on, until it is put back.
+
+    Readers who already got it, or have it queued, keep it: an edition prepared
+    before stays as it was.
+    """
+    article = find_article(session, article_id)
+    if article.excluded_at is None:
+        article.excluded_at = now or utcnow()
+        session.flush()
+    return _article_out(article, session.get_one(Newsletter, article.newsletter_id).slug)
+
+
+def include_article(session: Session, article_id: int, now: datetime | None = None) -> ArticleOut:
+    """Put an excluded article back: due again from now, so the next edition of each
+    frequency carries it to every reader it matches who has not had it. An
+    article that was never excluded is left as it is."""
+    article = find_article(session, article_id)
+    if article.excluded_at is not None:
+        article.excluded_at = None
+        article.due_at = arrival_time(session, article.newsletter_id)
+        session.flush()
+    return _article_out(article, session.get_one(Newsletter, article.newsletter_id).slug)
+
+
+def poll_before_cut(settings: Settings, digest_id: int) -> None:
+    """Before an edition is cut: its newsletter's due feeds, bounded by the feed timeout.
+    An edition already prepared (a redelivered task) polls nothing."""
+    with session_scope(settings.database) as session:
+        digest = session.get(Digest, digest_id)
+        if digest is None or digest.status != "created":
+            return
+        newsletter_id = digest.newsletter_id
+    feeds.poll_before_cut(settings, newsletter_id)
 
 
 def show_article(session: Session, article_id: int, *, raw: bool = False) -> ArticleDetail:

@@ -138,7 +138,9 @@ def enqueue_sends(ranges: list[tuple[int, int, int]]) -> None:
 
 @app.task(name="mailer.tasks.prepare_digest")
 def prepare_digest(digest_id: int) -> int:
+    """Poll the newsletter's due feeds (bounded by the feed timeout), then cut and prepare."""
     settings = get_settings()
+    operators.poll_before_cut(settings, digest_id)
     with session_scope(settings.database) as session:
         prepared = operators.prepare_edition(session, settings, renderer(), digest_id)
     enqueue_sends([(digest_id, lo, hi) for lo, hi in prepared.ranges])

@@ -6,7 +6,6 @@ import unicodedata
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from mailer import operators as ops
 from mailer.cli.base import console, domain_session, settings_or_exit
@@ -36,11 +35,32 @@ def feed() -> None:
 @click.option(
     "--interval", type=int, default=None, help="Seconds between polls [MAILER_FEED_POLL_INTERVAL]."
 )
-def feed_add(newsletter: str, url: str, topics: tuple[str, ...], interval: int | None) -> None:
+@click.option(
+    "--backfill-days",
+    type=int,
+    default=None,
+    help="On the first poll, items published within N days go to readers; older ones are "
+    "kept as history [MAILER_DIGEST_MAX_AGE].",
+)
+def feed_add(
+    newsletter: str,
+    url: str,
+    topics: tuple[str, ...],
+    interval: int | None,
+    backfill_days: int | None,
+) -> None:
     """Add a feed to NEWSLETTER; the worker polls it from the next tick on."""
     settings = settings_or_exit()
     with domain_session() as session:
-        added = ops.add_feed(session, settings, newsletter, url, topics=topics, interval=interval)
+        added = ops.add_feed(
+            session,
+            settings,
+            newsletter,
+            url,
+            topics=topics,
+            interval=interval,
+            backfill_days=backfill_days,
+        )
     console.print(f"added feed {added.id} to {added.newsletter}: " + _describe(added))
 
 
@@ -201,23 +221,59 @@ def article_import(
             console.print(f"[yellow]{budget.describe()}[/yellow]", highlight=False)
 
 
+ARTICLE_COLUMNS = (
+    Column("id", lambda a: str(a.id)),
+    Column("published", lambda a: when(a.published_at)),
+    Column("title", lambda a: a.title),
+    Column("source", lambda a: a.source),
+    Column("topics", lambda a: ", ".join(a.topics)),
+    Column("arrived", lambda a: when(a.arrived_at)),
+    # Due to readers from then on; "history" never goes out, "excluded" is kept out.
+    Column(
+        "editions",
+        lambda a: "excluded" if a.excluded_at else ("history" if a.due_at is None else "due"),
+    ),
+)
+
+
 @article.command("list")
 @click.argument("newsletter")
 @click.option("--limit", type=int, default=20, show_default=True)
-def article_list(newsletter: str, limit: int) -> None:
-    """The newsletter's newest articles."""
+@json_option
+def article_list(newsletter: str, limit: int, as_json: bool) -> None:
+    """The newsletter's newest articles: when each arrived and whether editions carry it."""
     with domain_session() as session:
-        rows = ops.recent_articles(session, newsletter, limit)
-        table = Table("id", "published (UTC)", "title", "source", "topics")
-        for a in rows:
-            table.add_row(
-                str(a.id),
-                _when(a.published_at),
-                a.title,
-                a.source,
-                ", ".join(t.name for t in a.topics),
-            )
-        console.print(table)
+        rows = ops.list_articles(session, newsletter, limit)
+    if as_json:
+        print_json(rows)
+        return
+    show(rows, ARTICLE_COLUMNS, empty=f"{newsletter} has no articles yet")
+
+
+@article.command("exclude")
+@click.argument("article_id", type=int)
+def article_exclude(article_id: int) -> None:
+    """Keep article ARTICLE_ID out of the next editions (until `include`)."""
+    with domain_session() as session:
+        a = ops.exclude_article(session, article_id)
+    console.print(
+        f"article {a.id} in {a.newsletter} is excluded from editions: {a.title}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@article.command("include")
+@click.argument("article_id", type=int)
+def article_include(article_id: int) -> None:
+    """Put an excluded article back: the next editions carry it to readers who lack it."""
+    with domain_session() as session:
+        a = ops.include_article(session, article_id)
+    console.print(
+        f"article {a.id} in {a.newsletter} goes in the next editions: {a.title}",
+        markup=False,
+        highlight=False,
+    )
 
 
 # Bidirectional overrides reorder what a terminal shows; C0/C1 controls (ESC…) drive it.

@@ -72,9 +72,12 @@ def send(newsletter: str, frequency: str | None, wait: bool, timeout: float) -> 
         edition, _ = operators.send_now(
             session, newsletter, Frequency(frequency) if frequency else None
         )
-        freq = edition.frequency
-        prepared = operators.prepare_edition(session, settings, _renderer(), edition.id)
-        digest_id = edition.id
+        freq, digest_id = edition.frequency, edition.id
+    # Its due feeds first, as the worker's prepare does: the edition carries what the
+    # sites published up to its cut.
+    operators.poll_before_cut(settings, digest_id)
+    with domain_session() as session:
+        prepared = operators.prepare_edition(session, settings, _renderer(), digest_id)
     if prepared.already:
         console.print(
             f"edition {digest_id} of {newsletter} ({freq.value}) was already made this minute; "

@@ -35,7 +35,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import nh3
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -517,6 +517,65 @@ _COMPARED = (
 )
 
 
+# -- arrival -------------------------------------------------------------------------
+
+# PostgreSQL advisory lock namespace (first key; the second is the newsletter's id).
+ARRIVAL_LOCK = 17_001
+
+
+def arrival_time(session: Session, newsletter_id: int) -> datetime:
+    """The moment an article arrives, taken so that no edition's cut can pass it unseen.
+
+    Every edition compares arrival times with the moment it is cut
+    (`edition_cut`). A time read before the transaction that stores the
+    article commits could lie before a cut that does not see the article
+    yet; so the time is read under a lock the cut must wait for. On
+    PostgreSQL: a shared advisory lock on the newsletter, held to commit, and
+    the database's own clock (one clock for every host). On SQLite, whose
+    writers go one at a time: the write lock, taken by a write before the
+    clock is read.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock_shared(:ns, :nl)"),
+            {"ns": ARRIVAL_LOCK, "nl": newsletter_id},
+        )
+        stamp = session.scalar(text("SELECT clock_timestamp()"))
+        assert isinstance(stamp, datetime)
+        return stamp.astimezone(UTC)
+    _take_write_lock(session, newsletter_id)
+    return utcnow()
+
+
+def _take_write_lock(session: Session, newsletter_id: int) -> None:
+    """SQLite: a write that changes nothing, so this transaction holds the write lock."""
+    session.execute(
+        text("UPDATE newsletter SET paused = paused WHERE id = :nl"), {"nl": newsletter_id}
+    )
+
+
+def edition_cut(session: Session, newsletter_id: int) -> datetime:
+    """The moment an edition is cut: after every arrival that read an earlier time
+    has committed, and before any arrival that will read a later one.
+
+    On PostgreSQL the exclusive side of `arrival_time`'s lock is taken and let go
+    at once (arrivals wait a moment, never for the whole prepare); its clock is
+    read while it is held. On SQLite the caller's write lock does the same and
+    is held until the edition's transaction ends.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        params = {"ns": ARRIVAL_LOCK, "nl": newsletter_id}
+        session.execute(text("SELECT pg_advisory_lock(:ns, :nl)"), params)
+        try:
+            stamp = session.scalar(text("SELECT clock_timestamp()"))
+        finally:
+            session.execute(text("SELECT pg_advisory_unlock(:ns, :nl)"), params)
+        assert isinstance(stamp, datetime)
+        return stamp.astimezone(UTC)
+    _take_write_lock(session, newsletter_id)
+    return utcnow()
+
+
 def upsert_article(
     session: Session,
     newsletter: Newsletter,
@@ -525,6 +584,7 @@ def upsert_article(
     *,
     extra_topics: Sequence[str] = (),
     budget: TopicBudget | None = None,
+    due: bool = True,
 ) -> tuple[Article, Outcome]:
     """Insert or update the article for (source, guid); never a second row.
 
@@ -533,6 +593,9 @@ def upsert_article(
     concurrent insert of the same guid is settled by the unique constraint:
     the loser updates the winner's row. `extra_topics` are the operator's (a
     feed's or an import's own) and uncapped; the article's own go by `budget`.
+    A new article is due from its arrival unless `due` is False (history: a new
+    feed's back catalogue); an update changes neither, so a not-yet-sent article
+    goes out once, with its latest content.
     """
     named = {
         t.id: t
@@ -544,7 +607,10 @@ def upsert_article(
     topics = sorted(named.values(), key=lambda t: t.name)
     existing = _find(session, source, clean.guid)
     if existing is None:
+        arrived = arrival_time(session, newsletter.id)
         article = Article(
+            arrived_at=arrived,
+            due_at=arrived if due else None,
             newsletter_id=newsletter.id,
             source=source,
             guid=clean.guid,

@@ -16,6 +16,7 @@ instead of taking the caller's session like the rest of the domain.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL = 60
 MAX_INTERVAL = 7 * 86400
 MAX_BACKOFF = 6 * 3600
+# `feed add --backfill-days` at most ten years.
+MAX_BACKFILL_DAYS = 3650
 # A claimed feed is not claimed again for this long, in case its task is lost.
 CLAIM_LEASE = 600
 
@@ -173,9 +176,18 @@ def add_feed(
     topics: list[str] | None = None,
     interval: int | None = None,
     settings: Settings | None = None,
+    backfill_days: int | None = None,
 ) -> Feed:
-    """A new feed, due at once; its topics exist from now on so readers can pick them."""
+    """A new feed, due at once; its topics exist from now on so readers can pick them.
+
+    `backfill_days`: on its first poll, items published within that many days
+    are due to readers (default MAILER_DIGEST_MAX_AGE); older ones are history.
+    """
     url = validate_url(url)
+    if backfill_days is not None and not 0 <= backfill_days <= MAX_BACKFILL_DAYS:
+        raise FeedError(
+            f"backfill is 0-{MAX_BACKFILL_DAYS} days, got {backfill_days}", "backfill_days"
+        )
     every = check_interval(
         interval if interval is not None else (settings.feed_poll_interval if settings else 900)
     )
@@ -187,7 +199,13 @@ def add_feed(
             f"newsletter {newsletter.slug!r} already has the feed {url} (id {exists})", "url"
         )
     names = [t.name for t in map_topics(session, newsletter, topics or [])]
-    feed = Feed(newsletter_id=newsletter.id, url=url, topics=names, interval=every)
+    feed = Feed(
+        newsletter_id=newsletter.id,
+        url=url,
+        topics=names,
+        interval=every,
+        backfill_days=backfill_days,
+    )
     session.add(feed)
     session.flush()
     return feed
@@ -253,15 +271,19 @@ def pollable() -> Any:
 
 
 def claim_due_feeds(
-    session: Session, *, now: datetime | None = None, limit: int = 100
+    session: Session,
+    *,
+    now: datetime | None = None,
+    limit: int = 100,
+    newsletter_id: int | None = None,
 ) -> list[int]:
     """Feeds due for a poll, pushed CLAIM_LEASE ahead so the next tick doesn't send them twice."""
     now = now or utcnow()
+    where = [or_(Feed.next_poll_at.is_(None), Feed.next_poll_at <= now), pollable()]
+    if newsletter_id is not None:
+        where.append(Feed.newsletter_id == newsletter_id)
     query = (
-        select(Feed)
-        .where(or_(Feed.next_poll_at.is_(None), Feed.next_poll_at <= now), pollable())
-        .order_by(Feed.next_poll_at.nulls_first(), Feed.id)
-        .limit(limit)
+        select(Feed).where(*where).order_by(Feed.next_poll_at.nulls_first(), Feed.id).limit(limit)
     )
     if is_postgres(session):
         query = query.with_for_update(skip_locked=True)
@@ -343,13 +365,28 @@ def record(
         session.flush()
         return report
     budget = TopicBudget.from_settings(settings, feed_source(feed.id))
+    # A new feed's back catalogue is history: only what is recent enough is due.
+    history_before: datetime | None = None
+    if feed.last_success_at is None:
+        history_before = now - (
+            timedelta(days=feed.backfill_days)
+            if feed.backfill_days is not None
+            else timedelta(seconds=settings.digest_max_age)
+        )
     if parsed is not None:
         newsletter = session.get(Newsletter, feed.newsletter_id)
         assert newsletter is not None  # the FK cascades: a feed never outlives it
         source = feed_source(feed.id)
         for clean in ready:
+            due = history_before is None or clean.published_at >= history_before
             _, outcome = upsert_article(
-                session, newsletter, source, clean, extra_topics=feed.topics or [], budget=budget
+                session,
+                newsletter,
+                source,
+                clean,
+                extra_topics=feed.topics or [],
+                budget=budget,
+                due=due,
             )
             if outcome is Outcome.CREATED:
                 report.created += 1
@@ -396,6 +433,34 @@ def poll(settings: Settings, feed_id: int) -> PollReport:
             if feed is None:
                 return PollReport(feed_id, url, "missing", error=f"feed {feed_id} was removed")
             return record(session, feed, failed, settings)
+
+
+def poll_before_cut(settings: Settings, newsletter_id: int) -> list[PollReport]:
+    """Poll a newsletter's due feeds just before its edition is cut, so the edition
+    carries what its sites published up to then.
+
+    The feeds are fetched at once, each on its own thread and session, and
+    waited for at most MAILER_FEED_TIMEOUT (every fetch is bounded by it too):
+    a broken or slow feed never holds the edition longer. A poll still
+    running when the wait ends stores its articles after the cut, for the
+    next edition. The claim is the tick's (`claim_due_feeds`), so a feed is
+    not polled by both.
+    """
+    with session_scope(settings.database) as session:
+        ids = claim_due_feeds(session, limit=1000, newsletter_id=newsletter_id)
+    if not ids:
+        return []
+    pool = ThreadPoolExecutor(max_workers=min(8, len(ids)), thread_name_prefix="cut-poll")
+    futures = [pool.submit(poll, settings, feed_id) for feed_id in ids]
+    done, late = wait(futures, timeout=settings.feed_timeout + 1.0)
+    pool.shutdown(wait=False)
+    if late:
+        log.warning(
+            "newsletter %s: %d feed poll(s) still running at the cut; they go in the next edition",
+            newsletter_id,
+            len(late),
+        )
+    return [f.result() for f in done if f.exception() is None]
 
 
 def poll_due(settings: Settings, *, every_feed: bool = False) -> list[PollReport]:

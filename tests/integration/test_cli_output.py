@@ -11,6 +11,7 @@ import pytest
 
 from mailer import operators
 from mailer.content import feeds
+from mailer.content.articles import RawArticle, normalise, upsert_article
 from mailer.models import Delivery, DeliveryStatus, Frequency
 from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN
@@ -43,6 +44,12 @@ def newsroom(settings, session):
             source="test",
         )
         ids.append((out.subscription_id, state))
+    story = RawArticle(
+        url="https://news.example.org/2026/12/07/a-long-story-about-science-and-culture",
+        title="A long story about science, culture and everything that lies between",
+        topics=["Science", "Culture"],
+    )
+    upsert_article(session, nl, "api:1", normalise(story, base_url=None))
     edition, _ = operators.send_now(session, "weekly")
     edition.status = "sending"
     for sub_id, state in ids:
@@ -59,6 +66,7 @@ LISTINGS = [
     (("stats",), "/api/stats"),
     (("stats", "weekly"), "/api/newsletters/weekly/stats"),
     (("digest", "status", "{edition}"), "/api/editions/{edition}"),
+    (("article", "list", "weekly"), "/api/newsletters/weekly/articles"),
 ]
 
 

@@ -57,7 +57,8 @@ def test_each_reader_gets_exactly_their_articles_and_links(
     rustacean = add_reader(session, nl, "rust@example.org", topics=["Rust"])
     add_article(session, nl, "Python 4 & <friends>", hours_ago=1, topics=["Python"])
     add_article(session, nl, "Rust in the kernel", hours_ago=2, topics=["Rust"])
-    add_article(session, nl, "Old news", hours_ago=30)  # before the window
+    # Arrived before the readers' first cut starts (a day back): nobody's.
+    add_article(session, nl, "Old news", hours_ago=30, arrived_hours_ago=30)
     # The same story through a second feed: sent once.
     add_article(session, nl, "Rust in the kernel (mirror)", hours_ago=3, topics=["Rust"],
                 url=f"{SITE}/rust-in-the-kernel/", source="other-feed")  # fmt: skip
@@ -219,7 +220,9 @@ def test_reader_who_unsubscribes_after_prepare_is_not_mailed(
     assert stays.id != leaves.id
 
 
-def test_cap_keeps_the_newest_and_links_to_the_site(session, settings, renderer, smtp_server):
+def test_past_the_cap_articles_are_listed_by_title_and_link_and_count_as_delivered(
+    session, settings, renderer, smtp_server
+):
     settings.digest_max_articles = 2
     nl = make_newsletter(session)
     add_reader(session, nl, "reader@example.org")
@@ -232,8 +235,12 @@ def test_cap_keeps_the_newest_and_links_to_the_site(session, settings, renderer,
     delivery.send_range(session, settings, edition.id, *prepared.ranges[0])
 
     text, page = parts(smtp_server.received[0].message)
-    assert "Story 0" in text and "Story 1" in text and "Story 2" not in text
-    assert "3 more on the site" in text and SITE in hrefs(page)
+    assert "1. Story 0" in text and "2. Story 1" in text and "About Story 1." in text
+    # The other three: title and link under "Also new", no summary, and delivered.
+    assert "Also new:\r\n- Story 2 [" in text and "About Story 2." not in text
+    assert {f"{SITE}/story-{i}" for i in range(5)} <= set(hrefs(page))
+    held = {a for _, a in digests.reserved_articles(session, edition.id)}
+    assert len(held) == 5
 
 
 def test_preparing_twice_makes_one_set_of_rows(session, settings, renderer, smtp_server):

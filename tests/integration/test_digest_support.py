@@ -100,16 +100,23 @@ def add_article(
     url: str | None = None,
     source: str = "test",
     summary: str = "",
+    arrived_hours_ago: float | None = None,
 ) -> Article:
+    """An article that arrives now (or arrived `arrived_hours_ago`), published
+    `hours_ago`: editions take what arrived after their reader's last cut."""
     url = url or f"{SITE}/{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}"
+    published = utcnow() - timedelta(hours=hours_ago)
+    arrived = utcnow() - timedelta(hours=arrived_hours_ago or 0)
     article = Article(
+        arrived_at=arrived,
+        due_at=arrived,
         newsletter_id=nl.id,
         source=source,
         guid=url + "#" + source,
         url=url,
         title=title,
         summary=summary or f"About {title}.",
-        published_at=utcnow() - timedelta(hours=hours_ago),
+        published_at=published,
     )
     article.topics = [subs.ensure_topic(session, nl, t) for t in topics]
     session.add(article)

@@ -90,13 +90,14 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
     """The rendered HTML of a full digest (the default article cap), and its wire bytes."""
     now = datetime(2025, 11, 24, 8, 0, tzinfo=UTC)
     nl = sub.newsletter
-    items = digest_items(settings.digest_max_articles, now)
+    cap = settings.digest_max_articles
+    items = digest_items(cap + 3, now)  # three past the cap, listed by title and link
     slots = Slots.fresh()
     context = digests.context_for(
         settings,
         nl,
-        items,
-        3,
+        items[:cap],
+        items[cap:],
         Links.from_settings(settings).digest(1),
         window_end=now,
         frequency=Frequency.WEEKLY,

@@ -59,7 +59,7 @@ def render_template(settings, newsletter, articles):
     renderer = EmailRenderer(settings.email_templates)
     slots = Slots.fresh()
     context = context_for(
-        settings, newsletter, articles, 3, "https://mail.example.org/digest/1?v=k",
+        settings, newsletter, articles, articles[-1:], "https://mail.example.org/digest/1?v=k",
         window_end=NOW, frequency=Frequency.DAILY, slots=slots,
     )  # fmt: skip
     rendered = renderer.render("digest", context)
@@ -128,7 +128,9 @@ def test_html_is_escaped_inlined_and_only_carries_web_links(template, settings):
     assert 'href="https://news.example.org/a?x=1&amp;y=2"' in html
     assert 'style="' in html  # premailer inlined the stylesheet
     assert "max-width: 620px" in html  # the responsive rules stay in <style>
-    assert "View in your browser" in html and "3 more on the site" in html
+    assert "View in your browser" in html and "Also new" in html
+    # Past the cap, an article is listed by title alone when its link is no web link.
+    assert "<li" in html and "Sneaky link</li>" in html
 
 
 def test_text_part_is_written_from_the_data_not_stripped_html(template, settings):
@@ -137,7 +139,7 @@ def test_text_part_is_written_from_the_data_not_stripped_html(template, settings
     assert "1. Tom & Jerry <script>alert(1)</script>" in text
     assert "https://news.example.org/a?x=1&y=2" in text
     assert "2. Sneaky link" in text and "javascript:" not in text
-    assert "3 more on the site [" in text
+    assert "Also new:\n- Sneaky link\n" in text
     # Links are numbered footnotes listed at the end, so the prose wraps at 72.
     notes = dict(re.findall(r"^\[(\d+)\] (\S+)$", text, re.M))
     assert "https://news.example.org/a?x=1&y=2" in notes.values()

@@ -30,7 +30,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from mailer import operators as ops
 from mailer.content import articles
-from mailer.operators import ArticleDetail
+from mailer.operators import ArticleDetail, ArticleOut
 from mailer.web.api.core import NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
@@ -191,3 +191,34 @@ def get_article(article_id: int, session: SessionDep, raw: Annotated[bool, Query
     (`raw_summary`, `raw_content`; null for articles stored before that was kept) and
     what the cleaner removes from it (`removed`)."""
     return ops.show_article(session, article_id, raw=raw)
+
+
+@operator_router.get(
+    "/newsletters/{slug}/articles", response_model=list[ArticleOut], responses=NOT_FOUND
+)
+def list_articles(
+    slug: str, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 20
+) -> Any:
+    """The newsletter's newest articles by published time: when each arrived, and
+    whether editions carry it (`due_at` null: history; `excluded_at`: kept out)."""
+    return ops.list_articles(session, slug, limit)
+
+
+@operator_router.post(
+    "/articles/{article_id}/exclude", response_model=ArticleOut, responses=NOT_FOUND
+)
+def exclude_article(article_id: int, session: SessionDep) -> Any:
+    """Keep the article out of every edition cut from now on, until it is included."""
+    out = ops.exclude_article(session, article_id)
+    session.commit()
+    return out
+
+
+@operator_router.post(
+    "/articles/{article_id}/include", response_model=ArticleOut, responses=NOT_FOUND
+)
+def include_article(article_id: int, session: SessionDep) -> Any:
+    """Put an excluded article back: the next editions carry it to readers who lack it."""
+    out = ops.include_article(session, article_id)
+    session.commit()
+    return out

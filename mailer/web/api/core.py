@@ -191,6 +191,11 @@ class FeedIn(BaseModel):
     interval: int | None = Field(
         None, description="seconds between polls; default MAILER_FEED_POLL_INTERVAL"
     )
+    backfill_days: int | None = Field(
+        None,
+        description="on the first poll, items published within this many days are due; "
+        "older ones are kept as history (default MAILER_DIGEST_MAX_AGE)",
+    )
 
 
 class FeedPatch(BaseModel):
@@ -216,7 +221,13 @@ def list_feeds(slug: str, session: SessionDep) -> Any:
 def add_feed(slug: str, body: FeedIn, session: SessionDep, settings: SettingsDep) -> Any:
     """Polled from the next tick on; its topics exist at once, so readers can pick them."""
     out = ops.add_feed(
-        session, settings, slug, body.url, topics=body.topics, interval=body.interval
+        session,
+        settings,
+        slug,
+        body.url,
+        topics=body.topics,
+        interval=body.interval,
+        backfill_days=body.backfill_days,
     )
     _done(session)
     return out
