@@ -52,7 +52,8 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
     (the articles and layout of benchmarks/send.py's edition), each as the parts the
     workers hand the signer; joined, they are the wire bytes."""
     from mailer.delivery import Reader, message_template, personalise
-    from mailer.digests import KIND, Item, context_for
+    from mailer.editions.render import KIND, context_for
+    from mailer.editions.selection import Item
     from mailer.mail.links import Links
     from mailer.mail.messages import Slots
     from mailer.mail.rendering import EmailRenderer

@@ -198,7 +198,8 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
     Readers are written with INSERT … SELECT generate_series: the benchmark
     is about sending, and 100,000 ORM subscribes would take longer than it.
     """
-    from mailer import db, digests
+    from mailer import db
+    from mailer.editions import schedule
     from mailer.models import Frequency, Newsletter, Schedule
     from mailer.readers import subscriptions as subs
 
@@ -266,7 +267,7 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
         session.add(article)
     session.flush()
     newsletter = session.get_one(Newsletter, nl.id)
-    edition = digests.create_now(session, newsletter, Frequency.DAILY)
+    edition = schedule.create_now(session, newsletter, Frequency.DAILY)
     session.commit()
     session.execute(text("ANALYZE"))
     session.commit()

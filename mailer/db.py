@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, any_, bindparam, create_engine, event, inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -106,6 +107,11 @@ def is_postgres(session_or_engine: Session | Engine) -> bool:
         else session_or_engine
     )
     return bind.dialect.name == "postgresql"
+
+
+def conflict_insert(session_or_engine: Session | Engine, model: Any) -> Any:
+    """The dialect's own INSERT for `model`, the one that can say ON CONFLICT DO NOTHING."""
+    return (postgresql if is_postgres(session_or_engine) else sqlite).insert(model)
 
 
 def has_table(engine: Engine, name: str) -> bool:

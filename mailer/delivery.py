@@ -53,9 +53,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailer import bounces, digests
+from mailer import bounces
 from mailer.config import Settings
 from mailer.db import among, async_commit_engine, is_postgres, prepare
+from mailer.editions import preview
+from mailer.editions.prepare import chunk_ranges
 from mailer.mail.dkim import DKIMSigner, signer_for
 from mailer.mail.links import Links, Tokened
 from mailer.mail.messages import MessageTemplate, Slot, Slots
@@ -984,7 +986,7 @@ def due_ranges(
             )
     out = []
     for digest_id, found in sorted(ids.items()):
-        for lo, hi in digests.chunk_ranges(sorted(found), settings.send_batch_size):
+        for lo, hi in chunk_ranges(sorted(found), settings.send_batch_size):
             out.append((digest_id, lo, hi))
     return out
 
@@ -1009,7 +1011,7 @@ def send_test(
         address = normalise(to).email
     except InvalidAddress as exc:
         raise DeliveryError(str(exc)) from exc
-    draft = digests.draft(session, settings, renderer, newsletter, now=now)
+    draft = preview.draft(session, settings, renderer, newsletter, now=now)
     template = message_template(
         settings,
         newsletter,
@@ -1018,7 +1020,7 @@ def send_test(
         draft.rendered.text,
         draft.slots,
     )
-    values = digests.neutral_values(settings, newsletter)
+    values = preview.neutral_values(settings, newsletter)
     values[Slot.EMAIL] = address
     message_id = make_msgid(idstring="test", domain=template.domain)
     data, _ = template.build(

@@ -33,11 +33,11 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from mailer import digests
 from mailer.config import Settings
 from mailer.content import cleaner, feeds
 from mailer.content.articles import arrival_time
 from mailer.db import session_scope
+from mailer.editions import close, errors, prepare, preview, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     EDITION_OPEN,
@@ -882,16 +882,16 @@ class ScheduleOut(BaseModel):
 
 
 def check_schedule(cron: str, timezone: str) -> tuple[str, str]:
-    """`digests`' own checks, each refusal tied to its field: (cron, zone) as stored."""
+    """`editions.schedule`'s own checks, each refusal tied to its field: (cron, zone) as stored."""
     try:
-        return digests.check_schedule(cron, timezone)
-    except digests.ScheduleError as exc:
+        return schedule.check_schedule(cron, timezone)
+    except schedule.ScheduleError as exc:
         raise Invalid(exc.field, str(exc)) from exc
 
 
 def next_run(cron: str, timezone: str, now: datetime | None = None) -> datetime:
     """The next fire time, evaluated in the schedule's zone so 08:00 stays 08:00 over DST."""
-    local_now = (now or utcnow()).astimezone(digests.check_timezone(timezone))
+    local_now = (now or utcnow()).astimezone(schedule.check_timezone(timezone))
     fire: datetime = croniter(cron, local_now).get_next(datetime)
     return fire
 
@@ -1397,8 +1397,8 @@ def send_now(
         )
     )
     try:
-        digest = digests.create_now(session, nl, freq, end)
-    except digests.DigestError as exc:
+        digest = schedule.create_now(session, nl, freq, end)
+    except errors.DigestError as exc:
         raise Conflict(str(exc)) from exc
     session.flush()
     return digest, existed is None
@@ -1406,14 +1406,14 @@ def send_now(
 
 def prepare_edition(
     session: Session, settings: Settings, renderer: EmailRenderer, digest_id: int
-) -> digests.Prepared:
+) -> prepare.Prepared:
     """Write an edition's delivery rows (once: a second call finds them written), and
     close it at once when nobody is left to mail. Whoever made the edition comes here
     next: the worker's prepare task (after `send_now` from the API or admin, or a
     schedule) and `mailer digest send`, which waits for it to print the counts."""
-    prepared = digests.prepare(session, settings, renderer, digest_id)
+    prepared = prepare.prepare(session, settings, renderer, digest_id)
     if not prepared.ranges:
-        digests.close_if_done(session, digest_id)
+        close.close_if_done(session, digest_id)
     return prepared
 
 
@@ -1545,7 +1545,7 @@ def preview_edition(
     subscriber: str | None = None,
     now: datetime | None = None,
 ) -> Preview:
-    """The next edition's HTML (the same `digests.draft` the CLI preview uses), written nowhere.
+    """The next edition's HTML (the same `preview.draft` the CLI preview uses), written nowhere.
 
     For one subscriber (id or address) it is their selection with their own links;
     otherwise an all-topics reader who has seen nothing, with neutral stand-ins.
@@ -1558,7 +1558,7 @@ def preview_edition(
         if sub is None:
             raise NotFound(f"Subscriber {subscriber!r} is not subscribed to {slug!r}.")
     try:
-        draft = digests.draft(
+        draft = preview.draft(
             session,
             settings,
             renderer,
@@ -1567,10 +1567,10 @@ def preview_edition(
             frequency=frequency,
             now=now,
         )
-    except digests.DigestError as exc:
+    except errors.DigestError as exc:
         raise Conflict(str(exc)) from exc
     return Preview(
-        html=digests.draft_html(settings, draft),
+        html=preview.draft_html(settings, draft),
         subject=draft.rendered.subject,
         frequency=draft.frequency,
         window_start=draft.window_start,

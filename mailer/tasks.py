@@ -14,11 +14,12 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, delivery, digests, operators, throttle
+from mailer import bounces, broker, delivery, operators, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.content import feeds
 from mailer.db import session_factory, session_scope
+from mailer.editions import close, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
 from mailer.readers import notices, subscriptions
@@ -168,8 +169,8 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
         # batches cost more than the batches' own queries; the batch that finds
         # nothing open closes it, and the tick refreshes the counts meanwhile.
         session.expire_all()  # the edition as it is now (an operator may have cancelled it)
-        if not digests.has_open(session, digest_id):
-            digests.close_if_done(session, digest_id)
+        if not close.has_open(session, digest_id):
+            close.close_if_done(session, digest_id)
         session.commit()
     except delivery.TemporaryFailure as exc:
         # A short wait only; anything longer waits in the database for the tick.
@@ -184,13 +185,13 @@ def digest_tick() -> None:
     settings = get_settings()
     lease = timedelta(seconds=settings.send_lease)
     with session_scope(settings.database) as session:
-        created = digests.create_due(session)
-        created += digests.stale_unprepared(session, older_than=lease)
+        created = schedule.create_due(session)
+        created += close.stale_unprepared(session, older_than=lease)
         orphaned = senders.reclaim_dead(session)  # ends their leases: recovered next line
         delivery.recover_expired(session, settings)
         operators.sweep_cancelled(session)
         ranges = delivery.due_ranges(session, settings)
-        digests.close_finished(session)
+        close.close_finished(session)
     enqueue_prepare(sorted(set(created)))
     enqueue_sends(sorted(set(ranges + orphaned)))
 

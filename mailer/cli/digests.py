@@ -8,10 +8,11 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mailer import delivery, digests, operators
+from mailer import delivery, operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
+from mailer.editions import close
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Frequency
 
@@ -116,7 +117,7 @@ def _wait(database: str, digest_id: int, total: int, timeout: float) -> None:
         bar = progress.add_task("send", total=total, id=digest_id, sent=0, deferred=0, failed=0)
         while True:
             with session_scope(database) as session:
-                tally = digests.counts(session, digest_id)
+                tally = close.counts(session, digest_id)
             done = sum(
                 tally.get(s.value, 0)
                 for s in (DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.DEFERRED)

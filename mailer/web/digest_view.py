@@ -10,7 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
 
-from mailer.digests import DigestError, public_html
+from mailer.editions.errors import DigestError
+from mailer.editions.preview import public_html
 from mailer.models import MAX_ID
 from mailer.web.deps import SessionDep, SettingsDep
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from mailer import digests
 from mailer.config import Settings
 from mailer.content import articles, feeds
 from mailer.db import is_postgres
+from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Article,
@@ -334,9 +334,9 @@ class Store:
 
     def cut(self, step: Cut) -> dict[int, set[str]]:
         """Cut and prepare an edition, then settle it: each reader's stories in it."""
-        edition = digests.create_edition(self.session, self.nl_id, step.frequency, utcnow())
+        edition = schedule.create_edition(self.session, self.nl_id, step.frequency, utcnow())
         self.session.commit()
-        digests.prepare(self.session, self.settings, self.renderer, edition.id)
+        prepare.prepare(self.session, self.settings, self.renderer, edition.id)
         self.session.commit()
         readers = {sid: r for r, sid in self.subs.items()}
         rows = self.session.execute(

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer import digests
+from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Digest, Frequency, Newsletter
 from mailer.web.admin import views as admin
@@ -270,8 +270,8 @@ def test_an_editions_page_lists_its_deliveries_and_filters_them_by_status(
     client, news, session, settings
 ):
     add_reader(session, news, "bob@example.org")
-    edition = digests.create_now(session, news, Frequency.DAILY)
-    digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+    edition = schedule.create_now(session, news, Frequency.DAILY)
+    prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
     session.commit()
     logged_in(client)
 

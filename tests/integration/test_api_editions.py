@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from mailer import delivery, digests
+from mailer import delivery
 from mailer.cli import main
+from mailer.editions import prepare, reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
     Delivery,
@@ -54,8 +55,8 @@ def prepared(session, settings, nl, n_readers: int = 0) -> int:
     """An edition made and prepared in-process, as the worker's prepare task would."""
     for i in range(n_readers):
         add_reader(session, nl, f"extra{i:02d}@example.org")
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
     session.commit()
     return edition.id
 
@@ -78,7 +79,7 @@ def by_address(api, digest_id: int) -> dict[str, str]:
 
 
 def reserved(session, digest_id: int) -> int:
-    return len(digests.reserved_articles(session, digest_id))
+    return len(reservations.reserved_articles(session, digest_id))
 
 
 # -- auth and not found ---------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_send_now_refuses_an_unknown_frequency_or_field_and_makes_nothing(api, n
 
 def test_edition_status_and_the_newsletters_editions_newest_first(api, news, session, settings):
     older = prepared(session, settings, news)
-    newer = digests.create_edition(
+    newer = schedule.create_edition(
         session, news.id, Frequency.WEEKLY, utcnow().replace(second=0, microsecond=0)
     ).id
     session.commit()
@@ -282,7 +283,7 @@ def test_cancel_stops_waiting_rows_leaves_sent_and_sending_alone_and_releases_ar
     # Ann (sent) and Bob (in flight) keep their reservations; the cancelled give theirs back.
     session.expire_all()
     assert 0 < reserved(session, digest_id) < before
-    kept = {sub_id for sub_id, _ in digests.reserved_articles(session)}
+    kept = {sub_id for sub_id, _ in reservations.reserved_articles(session)}
     assert sorted(kept) == sorted(
         session.scalars(
             select(Delivery.subscription_id).where(
@@ -317,11 +318,11 @@ def test_cancel_again_is_harmless_and_a_finished_edition_is_409(api, news, sessi
 def test_a_cancelled_edition_that_was_never_prepared_prepares_into_nothing(
     api, news, session, settings
 ):
-    edition = digests.create_now(session, news, Frequency.DAILY)
+    edition = schedule.create_now(session, news, Frequency.DAILY)
     session.commit()
     assert api.post(f"/api/editions/{edition.id}/cancel", headers=TOKEN).status_code == 200
     session.expire_all()
-    late = digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+    late = prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
     session.commit()
     assert late.ranges == [] and late.queued == 0
     assert session.scalar(select(func.count()).select_from(Delivery)) == 0

@@ -9,9 +9,10 @@ from email.utils import format_datetime
 import pytest
 from sqlalchemy import select
 
-from mailer import digests, operators, tasks
+from mailer import operators, tasks
 from mailer.content import feeds
 from mailer.content.articles import RawArticle, normalise, upsert_article
+from mailer.editions import errors, prepare, preview, reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Article, Feed, Frequency, utcnow
 from mailer.readers import subscriptions as subs
@@ -38,10 +39,10 @@ def next_edition(session, settings) -> set[int]:
     """The articles the edition cut now would carry to the reader."""
     nl = operators.newsletter(session, "news")
     try:
-        draft = digests.draft(
+        draft = preview.draft(
             session, settings, EmailRenderer(settings.email_templates), nl, frequency=None
         )
-    except digests.DigestError:
+    except errors.DigestError:
         return set()
     return set(draft.article_ids)
 
@@ -69,10 +70,10 @@ def test_an_article_put_back_after_an_edition_left_it_out_goes_in_the_next_one(
     out = store(session, newsletter, 1)
     operators.exclude_article(session, out)
     session.commit()
-    edition = digests.create_edition(
+    edition = schedule.create_edition(
         session, newsletter.id, Frequency.WEEKLY, utcnow() - timedelta(minutes=1)
     )
-    prepared = digests.prepare(
+    prepared = prepare.prepare(
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()
@@ -147,12 +148,12 @@ def test_an_edition_polls_its_due_feeds_before_the_cut_and_a_stalled_one_does_no
     )
     for url in (good, stalled):
         feeds.add_feed(session, newsletter, url)
-    edition = digests.create_now(session, newsletter, Frequency.WEEKLY)
+    edition = schedule.create_now(session, newsletter, Frequency.WEEKLY)
     session.commit()
 
     tasks.prepare_digest(edition.id)  # the worker's task, run here
 
     session.expire_all()
-    carried = {a for _, a in digests.reserved_articles(session, edition.id)}
+    carried = {a for _, a in reservations.reserved_articles(session, edition.id)}
     titles = set(session.scalars(select(Article.title).where(Article.id.in_(carried))))
     assert titles == {"Just published"}

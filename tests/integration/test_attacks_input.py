@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import delivery, digests
+from mailer import delivery
 from mailer.cli import main
 from mailer.config import Settings
+from mailer.editions import prepare, schedule
 from mailer.mail.links import Links
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import (
@@ -137,8 +138,8 @@ def test_line_breaks_in_topic_and_article_title_never_reach_a_digest_header(
         summary="<script>alert('s')</script> Summary\r\nBcc: victim@evil.example",
     )
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()

@@ -22,8 +22,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer import config, delivery, digests
+from mailer import config, delivery
 from mailer.content import feeds
+from mailer.editions import prepare, schedule
 from mailer.mail.links import tokens_for
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.sink import Outbox, free_port, start_sink
@@ -63,9 +64,9 @@ def hostile_newsletter(session, settings, live_server):
     return nl
 
 
-def prepare(session, settings, nl) -> int:
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
+def prepare_edition(session, settings, nl) -> int:
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()
@@ -74,14 +75,14 @@ def prepare(session, settings, nl) -> int:
 
 
 def send(session, settings, digest_id: int) -> None:
-    lo, hi = digests.open_ranges(session, digest_id, 1000)[0]
+    lo, hi = prepare.open_ranges(session, digest_id, 1000)[0]
     delivery.send_range(session, settings, digest_id, lo, hi)
 
 
 def test_markers_in_every_article_field_never_carry_the_readers_values_in_the_digest(
     session, settings, smtp_server, hostile_newsletter
 ):
-    digest_id = prepare(session, settings, hostile_newsletter)
+    digest_id = prepare_edition(session, settings, hostile_newsletter)
     send(session, settings, digest_id)
 
     (mail,) = smtp_server.to(READER)
@@ -117,7 +118,7 @@ def test_a_feed_item_full_of_markers_reaches_no_reader_value(
     finally:
         server.stop()
     assert session.scalar(select(Feed.error_count)) == 0
-    send(session, settings, prepare(session, settings, nl))
+    send(session, settings, prepare_edition(session, settings, nl))
 
     (mail,) = smtp_server.to(READER)
     for part in mail_parts(mail.data):
@@ -142,7 +143,7 @@ def test_the_preview_shows_the_readers_values_only_in_their_slots(
 def test_the_public_view_fills_only_the_templates_slots(
     session, settings, live_server, hostile_newsletter
 ):
-    digest_id = prepare(session, settings, hostile_newsletter)
+    digest_id = prepare_edition(session, settings, hostile_newsletter)
     key = session.scalar(select(DigestVariant.key).where(DigestVariant.digest_id == digest_id))
     page = httpx.get(f"{live_server}/digest/{digest_id}", params={"v": key}, timeout=10)
     assert page.status_code == 200
@@ -233,7 +234,7 @@ def test_the_outbox_shows_the_digest_with_the_readers_values_only_in_their_slots
         with TestClient(create_app(sink_settings)) as client:
             pushed = client.post("/api/articles", json=hostile.article(nl.slug), headers=AUTH)
             assert pushed.status_code == 200, pushed.text
-            send(session, sink_settings, prepare(session, sink_settings, nl))
+            send(session, sink_settings, prepare_edition(session, sink_settings, nl))
             (item,) = Outbox(sink_settings.outbox_dir).items()
             html = client.get(f"/outbox/{item.key}/html").text
             raw = client.get(f"/outbox/{item.key}/raw").content

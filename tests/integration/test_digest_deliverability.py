@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dkim
 
-from mailer import bounces, delivery, digests
+from mailer import bounces, delivery
+from mailer.editions import prepare, schedule
 from mailer.mail.dkim import generate_private_key, txt_record_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Frequency, Subscription
@@ -19,8 +20,8 @@ def send_edition(session, settings, soft_bounces=0):
     reader.soft_bounces = soft_bounces
     add_article(session, nl, "Story", hours_ago=1)
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()

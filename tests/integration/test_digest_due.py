@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from mailer import digests
 from mailer.cli import main
 from mailer.config import ROOT
+from mailer.editions import schedule
 from mailer.models import Digest, Frequency, Schedule, Status
 from mailer.readers import subscriptions as subs
 from tests.conftest import configure
@@ -45,7 +45,7 @@ def test_defaults_make_daily_and_weekly_editions_for_the_frequencies_readers_cho
     newsletter(session, "both")
     newsletter(session, "dailyonly", weekly_reader=False)
     eight = MONDAY_0805.replace(minute=0)
-    ids = digests.create_due(session, MONDAY_0805)
+    ids = schedule.create_due(session, MONDAY_0805)
     session.commit()
     assert len(ids) == 3
     assert made(session) == {
@@ -59,13 +59,13 @@ def test_defaults_make_daily_and_weekly_editions_for_the_frequencies_readers_cho
 
 def test_a_second_tick_in_the_same_period_makes_nothing_new(session, settings):
     newsletter(session, "news")
-    first = digests.create_due(session, MONDAY_0805)
+    first = schedule.create_due(session, MONDAY_0805)
     session.commit()
-    assert digests.due_editions(session, MONDAY_0805 + timedelta(minutes=1)) == []
+    assert schedule.due_editions(session, MONDAY_0805 + timedelta(minutes=1)) == []
     # Beat delivering the same tick twice: nothing is due any more.
-    assert digests.create_due(session, MONDAY_0805) == []
+    assert schedule.create_due(session, MONDAY_0805) == []
     # And creating an edition that exists returns the same row, not a second one.
-    again = digests.create_edition(
+    again = schedule.create_edition(
         session, session.get(Digest, first[0]).newsletter_id, Frequency.DAILY,
         MONDAY_0805.replace(minute=0),
     )  # fmt: skip
@@ -75,8 +75,8 @@ def test_a_second_tick_in_the_same_period_makes_nothing_new(session, settings):
 
 def test_the_next_days_edition_starts_where_yesterdays_ended(session, settings):
     newsletter(session, "news", weekly_reader=False)
-    digests.create_due(session, MONDAY_0805)
-    digests.create_due(session, MONDAY_0805 + timedelta(days=1))
+    schedule.create_due(session, MONDAY_0805)
+    schedule.create_due(session, MONDAY_0805 + timedelta(days=1))
     session.commit()
     ends = sorted((d.window_start, d.window_end) for d in session.scalars(select(Digest)))
     assert ends[1][0] == ends[0][1]
@@ -88,7 +88,7 @@ def test_paused_newsletter_and_one_without_active_readers_make_none(session, set
     quiet = newsletter(session, "quiet", weekly_reader=False, daily_reader=False)
     add_reader(session, quiet, "gone@example.org", status=Status.UNSUBSCRIBED)
     session.flush()
-    assert digests.create_due(session, MONDAY_0805) == []
+    assert schedule.create_due(session, MONDAY_0805) == []
 
 
 def test_schedule_rows_replace_the_defaults_in_their_own_time_zone(session, settings):
@@ -103,8 +103,8 @@ def test_schedule_rows_replace_the_defaults_in_their_own_time_zone(session, sett
     )
     session.flush()
     # 07:00 in Berlin in May is 05:00 UTC; no weekly schedule row, so no weekly edition.
-    assert digests.create_due(session, MONDAY_0805) == []
-    ids = digests.create_due(session, MONDAY_0805.replace(hour=5, minute=10))
+    assert schedule.create_due(session, MONDAY_0805) == []
+    ids = schedule.create_due(session, MONDAY_0805.replace(hour=5, minute=10))
     session.commit()
     assert made(session) == {("berlin", "daily", MONDAY_0805.replace(hour=5, minute=0))}
     assert session.scalars(select(Schedule)).one().last_run_at is not None
@@ -116,7 +116,7 @@ def test_a_broken_schedule_is_skipped_without_stopping_the_others(session, setti
     session.add(Schedule(newsletter_id=bad.id, frequency=Frequency.DAILY, cron="nonsense"))
     newsletter(session, "good", weekly_reader=False)
     session.flush()
-    digests.create_due(session, MONDAY_0805)
+    schedule.create_due(session, MONDAY_0805)
     assert {slug for slug, _, _ in made(session)} == {"good"}
 
 
@@ -173,6 +173,6 @@ def test_a_daily_cron_fires_once_a_local_day_across_the_dst_changes(
     )
     session.flush()
     for now in ticks(start, hours=30):
-        digests.create_due(session, now)
+        schedule.create_due(session, now)
     session.commit()
     assert sorted(end for _, _, end in made(session)) == fires

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from mailer import delivery, digests, tasks
+from mailer import delivery, tasks
+from mailer.editions import errors, prepare, reservations, schedule
 from mailer.mail.links import tokens_for
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.tokens import Purpose
@@ -42,7 +43,7 @@ def renderer(settings):
 
 def trigger(session, nl) -> int:
     """What `mailer digest send` and the schedule do: an edition now, prepared by a task."""
-    edition = digests.create_now(session, nl, Frequency.DAILY)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
     session.commit()
     tasks.prepare_digest.delay(edition.id)
     return edition.id
@@ -153,7 +154,9 @@ def test_second_trigger_sends_nothing_new(session, settings, smtp_server, celery
     wait_done(session, first)
     assert trigger(session, nl) == first  # same minute: the same edition
     # A later edition with nothing published since: every reader skipped, no mail.
-    later = digests.create_edition(session, nl.id, Frequency.DAILY, utcnow() + timedelta(minutes=2))
+    later = schedule.create_edition(
+        session, nl.id, Frequency.DAILY, utcnow() + timedelta(minutes=2)
+    )
     session.commit()
     tasks.prepare_digest.delay(later.id)
     wait_done(session, later.id)
@@ -166,8 +169,8 @@ def test_updated_or_reappearing_article_is_not_sent_twice(session, settings, ren
     add_reader(session, nl, "reader@example.org")
     story = add_article(session, nl, "Big story", hours_ago=2)
     session.commit()
-    first = digests.create_edition(session, nl.id, Frequency.DAILY, utcnow() - timedelta(hours=1))
-    prepared = digests.prepare(session, settings, renderer, first.id)
+    first = schedule.create_edition(session, nl.id, Frequency.DAILY, utcnow() - timedelta(hours=1))
+    prepared = prepare.prepare(session, settings, renderer, first.id)
     session.commit()
     delivery.send_range(session, settings, first.id, *prepared.ranges[0])
     # The feed updates the story (new published time, inside the next window),
@@ -177,8 +180,8 @@ def test_updated_or_reappearing_article_is_not_sent_twice(session, settings, ren
     add_article(session, nl, "Big story again", hours_ago=0.2, url=story.url, source="feed-b")
     fresh = add_article(session, nl, "Fresh story", hours_ago=0.1)
     session.commit()
-    second = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(session, settings, renderer, second.id)
+    second = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(session, settings, renderer, second.id)
     session.commit()
     delivery.send_range(session, settings, second.id, *prepared.ranges[0])
 
@@ -186,7 +189,7 @@ def test_updated_or_reappearing_article_is_not_sent_twice(session, settings, ren
     assert "Big story" in parts(first_mail)[0]
     text = parts(second_mail)[0]
     assert "Fresh story" in text and "Big story" not in text
-    sent = sorted(article for _, article in digests.reserved_articles(session))
+    sent = sorted(article for _, article in reservations.reserved_articles(session))
     assert sent == [story.id, fresh.id]
 
 
@@ -198,8 +201,8 @@ def test_reader_who_unsubscribes_after_prepare_is_not_mailed(
     leaves = add_reader(session, nl, "leaves@example.org")
     add_article(session, nl, "Story")
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(session, settings, renderer, edition.id)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(session, settings, renderer, edition.id)
     session.commit()
     subs.change_status(session, leaves, Status.UNSUBSCRIBED, source="test")
     session.commit()
@@ -216,7 +219,7 @@ def test_reader_who_unsubscribes_after_prepare_is_not_mailed(
         "not mailed: subscription unsubscribed",
     )
     # Its articles are given back: a later resubscription may still get them.
-    assert leaves.id not in {sub_id for sub_id, _ in digests.reserved_articles(session)}
+    assert leaves.id not in {sub_id for sub_id, _ in reservations.reserved_articles(session)}
     assert stays.id != leaves.id
 
 
@@ -229,8 +232,8 @@ def test_past_the_cap_articles_are_listed_by_title_and_link_and_count_as_deliver
     for i in range(5):
         add_article(session, nl, f"Story {i}", hours_ago=1 + i)
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(session, settings, renderer, edition.id)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(session, settings, renderer, edition.id)
     session.commit()
     delivery.send_range(session, settings, edition.id, *prepared.ranges[0])
 
@@ -239,7 +242,7 @@ def test_past_the_cap_articles_are_listed_by_title_and_link_and_count_as_deliver
     # The other three: title and link under "Also new", no summary, and delivered.
     assert "Also new:\r\n- Story 2 [" in text and "About Story 2." not in text
     assert {f"{SITE}/story-{i}" for i in range(5)} <= set(hrefs(page))
-    held = {a for _, a in digests.reserved_articles(session, edition.id)}
+    held = {a for _, a in reservations.reserved_articles(session, edition.id)}
     assert len(held) == 5
 
 
@@ -248,10 +251,10 @@ def test_preparing_twice_makes_one_set_of_rows(session, settings, renderer, smtp
     add_reader(session, nl, "reader@example.org")
     add_article(session, nl, "Story")
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    first = digests.prepare(session, settings, renderer, edition.id)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    first = prepare.prepare(session, settings, renderer, edition.id)
     session.commit()
-    again = digests.prepare(session, settings, renderer, edition.id)
+    again = prepare.prepare(session, settings, renderer, edition.id)
     session.commit()
     assert first.ranges == again.ranges
     assert session.scalar(select(func.count()).select_from(Delivery)) == 1
@@ -259,8 +262,8 @@ def test_preparing_twice_makes_one_set_of_rows(session, settings, renderer, smtp
 
 
 def test_unknown_edition_is_a_clear_error(session, settings, renderer):
-    with pytest.raises(digests.DigestError, match="no edition 999"):
-        digests.prepare(session, settings, renderer, 999)
+    with pytest.raises(errors.DigestError, match="no edition 999"):
+        prepare.prepare(session, settings, renderer, 999)
 
 
 def test_a_big_edition_leaves_the_planner_fresh_statistics_for_its_claims(pg_url, monkeypatch):
@@ -270,12 +273,12 @@ def test_a_big_edition_leaves_the_planner_fresh_statistics_for_its_claims(pg_url
     from mailer import config, db
 
     configure(monkeypatch, database_url=pg_url)
-    _, digest_id = populate(pg_url, digests.ANALYZE_AFTER, 2)
+    _, digest_id = populate(pg_url, prepare.ANALYZE_AFTER, 2)
     settings = config.get_settings()
     with db.session_scope(pg_url) as session:
-        digests.prepare(session, settings, EmailRenderer(settings.email_templates), digest_id)
+        prepare.prepare(session, settings, EmailRenderer(settings.email_templates), digest_id)
     with db.session_scope(pg_url) as session:
         estimated = session.scalar(
             text("SELECT reltuples FROM pg_class WHERE relname = 'delivery'")
         )
-    assert estimated == digests.ANALYZE_AFTER
+    assert estimated == prepare.ANALYZE_AFTER

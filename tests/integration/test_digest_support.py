@@ -127,7 +127,7 @@ def add_article(
 def prepared_edition(session, settings, emails):
     """One story for these readers, prepared: (edition id, its send ranges, subscription
     by address)."""
-    from mailer import digests
+    from mailer.editions import prepare, schedule
     from mailer.mail.rendering import EmailRenderer
     from mailer.models import Frequency
 
@@ -135,8 +135,8 @@ def prepared_edition(session, settings, emails):
     subs_by_email = {e: add_reader(session, nl, e) for e in emails}
     add_article(session, nl, "Story")
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()

@@ -6,7 +6,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mailer import delivery, digests
+from mailer import delivery
+from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DigestVariant, Frequency
 from tests.integration.test_digest_support import (
@@ -26,8 +27,8 @@ def sent_edition(session, settings, smtp_server):
     add_article(session, nl, "Python news", topics=["Python"])
     add_article(session, nl, "General news", hours_ago=2)
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    prepared = digests.prepare(
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()

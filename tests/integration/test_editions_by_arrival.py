@@ -200,8 +200,8 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
 
     from sqlalchemy import text as sql
 
-    from mailer import digests
     from mailer.content import articles as arts
+    from mailer.editions import prepare, reservations, schedule
     from mailer.mail.rendering import EmailRenderer
     from mailer.readers import subscriptions as subs
     from tests.conftest import wait_for
@@ -218,9 +218,11 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
 
         def work() -> None:
             with db.session_factory(settings.database)() as other:
-                edition = digests.create_now(other, other.get_one(type(nl), nl.id), Frequency.DAILY)
+                edition = schedule.create_now(
+                    other, other.get_one(type(nl), nl.id), Frequency.DAILY
+                )
                 other.commit()
-                digests.prepare(other, settings, renderer, edition.id)
+                prepare.prepare(other, settings, renderer, edition.id)
                 other.commit()
                 done["edition"] = edition.id
 
@@ -245,7 +247,7 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     arriving.close()
     thread.join(timeout=60)
     first = done["edition"]
-    assert {a for _, a in digests.reserved_articles(session, first)} == {story.id}
+    assert {a for _, a in reservations.reserved_articles(session, first)} == {story.id}
 
     # Timed after a cut: the next edition's, in a minute of its own.
     from tests.helpers.time import after_this_minute
@@ -258,4 +260,4 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     after_this_minute()
     thread, done = cut_in_a_thread()
     thread.join(timeout=60)
-    assert {a for _, a in digests.reserved_articles(session, done["edition"])} == {after.id}
+    assert {a for _, a in reservations.reserved_articles(session, done["edition"])} == {after.id}

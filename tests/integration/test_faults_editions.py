@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import db, delivery, digests
+from mailer import db, delivery
 from mailer.config import Settings
+from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Digest, Frequency, Newsletter, Schedule, utcnow
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
@@ -53,11 +54,11 @@ def test_beat_firing_twice_for_the_same_window_makes_one_edition(session, settin
     nl = make_newsletter(session)
     add_readers_bulk(session, nl, 3)
     now = utcnow().replace(second=30, microsecond=0)
-    schedule = session.scalars(select(Schedule).where(Schedule.newsletter_id == nl.id)).one()
-    schedule.cron = f"{now.minute} {now.hour} * * *"  # fired 30 s ago, in UTC
+    row = session.scalars(select(Schedule).where(Schedule.newsletter_id == nl.id)).one()
+    row.cron = f"{now.minute} {now.hour} * * *"  # fired 30 s ago, in UTC
     session.commit()
 
-    created = race(settings, lambda s: digests.create_due(s, now), n=3)
+    created = race(settings, lambda s: schedule.create_due(s, now), n=3)
 
     # Whichever beat got there first made the edition; the others found it made
     # (or met it in the unique constraint) and made none of their own.
@@ -77,8 +78,8 @@ def test_two_operators_sending_at_once_make_one_edition_and_one_mail_per_reader(
 
     def press_send(s: Session) -> tuple[int, list[tuple[int, int]]]:
         """What `mailer digest send` does before it enqueues the batches."""
-        edition = digests.create_now(s, s.get_one(Newsletter, nl.id), Frequency.DAILY, now)
-        prepared = digests.prepare(s, settings, renderer, edition.id)
+        edition = schedule.create_now(s, s.get_one(Newsletter, nl.id), Frequency.DAILY, now)
+        prepared = prepare.prepare(s, settings, renderer, edition.id)
         return edition.id, prepared.ranges
 
     (first_id, first_ranges), (second_id, second_ranges) = race(settings, press_send)

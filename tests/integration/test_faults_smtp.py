@@ -24,8 +24,9 @@ from aiosmtpd.smtp import Session as SMTPSession
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import delivery, digests
+from mailer import delivery
 from mailer.config import Settings
+from mailer.editions import close, prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.sink import free_port
 from mailer.models import Delivery, Frequency
@@ -95,8 +96,8 @@ def prepared(session: Session, settings: Settings) -> int:
     add_readers_bulk(session, nl, READERS)
     add_article(session, nl, "Story")
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
-    digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
     session.commit()
     return edition.id
 
@@ -124,7 +125,7 @@ def drain(
             broken += 1
         if not open_rows(session, digest_id):
             return broken
-    raise AssertionError(f"still owed after {rounds} rounds: {digests.counts(session, digest_id)}")
+    raise AssertionError(f"still owed after {rounds} rounds: {close.counts(session, digest_id)}")
 
 
 def open_rows(session: Session, digest_id: int) -> int:
@@ -133,7 +134,7 @@ def open_rows(session: Session, digest_id: int) -> int:
     return int(
         session.scalar(
             select(func.count()).where(
-                Delivery.digest_id == digest_id, Delivery.status.in_(digests.OPEN)
+                Delivery.digest_id == digest_id, Delivery.status.in_(close.OPEN)
             )
         )
         or 0
@@ -146,7 +147,7 @@ def assert_outcome(
     """None lost: each reader received it or its row says why not. None doubled
     beyond one per connection that died with a message in flight."""
     got = Counter(r.rcpt_tos[0] for r in server.received)
-    tally = digests.counts(session, digest_id)
+    tally = close.counts(session, digest_id)
     assert tally.get("sent", 0) == len(got)
     assert tally.get("sent", 0) + tally.get("failed", 0) + tally.get("deferred", 0) == READERS
     twice = {a: n for a, n in got.items() if n > 1}
@@ -173,7 +174,7 @@ def test_server_refusing_connections_then_back_delivers_each_reader_once(
         server.stop()
     assert broken == 3
     assert_outcome(server, session, digest_id, duplicates_at_most=0)
-    assert digests.counts(session, digest_id) == {"sent": READERS}
+    assert close.counts(session, digest_id) == {"sent": READERS}
     # Refused connections sent nothing, so they cost no attempt.
     assert set(session.scalars(select(Delivery.attempts))) == {1}
 
@@ -189,7 +190,7 @@ def test_connection_dropped_after_data_resends_only_the_message_in_flight(
     broken = drain(session, settings, digest_id)
     assert broken == handler.drops == 3
     assert_outcome(faulty, session, digest_id, duplicates_at_most=3)
-    assert digests.counts(session, digest_id) == {"sent": READERS}
+    assert close.counts(session, digest_id) == {"sent": READERS}
     assert len(faulty.received) == READERS + 3  # exactly the three in flight, again
 
 
@@ -206,7 +207,7 @@ def test_421_to_everything_for_a_while_defers_then_delivers_each_reader_once(
 
     drain(session, settings, digest_id, closing_for_two_rounds)
     assert_outcome(faulty, session, digest_id, duplicates_at_most=0)
-    assert digests.counts(session, digest_id) == {"sent": READERS}
+    assert close.counts(session, digest_id) == {"sent": READERS}
     assert set(session.scalars(select(Delivery.attempts))) == {3}
 
 
@@ -220,7 +221,7 @@ def test_421_outlasting_the_attempts_fails_every_reader_on_record_and_sends_none
     faulty.handler.script.on_rcpt = lambda a: "421 4.3.2 shutting down"
     drain(session, settings, digest_id)
     assert faulty.received == []
-    assert digests.counts(session, digest_id) == {"failed": READERS}
+    assert close.counts(session, digest_id) == {"failed": READERS}
     assert set(session.scalars(select(Delivery.smtp_code))) == {421}
 
 
@@ -236,7 +237,7 @@ def test_452_too_many_recipients_per_connection_defers_the_rest_until_all_are_de
     handler.rcpt_limit = 30
     drain(session, settings, digest_id)
     assert_outcome(faulty, session, digest_id, duplicates_at_most=0)
-    assert digests.counts(session, digest_id) == {"sent": READERS}
+    assert close.counts(session, digest_id) == {"sent": READERS}
     assert max(session.scalars(select(Delivery.attempts))) > 1  # some really were deferred
 
 
@@ -258,4 +259,4 @@ def test_server_slower_than_the_timeout_loses_at_most_the_message_in_flight_per_
     assert isinstance(handler, FaultyHandler)
     wait_for(lambda: handler.busy == 0, timeout=10)
     assert_outcome(faulty, session, digest_id, duplicates_at_most=2)
-    assert digests.counts(session, digest_id) == {"sent": READERS}
+    assert close.counts(session, digest_id) == {"sent": READERS}

@@ -28,8 +28,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from mailer import digests, tasks
+from mailer import tasks
 from mailer.celery_app import make_celery
+from mailer.editions import close, prepare, schedule
 from mailer.mail.sink import free_port
 from mailer.models import (
     Delivery,
@@ -50,7 +51,7 @@ from tests.workers import start_worker, stop
 
 def tally(session: Session, digest_id: int) -> dict[str, int]:
     session.expire_all()
-    return digests.counts(session, digest_id)
+    return close.counts(session, digest_id)
 
 
 def per_reader(smtp_server: SMTPServer) -> Counter[str]:
@@ -83,7 +84,7 @@ def edition_with_readers(session: Session, readers: int) -> int:
     add_readers_bulk(session, nl, readers)
     add_article(session, nl, "Everyone gets this")
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
     session.commit()
     return edition.id
 
@@ -121,7 +122,7 @@ def many_variant_edition(session: Session, readers: int) -> int:
         ],
     )
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
     session.commit()
     return edition.id
 
@@ -296,7 +297,7 @@ def test_database_unreachable_mid_send_fails_batches_marks_nothing_unsent_and_co
         # While it is down, batches are handed to the worker and fail.
         session.expire_all()
         tasks.enqueue_sends(
-            [(digest_id, lo, hi) for lo, hi in digests.open_ranges(session, digest_id, 50)]
+            [(digest_id, lo, hi) for lo, hi in prepare.open_ranges(session, digest_id, 50)]
         )
         session.rollback()
         time.sleep(OUTAGE)  # the outage itself, not a wait for a result

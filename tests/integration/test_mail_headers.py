@@ -18,8 +18,9 @@ import httpx
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer import delivery, digests
+from mailer import delivery
 from mailer.cli import main
+from mailer.editions import close, prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency, Newsletter, utcnow
 from tests.conftest import configure
@@ -30,10 +31,10 @@ PUNY = "xn--bcher-kva.example"
 
 
 def prepare_and_send(session, settings, nl, *, now=None) -> int:
-    edition = digests.create_now(session, nl, Frequency.DAILY, now=now)
-    digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+    edition = schedule.create_now(session, nl, Frequency.DAILY, now=now)
+    prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
     session.commit()
-    for lo, hi in digests.open_ranges(session, edition.id, 1000):
+    for lo, hi in prepare.open_ranges(session, edition.id, 1000):
         delivery.send_range(session, settings, edition.id, lo, hi)
     return edition.id
 
@@ -120,7 +121,7 @@ def test_an_edition_whose_messages_cannot_be_built_ends_instead_of_retrying_for_
         for edition, lo, hi in delivery.due_ranges(session, settings, later):
             delivery.send_range(session, settings, edition, lo, hi, clock=lambda t=later: t)
         session.expire_all()
-    digests.close_finished(session)
+    close.close_finished(session)
     session.commit()
     assert session.get_one(Digest, digest_id).status == "done"
     assert delivery.due_ranges(session, settings, now + timedelta(days=1)) == []

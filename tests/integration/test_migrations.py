@@ -10,7 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, select, text
 
-from mailer import digests, migrate
+from mailer import migrate
+from mailer.editions import prepare, reservations, schedule
 from mailer.models import Base, Delivery
 
 
@@ -106,7 +107,7 @@ def test_upgrade_to_0002_keeps_every_reservation_and_every_release(tmp_path: Pat
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
-        assert digests.reserved_articles(session) == {(1, 10), (1, 11)}
+        assert reservations.reserved_articles(session) == {(1, 10), (1, 11)}
         rows = session.execute(select(Delivery.subscription_id, Delivery.released))
         released = {sub_id: flag for sub_id, flag in rows}
         assert released == {1: False, 2: True}
@@ -290,7 +291,7 @@ def _history_kept_across_0007(engine, url: str) -> None:
         assert rows[11].due_at is None and rows[12].due_at == rows[12].fetched_at
         assert rows[10].story == "example.org/10"
         settings = Settings(database_url=url, secret_key="k" * 32)
-        edition = digests.create_edition(session, 1, Frequency.DAILY, utcnow())
-        digests.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
+        edition = schedule.create_edition(session, 1, Frequency.DAILY, utcnow())
+        prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
         session.commit()
-        assert {a for _, a in digests.reserved_articles(session, edition.id)} == {12}
+        assert {a for _, a in reservations.reserved_articles(session, edition.id)} == {12}

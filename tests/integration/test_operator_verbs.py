@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from mailer import digests, operators
+from mailer import operators
 from mailer.content import feeds
+from mailer.editions import schedule
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.readers import subscriptions as subs
@@ -191,7 +192,7 @@ def test_an_archived_newsletter_takes_no_subscriptions_and_makes_no_editions(
 
     sent = api.post("/api/newsletters/weekly/editions", headers=TOKEN)
     assert sent.status_code == 409 and "archived" in sent.json()["detail"]
-    assert digests.due_editions(session, utcnow().replace(hour=23, minute=59)) == []
+    assert schedule.due_editions(session, utcnow().replace(hour=23, minute=59)) == []
     assert feed.id not in claimed(session)
 
     left = api.post(unsubscribe.removeprefix(settings.base_url))  # leaving always works
@@ -207,7 +208,7 @@ def test_an_archived_newsletter_takes_no_subscriptions_and_makes_no_editions(
 def test_archiving_while_an_edition_is_sending_is_refused_and_changes_nothing(
     api, session, newsletter
 ):
-    edition = digests.create_now(session, newsletter, Frequency.WEEKLY)
+    edition = schedule.create_now(session, newsletter, Frequency.WEEKLY)
     edition.status = "sending"
     session.commit()
     before = newsletter_row(session)

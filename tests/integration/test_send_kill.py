@@ -18,8 +18,9 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from mailer import digests, tasks
+from mailer import tasks
 from mailer.celery_app import app
+from mailer.editions import close, schedule
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency
 from tests.conftest import configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
@@ -30,7 +31,7 @@ READERS = 2000
 
 def open_rows(session, digest_id: int) -> dict[str, int]:
     session.expire_all()
-    return digests.counts(session, digest_id)
+    return close.counts(session, digest_id)
 
 
 @pytest.mark.slow
@@ -45,7 +46,7 @@ def test_worker_killed_mid_batch_leaves_each_reader_one_digest_and_nothing_sendi
     add_readers_bulk(session, nl, READERS)
     add_article(session, nl, "Everyone gets this")
     session.commit()
-    edition = digests.create_now(session, nl, Frequency.DAILY)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
     session.commit()
     app.control.purge()
     smtp_server.handler.script.delay = 0.002  # slow enough for the kill to land mid-batch

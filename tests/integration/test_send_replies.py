@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import bounces, delivery, digests, tasks
+from mailer import bounces, delivery, tasks
+from mailer.editions import reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import connect
 from mailer.models import (
@@ -118,7 +119,7 @@ def test_retries_back_off_exponentially_until_attempts_run_out(
     assert (row.status, row.attempts, row.smtp_code) == (DeliveryStatus.FAILED, 3, 452)
     assert smtp_server.received == []
     # Given up: its articles are no longer reserved for it.
-    assert digests.reserved_articles(session) == set()
+    assert reservations.reserved_articles(session) == set()
 
 
 def test_hard_bounce_fails_suppresses_and_marks_the_subscription_bounced(
@@ -280,7 +281,7 @@ def test_worker_retries_deferred_mail_via_the_tick(
     add_article(session, nl, "Story")
     session.commit()
     smtp_server.handler.script.on_rcpt = refuse_first("451 4.7.1 greylisted", times=2)
-    edition = digests.create_now(session, nl, Frequency.DAILY)
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
     session.commit()
     tasks.prepare_digest.delay(edition.id)
 

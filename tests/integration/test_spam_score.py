@@ -22,7 +22,8 @@ from email.utils import make_msgid
 
 import pytest
 
-from mailer import delivery, digests
+from mailer import delivery
+from mailer.editions import render, selection
 from mailer.mail.dkim import sign_if_configured
 from mailer.mail.links import Links
 from mailer.mail.messages import Slots
@@ -69,9 +70,9 @@ def notice(session, settings, renderer: EmailRenderer, sub: Subscription, kind: 
     return data
 
 
-def digest_items(count: int, now: datetime) -> list[digests.Item]:
+def digest_items(count: int, now: datetime) -> list[selection.Item]:
     return [
-        digests.Item(
+        selection.Item(
             id=n + 1,
             url=f"https://news.example.org/articles/{n + 1}",
             title=TITLES[n % len(TITLES)],
@@ -93,7 +94,7 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
     cap = settings.digest_max_articles
     items = digest_items(cap + 3, now)  # three past the cap, listed by title and link
     slots = Slots.fresh()
-    context = digests.context_for(
+    context = render.context_for(
         settings,
         nl,
         items[:cap],
@@ -103,7 +104,7 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
         frequency=Frequency.WEEKLY,
         slots=slots,
     )
-    rendered = renderer.render(digests.KIND, context)
+    rendered = renderer.render(render.KIND, context)
     template = delivery.message_template(
         settings, nl, rendered.subject, rendered.html, rendered.text, slots
     )

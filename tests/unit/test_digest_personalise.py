@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from mailer.config import Settings
 from mailer.delivery import message_template, personalise
-from mailer.digests import Item, context_for
+from mailer.editions.render import context_for
+from mailer.editions.selection import Item
 from mailer.mail.links import Links
 from mailer.mail.messages import Slots
 from mailer.mail.rendering import EmailRenderer

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mailer.digests import DigestError, check_schedule, due_fire, last_fire, window
+from mailer.editions.errors import DigestError
+from mailer.editions.schedule import check_schedule, due_fire, last_fire, window
 from mailer.models import Frequency
 
 

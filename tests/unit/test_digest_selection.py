@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from mailer.delivery import backoff
-from mailer.digests import Item, Selection, chunk_ranges, group_variants, select_for
+from mailer.editions.prepare import chunk_ranges
+from mailer.editions.selection import Item, Selection, group_variants, select_for
 
 NOW = datetime(2024, 5, 6, 8, tzinfo=UTC)
 
