@@ -51,13 +51,14 @@ def digest_messages(articles: int, readers: int, data_dir: Path) -> list[list[by
     """`readers` personalised messages of one digest variant with `articles` articles
     (the articles and layout of benchmarks/send.py's edition), each as the parts the
     workers hand the signer; joined, they are the wire bytes."""
-    from mailer.delivery import Reader, message_template, personalise
     from mailer.editions.render import KIND, context_for
     from mailer.editions.selection import Item
     from mailer.mail.links import Links
     from mailer.mail.messages import Slots
     from mailer.mail.rendering import EmailRenderer
     from mailer.models import Frequency, Newsletter
+    from mailer.sending.claims import Reader
+    from mailer.sending.outgoing import message_template, personalise
 
     settings = Settings(
         secret_key="bench-secret", base_url="https://news.example.org", data_dir=data_dir

@@ -393,7 +393,6 @@ def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[
 
     from mailer import db
     from mailer.config import get_settings
-    from mailer.delivery import personalise, variant_template
     from mailer.mail.links import Links
     from mailer.models import (
         Delivery,
@@ -404,6 +403,7 @@ def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[
         Subscriber,
         Subscription,
     )
+    from mailer.sending.outgoing import personalise, variant_template
 
     settings = get_settings()
     links = Links.from_settings(settings)

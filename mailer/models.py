@@ -498,7 +498,7 @@ class Sender(Base):
 
     A worker that dies (SIGKILL, OOM, a lost machine) stops beating; the tick
     then hands its claimed rows back and enqueues its range again, instead of
-    waiting for their leases to run out (`delivery.reclaim_dead_senders`).
+    waiting for their leases to run out (`sending.senders.reclaim_dead`).
     """
 
     __tablename__ = "sender"

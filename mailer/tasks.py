@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, delivery, operators, throttle
+from mailer import bounces, broker, operators, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.content import feeds
@@ -23,7 +23,7 @@ from mailer.editions import close, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
 from mailer.readers import notices, subscriptions
-from mailer.sending import senders
+from mailer.sending import loop, senders, sweeps
 from mailer.sending.ratelimit import limiter_for
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
         # Beats while it sends: if this worker dies, the tick hands its rows back in
         # seconds instead of after their leases (mailer/sending/senders.py).
         with senders.at_work(session, settings.database, digest_id, lo, hi):
-            result = delivery.send_range(
+            result = loop.send_range(
                 session,
                 settings,
                 digest_id,
@@ -172,7 +172,7 @@ def send_digest_batch(self: Task, digest_id: int, lo: int, hi: int) -> int:
         if not close.has_open(session, digest_id):
             close.close_if_done(session, digest_id)
         session.commit()
-    except delivery.TemporaryFailure as exc:
+    except loop.TemporaryFailure as exc:
         # A short wait only; anything longer waits in the database for the tick.
         raise self.retry(exc=exc, countdown=min(60, 5 * 2**self.request.retries)) from exc
     finally:
@@ -188,9 +188,9 @@ def digest_tick() -> None:
         created = schedule.create_due(session)
         created += close.stale_unprepared(session, older_than=lease)
         orphaned = senders.reclaim_dead(session)  # ends their leases: recovered next line
-        delivery.recover_expired(session, settings)
+        sweeps.recover_expired(session, settings)
         operators.sweep_cancelled(session)
-        ranges = delivery.due_ranges(session, settings)
+        ranges = sweeps.due_ranges(session, settings)
         close.close_finished(session)
     enqueue_prepare(sorted(set(created)))
     enqueue_sends(sorted(set(ranges + orphaned)))

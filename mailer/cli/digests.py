@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mailer import delivery, operators
+from mailer import operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
 from mailer.editions import close
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Frequency
+from mailer.sending import testmail
 
 FREQUENCIES = click.Choice([f.value for f in Frequency])
 
@@ -210,7 +211,7 @@ def test(newsletter: str, to: str) -> None:
     settings = settings_or_exit()
     with domain_session() as session:
         nl = operators.newsletter(session, newsletter)
-        reply, message_id = delivery.send_test(session, settings, _renderer(), nl, to)
+        reply, message_id = testmail.send_test(session, settings, _renderer(), nl, to)
         session.rollback()
     if not reply.ok:
         raise click.ClickException(f"the server refused the test mail: {reply.code} {reply.text}")

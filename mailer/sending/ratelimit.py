@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sqlalchemy import case, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from mailer.config import Settings
-from mailer.db import get_engine
+from mailer.db import conflict_insert, get_engine
 from mailer.models import SendWindow
 
 Clock = Callable[[], float]
@@ -97,10 +96,9 @@ class DatabaseLimiter(_Base):
         if rate <= 0:
             raise ValueError("a rate limiter needs a rate above zero")
         self.engine, self.name, self.interval, self._clock = engine, name, 1.0 / rate, clock
-        insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
         with engine.begin() as conn:
             conn.execute(
-                insert(SendWindow)
+                conflict_insert(engine, SendWindow)
                 .values(name=name, tokens=0.0, updated=0.0)
                 .on_conflict_do_nothing(index_elements=["name"])
             )

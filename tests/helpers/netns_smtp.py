@@ -13,11 +13,12 @@ from urllib.parse import quote
 
 from sqlalchemy import select
 
-from mailer import config, delivery, migrate
+from mailer import config, migrate
 from mailer.db import session_factory
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Notification
 from mailer.readers import notices
+from mailer.sending import loop
 from tests.integration.test_digest_support import sendable_edition
 from tests.integration.test_notices import queue_confirm
 from tests.smtp import password_check, start_smtp_server
@@ -53,8 +54,8 @@ def main(address: str, data_dir: str) -> None:
     out["notice_row"] = [note.status, note.last_error]
     digest_id, lo, hi, _ = sendable_edition(session, settings, 3)
     try:
-        out["digest"] = delivery.send_range(session, settings, digest_id, lo, hi).sent
-    except delivery.TemporaryFailure as exc:
+        out["digest"] = loop.send_range(session, settings, digest_id, lo, hi).sent
+    except loop.TemporaryFailure as exc:
         out["digest"] = f"temporary failure: {exc}"
     session.expire_all()
     rows = session.scalars(select(Delivery).where(Delivery.digest_id == digest_id)).all()

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from mailer import delivery
 from mailer.cli import main
 from mailer.editions import prepare, reservations, schedule
 from mailer.mail.rendering import EmailRenderer
@@ -25,6 +24,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
+from mailer.sending import claims, loop, marks
 from mailer.web.app import create_app
 from tests.conftest import configure, wait_for
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
@@ -293,9 +293,7 @@ def test_cancel_stops_waiting_rows_leaves_sent_and_sending_alone_and_releases_ar
         ).all()
     )
     # Nothing cancelled is ever handed to a sender, however late the claim.
-    due = delivery.due_rows(
-        session, digest_id, 0, 10**9, limit=100, now=utcnow() + delivery.MAX_BACKOFF
-    )
+    due = claims.due_rows(session, digest_id, 0, 10**9, limit=100, now=utcnow() + marks.MAX_BACKOFF)
     assert due == []
 
 
@@ -382,7 +380,7 @@ def test_cancel_during_a_send_stops_the_rest_and_the_message_in_flight_still_lan
     sent = sorted(a for a, s in statuses.items() if s == "sent")
     assert sorted(r for m in smtp_server.received for r in m.rcpt_tos) == sent
     # A send task that comes late (a retry, the tick) finds nothing to send.
-    tasks_result = delivery.send_range(session, settings, digest_id, 0, 10**9)
+    tasks_result = loop.send_range(session, settings, digest_id, 0, 10**9)
     assert tasks_result.sent == 0 and len(smtp_server.received) == 2
     assert session.get(Digest, digest_id).status == "cancelled"
 

@@ -16,7 +16,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import delivery
 from mailer.cli import main
 from mailer.config import Settings
 from mailer.editions import prepare, schedule
@@ -32,6 +31,7 @@ from mailer.models import (
     Topic,
 )
 from mailer.readers import subscriptions as subs
+from mailer.sending import loop
 from mailer.web.app import create_app
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 from tests.smtp import SMTPServer
@@ -144,7 +144,7 @@ def test_line_breaks_in_topic_and_article_title_never_reach_a_digest_header(
     )
     session.commit()
     [(lo, hi)] = prepared.ranges
-    result = delivery.send_range(session, settings, edition.id, lo, hi)
+    result = loop.send_range(session, settings, edition.id, lo, hi)
 
     assert result.sent == 1
     [got] = smtp_server.received

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer import config, delivery
+from mailer import config
 from mailer.content import feeds
 from mailer.editions import prepare, schedule
 from mailer.mail.links import tokens_for
@@ -31,6 +31,7 @@ from mailer.mail.sink import Outbox, free_port, start_sink
 from mailer.mail.tokens import Purpose
 from mailer.models import DigestVariant, Feed, Frequency, Notification, utcnow
 from mailer.readers import notices, subscriptions
+from mailer.sending import loop, testmail
 from mailer.web.app import create_app
 from tests.conftest import configure
 from tests.fixtures.feedserver import FeedServer, Route
@@ -76,7 +77,7 @@ def prepare_edition(session, settings, nl) -> int:
 
 def send(session, settings, digest_id: int) -> None:
     lo, hi = prepare.open_ranges(session, digest_id, 1000)[0]
-    delivery.send_range(session, settings, digest_id, lo, hi)
+    loop.send_range(session, settings, digest_id, lo, hi)
 
 
 def test_markers_in_every_article_field_never_carry_the_readers_values_in_the_digest(
@@ -156,7 +157,7 @@ def test_the_public_view_fills_only_the_templates_slots(
 def test_the_operators_test_send_puts_the_address_only_in_its_slot(
     session, settings, smtp_server, hostile_newsletter
 ):
-    reply, _ = delivery.send_test(
+    reply, _ = testmail.send_test(
         session,
         settings,
         EmailRenderer(settings.email_templates),

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dkim
 
-from mailer import bounces, delivery
+from mailer import bounces
 from mailer.editions import prepare, schedule
 from mailer.mail.dkim import generate_private_key, txt_record_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Frequency, Subscription
+from mailer.sending import loop
 from tests.conftest import configure
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 
@@ -25,7 +26,7 @@ def send_edition(session, settings, soft_bounces=0):
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()
-    delivery.send_range(session, settings, edition.id, *prepared.ranges[0])
+    loop.send_range(session, settings, edition.id, *prepared.ranges[0])
     return reader
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from mailer import delivery, tasks
+from mailer import tasks
 from mailer.editions import errors, prepare, reservations, schedule
 from mailer.mail.links import tokens_for
 from mailer.mail.rendering import EmailRenderer
@@ -23,6 +23,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.readers import subscriptions as subs
+from mailer.sending import loop
 from tests.conftest import configure
 from tests.integration.test_digest_support import (
     SITE,
@@ -172,7 +173,7 @@ def test_updated_or_reappearing_article_is_not_sent_twice(session, settings, ren
     first = schedule.create_edition(session, nl.id, Frequency.DAILY, utcnow() - timedelta(hours=1))
     prepared = prepare.prepare(session, settings, renderer, first.id)
     session.commit()
-    delivery.send_range(session, settings, first.id, *prepared.ranges[0])
+    loop.send_range(session, settings, first.id, *prepared.ranges[0])
     # The feed updates the story (new published time, inside the next window),
     # and a second feed carries the same URL: neither is new for this reader.
     story.published_at = utcnow() - timedelta(minutes=30)
@@ -183,7 +184,7 @@ def test_updated_or_reappearing_article_is_not_sent_twice(session, settings, ren
     second = schedule.create_now(session, nl, Frequency.DAILY)
     prepared = prepare.prepare(session, settings, renderer, second.id)
     session.commit()
-    delivery.send_range(session, settings, second.id, *prepared.ranges[0])
+    loop.send_range(session, settings, second.id, *prepared.ranges[0])
 
     first_mail, second_mail = [r.message for r in smtp_server.received]
     assert "Big story" in parts(first_mail)[0]
@@ -207,7 +208,7 @@ def test_reader_who_unsubscribes_after_prepare_is_not_mailed(
     subs.change_status(session, leaves, Status.UNSUBSCRIBED, source="test")
     session.commit()
 
-    result = delivery.send_range(session, settings, edition.id, *prepared.ranges[0])
+    result = loop.send_range(session, settings, edition.id, *prepared.ranges[0])
 
     assert (result.sent, [r.rcpt_tos for r in smtp_server.received]) == (
         1,
@@ -235,7 +236,7 @@ def test_past_the_cap_articles_are_listed_by_title_and_link_and_count_as_deliver
     edition = schedule.create_now(session, nl, Frequency.DAILY)
     prepared = prepare.prepare(session, settings, renderer, edition.id)
     session.commit()
-    delivery.send_range(session, settings, edition.id, *prepared.ranges[0])
+    loop.send_range(session, settings, edition.id, *prepared.ranges[0])
 
     text, page = parts(smtp_server.received[0].message)
     assert "1. Story 0" in text and "2. Story 1" in text and "About Story 1." in text

@@ -6,10 +6,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mailer import delivery
 from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DigestVariant, Frequency
+from mailer.sending import loop
 from tests.integration.test_digest_support import (
     add_article,
     add_reader,
@@ -32,7 +32,7 @@ def sent_edition(session, settings, smtp_server):
         session, settings, EmailRenderer(settings.email_templates), edition.id
     )
     session.commit()
-    delivery.send_range(session, settings, edition.id, *prepared.ranges[0])
+    loop.send_range(session, settings, edition.id, *prepared.ranges[0])
     return edition.id
 
 

@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import db, delivery
+from mailer import db
 from mailer.config import Settings
 from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Digest, Frequency, Newsletter, Schedule, utcnow
+from mailer.sending import loop
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.smtp import SMTPServer
 
@@ -89,7 +90,7 @@ def test_two_operators_sending_at_once_make_one_edition_and_one_mail_per_reader(
 
     # Both operators' batches go out, on two workers at once.
     def send_all(s: Session, ranges: list[tuple[int, int]]) -> int:
-        return sum(delivery.send_range(s, settings, first_id, lo, hi).sent for lo, hi in ranges)
+        return sum(loop.send_range(s, settings, first_id, lo, hi).sent for lo, hi in ranges)
 
     batches = iter([first_ranges, second_ranges])
     lock = threading.Lock()

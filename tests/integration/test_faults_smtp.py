@@ -4,7 +4,7 @@ The faults a real relay has: it refuses connections, drops the connection after
 the message's data but before its reply, answers 421 to everything for a while,
 answers 452 "too many recipients" once a connection has carried a few, answers
 too slowly. Each test sends a 100-reader edition over a real aiosmtpd server
-and PostgreSQL through `delivery.send_range` (what a send task runs) and the
+and PostgreSQL through `loop.send_range` (what a send task runs) and the
 tick's sweep, round after round as the workers would, until nothing is owed.
 
 Single 4xx/5xx replies, a connection lost at RCPT and the unreachable server's
@@ -24,12 +24,12 @@ from aiosmtpd.smtp import Session as SMTPSession
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import delivery
 from mailer.config import Settings
 from mailer.editions import close, prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.sink import free_port
 from mailer.models import Delivery, Frequency
+from mailer.sending import loop, sweeps
 from tests.conftest import configure, wait_for
 from tests.integration.test_digest_support import add_article, add_readers_bulk, make_newsletter
 from tests.smtp import RecordingHandler, SMTPServer
@@ -117,11 +117,11 @@ def drain(
     broken = 0
     for i in range(rounds):
         before_round(i)
-        delivery.recover_expired(session, settings)
+        sweeps.recover_expired(session, settings)
         session.commit()
         try:
-            delivery.send_range(session, settings, digest_id, lo, hi)
-        except delivery.TemporaryFailure:
+            loop.send_range(session, settings, digest_id, lo, hi)
+        except loop.TemporaryFailure:
             broken += 1
         if not open_rows(session, digest_id):
             return broken

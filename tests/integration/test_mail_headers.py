@@ -18,11 +18,11 @@ import httpx
 from click.testing import CliRunner
 from sqlalchemy import select, update
 
-from mailer import delivery
 from mailer.cli import main
 from mailer.editions import close, prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency, Newsletter, utcnow
+from mailer.sending import loop, sweeps
 from tests.conftest import configure
 from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
 
@@ -35,7 +35,7 @@ def prepare_and_send(session, settings, nl, *, now=None) -> int:
     prepare.prepare(session, settings, EmailRenderer(settings.email_templates), edition.id)
     session.commit()
     for lo, hi in prepare.open_ranges(session, edition.id, 1000):
-        delivery.send_range(session, settings, edition.id, lo, hi)
+        loop.send_range(session, settings, edition.id, lo, hi)
     return edition.id
 
 
@@ -118,13 +118,13 @@ def test_an_edition_whose_messages_cannot_be_built_ends_instead_of_retrying_for_
         }
         assert all("could not be built" in (r.smtp_reply or "") for r in rows)
         later = now + timedelta(hours=attempt)
-        for edition, lo, hi in delivery.due_ranges(session, settings, later):
-            delivery.send_range(session, settings, edition, lo, hi, clock=lambda t=later: t)
+        for edition, lo, hi in sweeps.due_ranges(session, settings, later):
+            loop.send_range(session, settings, edition, lo, hi, clock=lambda t=later: t)
         session.expire_all()
     close.close_finished(session)
     session.commit()
     assert session.get_one(Digest, digest_id).status == "done"
-    assert delivery.due_ranges(session, settings, now + timedelta(days=1)) == []
+    assert sweeps.due_ranges(session, settings, now + timedelta(days=1)) == []
     assert smtp_server.received == []
 
 

@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from mailer import db, delivery
+from mailer import db
 from mailer.models import Delivery, DeliveryStatus
+from mailer.sending import loop, marks
 from mailer.sending.ratelimit import Unlimited
 from tests.integration.test_digest_support import sendable_edition
 
@@ -18,14 +19,14 @@ from tests.integration.test_digest_support import sendable_edition
 @pytest.mark.parametrize("smtp_server", [False, True], indirect=True, ids=["stepwise", "pipelined"])
 def test_two_senders_over_the_same_range_mail_each_reader_once(session, settings, smtp_server):
     digest_id, lo, hi, _ = sendable_edition(session, settings, 60)
-    results: list[delivery.BatchResult] = []
+    results: list[marks.BatchResult] = []
     start = threading.Barrier(2)
 
     def sender() -> None:
         own = db.session_factory(settings.database)()
         try:
             start.wait()
-            results.append(delivery.send_range(own, settings, digest_id, lo, hi))
+            results.append(loop.send_range(own, settings, digest_id, lo, hi))
         finally:
             own.close()
 
@@ -71,7 +72,7 @@ def test_a_sender_that_must_wait_writes_its_250_down_first(session, settings, sm
             return {str(r.id): r.status.value for r in rows}
 
     limiter = SlowLimiter(statuses)
-    result = delivery.send_range(session, settings, digest_id, lo, hi, limiter=limiter)
+    result = loop.send_range(session, settings, digest_id, lo, hi, limiter=limiter)
     assert result.sent == 3
     # While it waited for its second and third slot, nothing it had sent was left in flight.
     assert [sorted(seen.values()) for seen in limiter.seen] == [
@@ -82,11 +83,11 @@ def test_a_sender_that_must_wait_writes_its_250_down_first(session, settings, sm
 
 def test_only_the_per_message_writes_skip_the_wal_flush(session, settings, smtp_server):
     digest_id, lo, hi, _ = sendable_edition(session, settings, 3)
-    assert delivery.send_range(session, settings, digest_id, lo, hi).sent == 3
+    assert loop.send_range(session, settings, digest_id, lo, hi).sent == 3
     with db.get_engine(settings.database).connect() as other:
         assert other.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
-    with db.async_commit_engine(settings.database).connect() as marks:
-        assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    with db.async_commit_engine(settings.database).connect() as writer:
+        assert writer.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
 
 
 def test_a_crash_between_messages_still_writes_down_the_250_it_held(session, settings, smtp_server):
@@ -104,7 +105,7 @@ def test_a_crash_between_messages_still_writes_down_the_250_it_held(session, set
                 raise RuntimeError("worker blew up")
 
     with pytest.raises(RuntimeError, match="worker blew up"):
-        delivery.send_range(session, settings, digest_id, lo, hi, limiter=DiesOnTheSecond())
+        loop.send_range(session, settings, digest_id, lo, hi, limiter=DiesOnTheSecond())
     session.expire_all()
     rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
     assert [r.status for r in rows] == [DeliveryStatus.SENT, DeliveryStatus.QUEUED]
@@ -118,15 +119,15 @@ def test_a_message_that_fails_to_build_costs_its_row_an_attempt_and_the_batch_go
     (an attempt counted, failed after the last), the others go out. It used to raise out
     of the batch and leave the row queued for every tick to try again for ever."""
     digest_id, lo, hi, emails = sendable_edition(session, settings, 3)
-    real = delivery.personalise
+    real = loop.personalise
 
     def personalise(*args, **kwargs):
         if args[3] == emails[1]:  # built ahead and at its turn: fails both times
             raise RuntimeError("template blew up")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(delivery, "personalise", personalise)
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    monkeypatch.setattr(loop, "personalise", personalise)
+    result = loop.send_range(session, settings, digest_id, lo, hi)
     session.expire_all()
     rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
     assert [(r.status, r.attempts) for r in rows] == [
@@ -147,7 +148,7 @@ def test_the_embedded_default_sends_an_edition_on_sqlite(sqlite_url, smtp_server
     sqlite = db.session_factory(sqlite_url)()
     try:
         digest_id, lo, hi, _ = sendable_edition(sqlite, settings, 5)
-        result = delivery.send_range(sqlite, settings, digest_id, lo, hi)
+        result = loop.send_range(sqlite, settings, digest_id, lo, hi)
         rows = sqlite.scalars(select(Delivery).where(Delivery.digest_id == digest_id)).all()
     finally:
         sqlite.close()

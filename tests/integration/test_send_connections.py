@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from mailer import delivery
 from mailer.mail.transport import Connections, connect
 from mailer.models import DeliveryStatus
+from mailer.sending import loop
 from tests.conftest import configure
 from tests.integration.test_digest_support import prepared_edition
 from tests.integration.test_send_replies import row_for
@@ -27,7 +27,7 @@ def two_batches(session, settings, monkeypatch):
 
 def send_all(session, settings, digest_id, ranges, connections=None):
     return sum(
-        delivery.send_range(session, settings, digest_id, lo, hi, connections=connections).sent
+        loop.send_range(session, settings, digest_id, lo, hi, connections=connections).sent
         for lo, hi in ranges
     )
 
@@ -61,9 +61,9 @@ def test_a_kept_connection_the_server_dropped_is_replaced_and_nothing_is_lost(
         return opened[-1]
 
     kept = Connections(opener, keep=True)
-    delivery.send_range(session, settings, digest_id, *ranges[0], connections=kept)
+    loop.send_range(session, settings, digest_id, *ranges[0], connections=kept)
     opened[0].sock.shutdown(socket.SHUT_RDWR)  # gone while it sat idle
-    delivery.send_range(session, settings, digest_id, *ranges[1], connections=kept)
+    loop.send_range(session, settings, digest_id, *ranges[1], connections=kept)
 
     assert len(opened) == 2
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == EMAILS
@@ -95,9 +95,9 @@ def test_a_batch_that_lost_its_connection_keeps_nothing(session, smtp_server, tw
 
     smtp_server.handler.script.on_rcpt = drop
     kept = Connections(opener, keep=True)
-    with pytest.raises(delivery.TemporaryFailure):
-        delivery.send_range(session, settings, digest_id, *ranges[0], connections=kept)
+    with pytest.raises(loop.TemporaryFailure):
+        loop.send_range(session, settings, digest_id, *ranges[0], connections=kept)
     smtp_server.handler.script.on_rcpt = None
-    delivery.send_range(session, settings, digest_id, *ranges[1], connections=kept)
+    loop.send_range(session, settings, digest_id, *ranges[1], connections=kept)
     assert len(opened) == 2  # the broken one was not handed out again
     kept.close()

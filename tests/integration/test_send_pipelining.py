@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailer import db, delivery, operators
+from mailer import db, operators
 from mailer.mail.transport import connect, send, send_when
 from mailer.models import DeliveryStatus
+from mailer.sending import loop
 from mailer.sending.ratelimit import Unlimited
 from tests.integration.test_digest_support import deliveries_by_email, sendable_edition
 from tests.smtp import start_smtp_server
@@ -28,7 +29,7 @@ def test_a_relay_offering_pipelining_gets_the_envelope_and_data_in_one_write(
     session, settings, smtp_server
 ):
     digest_id, lo, hi, emails = sendable_edition(session, settings, 20)
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    result = loop.send_range(session, settings, digest_id, lo, hi)
     assert result.sent == 20
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == emails
     pipelined = smtp_server.handler.pipelining
@@ -55,7 +56,7 @@ def test_refusals_between_acceptances_keep_each_reply_with_its_own_message(
     script.on_data = lambda env: (
         "452 4.3.1 out of space" if index[env.rcpt_tos[0]] % 5 == 1 else None
     )
-    delivery.send_range(session, settings, digest_id, lo, hi)
+    loop.send_range(session, settings, digest_id, lo, hi)
 
     def expected(i: int) -> tuple[DeliveryStatus, int]:
         if (i + 1) % 7 == 0:  # the i-th message is the (i+1)-th MAIL of the connection
@@ -132,7 +133,7 @@ def test_rows_cancelled_mid_batch_are_passed_over_and_the_batch_goes_on(
     session, settings, smtp_server
 ):
     digest_id, lo, hi, emails = sendable_edition(session, settings, 40)
-    result = delivery.send_range(
+    result = loop.send_range(
         session, settings, digest_id, lo, hi, limiter=CancelsMidway(settings, digest_id)
     )
     # The cancel came before the sixth claim: five went, the sixth onwards are passed over.

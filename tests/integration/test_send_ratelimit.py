@@ -89,7 +89,7 @@ def test_settings_choose_the_limiter(monkeypatch, settings, redis_url):
 
 
 def test_every_message_of_a_batch_waits_for_its_shared_slot(session, settings, smtp_server):
-    from mailer import delivery
+    from mailer.sending import loop
     from tests.integration.test_digest_support import prepared_edition
 
     digest_id, ranges, _ = prepared_edition(
@@ -103,7 +103,7 @@ def test_every_message_of_a_batch_waits_for_its_shared_slot(session, settings, s
     slept: list[float] = []
     limiter._sleep = slept.append
 
-    delivery.send_range(session, settings, digest_id, *ranges[0], limiter=limiter)
+    loop.send_range(session, settings, digest_id, *ranges[0], limiter=limiter)
 
     assert slept == pytest.approx([0.1, 0.2, 0.3])
     assert len(smtp_server.received) == 3

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import bounces, delivery, tasks
+from mailer import bounces, tasks
 from mailer.editions import reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import connect
@@ -22,6 +22,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.readers.subscriptions import is_suppressed
+from mailer.sending import loop, sweeps
 from tests.conftest import configure, truncate_all, wait_for
 from tests.fixtures.bounces import load
 from tests.helpers.verdicts import address_state, on_two_newsletters
@@ -75,7 +76,7 @@ def test_temporary_refusal_is_deferred_with_backoff_then_delivered(
         session, settings, renderer, ["a@example.org", "b@example.org", "c@example.org"]
     )
     smtp_server.handler.script.on_rcpt = refuse_first(reply)
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    result = loop.send_range(session, settings, digest_id, lo, hi)
     assert (result.sent, result.deferred) == (0, 3)
     before = utcnow()
     for sub in subs.values():
@@ -87,12 +88,12 @@ def test_temporary_refusal_is_deferred_with_backoff_then_delivered(
         )
         # Due one retry base (60 s by default) later, not now.
         assert row.next_attempt_at > before + timedelta(seconds=30)
-    assert delivery.due_ranges(session, settings) == []
+    assert sweeps.due_ranges(session, settings) == []
 
     session.execute(update(Delivery).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
     session.commit()
-    assert delivery.due_ranges(session, settings) == [(digest_id, lo, hi)]
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    assert sweeps.due_ranges(session, settings) == [(digest_id, lo, hi)]
+    result = loop.send_range(session, settings, digest_id, lo, hi)
 
     assert result.sent == 3
     assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == sorted(subs)
@@ -109,7 +110,7 @@ def test_retries_back_off_exponentially_until_attempts_run_out(
     waits = []
     for _ in range(3):
         started = utcnow()
-        delivery.send_range(session, settings, digest_id, lo, hi)
+        loop.send_range(session, settings, digest_id, lo, hi)
         row = row_for(session, sub)
         if row.status is DeliveryStatus.DEFERRED:
             waits.append(round((row.next_attempt_at - started).total_seconds()))
@@ -131,7 +132,7 @@ def test_hard_bounce_fails_suppresses_and_marks_the_subscription_bounced(
     smtp_server.handler.script.on_rcpt = lambda a: (
         "550 5.1.1 no such user" if a.startswith("nobody") else None
     )
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    result = loop.send_range(session, settings, digest_id, lo, hi)
 
     assert (result.sent, result.failed, result.bounced) == (1, 1, 1)
     row = row_for(session, subs["nobody@example.org"])
@@ -154,7 +155,7 @@ def test_a_550_at_send_time_and_a_bounce_report_for_the_address_leave_the_same_s
     on_two_newsletters(session, gone)
     digest_id, (lo, hi), _ = prepared_edition(session, settings, renderer, [gone])
     smtp_server.handler.script.on_rcpt = lambda a: "550 5.1.1 no such user"
-    delivery.send_range(session, settings, digest_id, lo, hi)
+    loop.send_range(session, settings, digest_id, lo, hi)
     by_reply = address_state(session, gone)
 
     # The report: the same world again, the mail accepted, then the bounce for it arrives.
@@ -163,7 +164,7 @@ def test_a_550_at_send_time_and_a_bounce_report_for_the_address_leave_the_same_s
     smtp_server.handler.script.on_rcpt = None
     on_two_newsletters(session, gone)
     digest_id, (lo, hi), subs = prepared_edition(session, settings, renderer, [gone])
-    delivery.send_range(session, settings, digest_id, lo, hi)
+    loop.send_range(session, settings, digest_id, lo, hi)
     sent = row_for(session, subs[gone])
     assert sent.status is DeliveryStatus.SENT
     verp = bounces.return_paths(settings)
@@ -186,7 +187,7 @@ def test_other_permanent_refusal_fails_without_suppressing(
 ):
     digest_id, (lo, hi), subs = prepared_edition(session, settings, renderer, ["big@example.org"])
     smtp_server.handler.script.on_data = lambda env: "554 5.6.0 message refused"
-    delivery.send_range(session, settings, digest_id, lo, hi)
+    loop.send_range(session, settings, digest_id, lo, hi)
     row = row_for(session, subs["big@example.org"])
     assert (row.status, row.smtp_code) == (DeliveryStatus.FAILED, 554)
     assert not is_suppressed(session, "big@example.org")
@@ -205,7 +206,7 @@ def test_a_relay_without_smtputf8_fails_a_non_ascii_address_on_record_without_a_
         digest_id, (lo, hi), subs = prepared_edition(
             session, settings, renderer, ["юзер@пример.рф", "ann@example.org", "bob@bücher.de"]
         )
-        result = delivery.send_range(session, settings, digest_id, lo, hi)
+        result = loop.send_range(session, settings, digest_id, lo, hi)
     finally:
         relay.stop()
 
@@ -229,8 +230,8 @@ def test_unreachable_server_leaves_every_row_queued_and_unattempted(
         session, settings, renderer, ["a@example.org", "b@example.org"]
     )
     smtp_server.stop()
-    with pytest.raises(delivery.TemporaryFailure, match="cannot connect"):
-        delivery.send_range(session, settings, digest_id, lo, hi)
+    with pytest.raises(loop.TemporaryFailure, match="cannot connect"):
+        loop.send_range(session, settings, digest_id, lo, hi)
     assert {(r.status, r.attempts) for r in map(lambda s: row_for(session, s), subs.values())} == {
         (DeliveryStatus.QUEUED, 0)
     }
@@ -254,8 +255,8 @@ def test_connection_lost_mid_batch_marks_the_one_in_flight_unknown_and_hands_bac
         return None
 
     smtp_server.handler.script.on_rcpt = drop_on_second
-    with pytest.raises(delivery.TemporaryFailure, match="connection lost"):
-        delivery.send_range(session, settings, digest_id, lo, hi, opener=opener)
+    with pytest.raises(loop.TemporaryFailure, match="connection lost"):
+        loop.send_range(session, settings, digest_id, lo, hi, opener=opener)
     got = {e: row_for(session, s) for e, s in subs.items()}
     assert got["r0@example.org"].status is DeliveryStatus.SENT
     assert got["r1@example.org"].status is DeliveryStatus.UNKNOWN
@@ -264,7 +265,7 @@ def test_connection_lost_mid_batch_marks_the_one_in_flight_unknown_and_hands_bac
 
     # The retry of the batch sends the rest, and the unknown one again.
     smtp_server.handler.script.on_rcpt = None
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    result = loop.send_range(session, settings, digest_id, lo, hi)
     assert result.sent == 3
     assert {r.status for r in map(lambda s: row_for(session, s), subs.values())} == {
         DeliveryStatus.SENT

@@ -6,9 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from mailer import delivery
 from mailer.models import Delivery, DeliveryStatus, Sender, utcnow
-from mailer.sending import senders
+from mailer.sending import loop, senders, sweeps
 from tests.integration.test_digest_support import sendable_edition
 
 
@@ -44,13 +43,13 @@ def test_a_silent_sender_s_rows_come_back_at_once_and_its_range_goes_again(sessi
     session.commit()
 
     assert senders.reclaim_dead(session) == [(digest_id, lo, hi)]
-    delivery.recover_expired(session, settings)
+    sweeps.recover_expired(session, settings)
     session.commit()
 
     assert status_of(session, middle) is DeliveryStatus.UNKNOWN  # in flight: sent again
     assert session.scalars(select(Sender)).all() == []
     # what the tick enqueues for it sends every row, the one in doubt included
-    result = delivery.send_range(session, settings, digest_id, lo, hi)
+    result = loop.send_range(session, settings, digest_id, lo, hi)
     assert result.sent == 10
 
 
@@ -62,7 +61,7 @@ def test_a_beating_sender_and_a_range_it_shares_keep_their_leases(session, setti
     session.commit()
 
     assert senders.reclaim_dead(session) == [(digest_id, lo + 3, hi)]
-    delivery.recover_expired(session, settings)
+    sweeps.recover_expired(session, settings)
     session.commit()
 
     # lo+8 lies in the part only the dead one covered, but the live one's range overlaps

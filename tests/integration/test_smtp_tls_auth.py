@@ -19,11 +19,11 @@ import pytest
 import trustme
 from sqlalchemy import select
 
-from mailer import delivery
 from mailer.mail import transport
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Notification
 from mailer.readers import notices
+from mailer.sending import loop
 from tests.conftest import configure
 from tests.integration.test_digest_support import sendable_edition
 from tests.integration.test_notices import queue_confirm
@@ -102,7 +102,7 @@ def test_a_digest_edition_goes_over_tls_with_a_login_once_a_connection(
     configured = configure(monkeypatch, smtp_url=url(relay))
     digest_id, lo, hi, _ = sendable_edition(session, configured, 12)
 
-    result = delivery.send_range(session, configured, digest_id, lo, hi)
+    result = loop.send_range(session, configured, digest_id, lo, hi)
 
     received = relay[0].received
     assert result.sent == 12 and len(received) == 12
@@ -134,8 +134,8 @@ def test_an_untrusted_certificate_sends_nothing_and_leaves_the_edition_queued(
     configured = configure(monkeypatch, smtp_url=url(relay))
     digest_id, lo, hi, _ = sendable_edition(session, configured, 3)
 
-    with pytest.raises(delivery.TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
-        delivery.send_range(session, configured, digest_id, lo, hi)
+    with pytest.raises(loop.TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
+        loop.send_range(session, configured, digest_id, lo, hi)
 
     session.expire_all()
     rows = session.scalars(select(Delivery).where(Delivery.digest_id == digest_id)).all()

@@ -22,7 +22,6 @@ from email.utils import make_msgid
 
 import pytest
 
-from mailer import delivery
 from mailer.editions import render, selection
 from mailer.mail.dkim import sign_if_configured
 from mailer.mail.links import Links
@@ -31,6 +30,7 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.models import Frequency, Notification, Subscription
 from mailer.readers import notices
 from mailer.readers import subscriptions as subs
+from mailer.sending import outgoing
 
 READER = "reader@example.com"
 
@@ -105,12 +105,12 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
         slots=slots,
     )
     rendered = renderer.render(render.KIND, context)
-    template = delivery.message_template(
+    template = outgoing.message_template(
         settings, nl, rendered.subject, rendered.html, rendered.text, slots
     )
     links = Links.from_settings(settings)
     message_id = make_msgid(idstring="d1.1", domain=template.domain)  # as delivery does
-    data = b"".join(delivery.personalise(template, links, sub, READER, message_id))
+    data = b"".join(outgoing.personalise(template, links, sub, READER, message_id))
     return rendered.html, data
 
 

@@ -13,7 +13,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from mailer.config import Settings
-from mailer.delivery import message_template, personalise
 from mailer.editions.render import context_for
 from mailer.editions.selection import Item
 from mailer.mail.links import Links
@@ -21,6 +20,7 @@ from mailer.mail.messages import Slots
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.tokens import Purpose
 from mailer.models import Frequency, Newsletter, Subscription
+from mailer.sending.outgoing import message_template, personalise
 from tests.helpers import hostile
 
 NOW = datetime(2024, 5, 6, 8, tzinfo=UTC)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from mailer.delivery import backoff
 from mailer.editions.prepare import chunk_ranges
 from mailer.editions.selection import Item, Selection, group_variants, select_for
+from mailer.sending.marks import backoff
 
 NOW = datetime(2024, 5, 6, 8, tzinfo=UTC)
 
