@@ -17,7 +17,7 @@ from mailer.web.admin import views as admin
 from mailer.web.app import create_app
 from tests.browser import chromium
 from tests.conftest import configure
-from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
+from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
 
 TOKEN = "test-api-token"
 

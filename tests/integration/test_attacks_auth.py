@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from mailer.web.admin import views as admin
+from tests.editions.test_digest_support import make_newsletter
 from tests.integration.test_admin_browser import holding, logged_in
-from tests.integration.test_digest_support import make_newsletter
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from mailer.models import (
 from mailer.readers import subscriptions as subs
 from mailer.sending import loop
 from mailer.web.app import create_app
-from tests.integration.test_digest_support import add_article, add_reader, make_newsletter
+from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
 from tests.smtp import SMTPServer
 
 AUTH = {"Authorization": "Bearer test-api-token"}

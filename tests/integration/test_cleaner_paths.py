@@ -24,6 +24,7 @@ from mailer.db import session_scope
 from mailer.models import Article, utcnow
 from mailer.readers.subscriptions import get_newsletter
 from mailer.web.app import create_app
+from tests.editions.test_digest_support import add_article, add_reader, make_newsletter, parts
 from tests.fixtures.feedserver import FeedServer
 from tests.helpers.seed import (
     SEED_FURNITURE,
@@ -33,7 +34,6 @@ from tests.helpers.seed import (
     seed_html,
     seed_page,
 )
-from tests.integration.test_digest_support import add_article, add_reader, make_newsletter, parts
 from tests.smtp import SMTPServer
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("allow_private_fetch")]

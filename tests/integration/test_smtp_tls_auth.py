@@ -25,7 +25,7 @@ from mailer.models import Delivery, DeliveryStatus, Notification
 from mailer.readers import notices
 from mailer.sending import loop
 from tests.conftest import configure
-from tests.integration.test_digest_support import sendable_edition
+from tests.editions.test_digest_support import sendable_edition
 from tests.integration.test_notices import queue_confirm
 from tests.smtp import SMTPServer, password_check, start_smtp_server
 

@@ -20,8 +20,8 @@ from mailer.models import Notification, Status, Suppression, SuppressionEvent
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import address_hash
 from mailer.readers.importer import import_csv
+from tests.editions.test_digest_support import add_reader, make_newsletter
 from tests.helpers.journey import link, mails_to
-from tests.integration.test_digest_support import add_reader, make_newsletter
 
 AUTH = {"Authorization": "Bearer test-api-token"}
 BACK = "back@example.org"

@@ -15,7 +15,7 @@ from mailer.mail.transport import connect, send, send_when
 from mailer.models import DeliveryStatus
 from mailer.sending import loop
 from mailer.sending.ratelimit import Unlimited
-from tests.integration.test_digest_support import deliveries_by_email, sendable_edition
+from tests.editions.test_digest_support import deliveries_by_email, sendable_edition
 from tests.smtp import start_smtp_server
 
 BOTH = pytest.mark.parametrize(

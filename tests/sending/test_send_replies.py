@@ -24,16 +24,16 @@ from mailer.models import (
 from mailer.readers.subscriptions import is_suppressed
 from mailer.sending import loop, sweeps
 from tests.conftest import configure, truncate_all, wait_for
-from tests.fixtures.bounces import load
-from tests.helpers.verdicts import address_state, on_two_newsletters
-from tests.integration import test_digest_support as support
-from tests.integration.test_digest_support import (
+from tests.editions import test_digest_support as support
+from tests.editions.test_digest_support import (
     add_article,
     add_reader,
     make_newsletter,
     statuses,
     wait_done,
 )
+from tests.fixtures.bounces import load
+from tests.helpers.verdicts import address_state, on_two_newsletters
 from tests.smtp import start_smtp_server
 
 # Every reply is read the same whether the server takes commands one by one or pipelined.
