@@ -14,13 +14,14 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, delivery, digests, operators, throttle
+from mailer import bounces, broker, delivery, digests, throttle
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.content import feeds
 from mailer.db import session_factory, session_scope
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
+from mailer.operators import editions as editions_ops
 from mailer.readers import notices, subscriptions
 from mailer.sending import senders
 from mailer.sending.ratelimit import limiter_for
@@ -140,9 +141,9 @@ def enqueue_sends(ranges: list[tuple[int, int, int]]) -> None:
 def prepare_digest(digest_id: int) -> int:
     """Poll the newsletter's due feeds (bounded by the feed timeout), then cut and prepare."""
     settings = get_settings()
-    operators.poll_before_cut(settings, digest_id)
+    editions_ops.poll_before_cut(settings, digest_id)
     with session_scope(settings.database) as session:
-        prepared = operators.prepare_edition(session, settings, renderer(), digest_id)
+        prepared = editions_ops.prepare_edition(session, settings, renderer(), digest_id)
     enqueue_sends([(digest_id, lo, hi) for lo, hi in prepared.ranges])
     return prepared.queued
 
@@ -188,7 +189,7 @@ def digest_tick() -> None:
         created += digests.stale_unprepared(session, older_than=lease)
         orphaned = senders.reclaim_dead(session)  # ends their leases: recovered next line
         delivery.recover_expired(session, settings)
-        operators.sweep_cancelled(session)
+        editions_ops.sweep_cancelled(session)
         ranges = delivery.due_ranges(session, settings)
         digests.close_finished(session)
     enqueue_prepare(sorted(set(created)))
