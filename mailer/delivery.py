@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailer import bounces, digests
+from mailer import digests
 from mailer.config import Settings
 from mailer.db import among, async_commit_engine, is_postgres, prepare
 from mailer.mail.dkim import DKIMSigner, signer_for
@@ -69,6 +69,7 @@ from mailer.mail.transport import (
     send,
     send_when,
 )
+from mailer.mail.verp import ReturnPaths, return_paths
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -84,7 +85,7 @@ from mailer.models import (
 from mailer.readers import suppressions
 from mailer.readers.addresses import address_hash
 from mailer.readers.notices import list_id, unsubscribe_mailto
-from mailer.readers.subscriptions import end_address
+from mailer.readers.subscriptions import end_address, reset_soft_bounces
 from mailer.sending.ratelimit import Limiter, Unlimited
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,12 @@ class Outgoing:
     when MAILER_DKIM_* are set, a DKIM signature as the very last step."""
 
     sender: str
-    paths: bounces.ReturnPaths
+    paths: ReturnPaths
     signer: DKIMSigner | None
 
     @classmethod
     def for_newsletter(cls, settings: Settings, newsletter: Newsletter) -> Outgoing:
-        return cls(newsletter.sender, bounces.return_paths(settings), signer_for(settings))
+        return cls(newsletter.sender, return_paths(settings), signer_for(settings))
 
     def return_path(self, delivery_id: int) -> str:
         return self.paths.for_delivery(delivery_id, self.sender)
@@ -818,7 +819,7 @@ def _send_rows(
         raise
     write_down()
     # Soft bounces count only in a row: a 250 starts the count again (one UPDATE).
-    bounces.reset_soft_bounces(session, accepted)
+    reset_soft_bounces(session, accepted)
     session.commit()
     return conn
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, delivery, digests, throttle
+from mailer import broker, delivery, digests, throttle
+from mailer.bounces import mailboxes
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.content import feeds
@@ -202,14 +203,14 @@ def digest_tick() -> None:
 @app.task(name="mailer.tasks.poll_bounces")
 def poll_bounces() -> dict[str, int]:
     """Read the bounce mailbox once; each report is its own committed unit of work."""
-    result = bounces.poll(get_settings())
+    result = mailboxes.poll(get_settings())
     return {"seen": result.seen, "applied": result.applied, "ignored": result.ignored}
 
 
 def enqueue_bounce_poll() -> None:
     """Once a tick, when a bounce mailbox is configured; a poll not started within
     the minute expires, so a slow mailbox never piles up overlapping polls."""
-    if not bounces.mailbox_configured(get_settings()):
+    if not mailboxes.mailbox_configured(get_settings()):
         return
     try:
         poll_bounces.apply_async(expires=55)

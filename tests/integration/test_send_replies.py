@@ -8,9 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import bounces, delivery, digests, tasks
+from mailer import delivery, digests, tasks
+from mailer.bounces import outcomes
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import connect
+from mailer.mail.verp import return_paths
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -165,9 +167,9 @@ def test_a_550_at_send_time_and_a_bounce_report_for_the_address_leave_the_same_s
     delivery.send_range(session, settings, digest_id, lo, hi)
     sent = row_for(session, subs[gone])
     assert sent.status is DeliveryStatus.SENT
-    verp = bounces.return_paths(settings)
+    verp = return_paths(settings)
     report = load("postfix_hard", verp.for_delivery(sent.id, support.SENDER), gone)
-    assert bounces.handle_raw(session, verp, report).result == "hard-bounce"
+    assert outcomes.handle_raw(session, verp, report).result == "hard-bounce"
     session.commit()
     by_report = address_state(session, gone)
 
