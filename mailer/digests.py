@@ -38,9 +38,9 @@ from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from mailer.canonical import dedupe_key
 from mailer.config import Settings
 from mailer.content import articles
-from mailer.content.articles import dedupe_key
 from mailer.content.cleaner import cut_summary
 from mailer.db import among, is_postgres
 from mailer.mail.links import Links
