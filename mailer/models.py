@@ -30,6 +30,8 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
+from mailer.canonical import dedupe_key
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -365,7 +367,7 @@ class Article(Base):
     # When it became due: its arrival, or the moment an operator put it back
     # (`include`); NULL for history (a new feed's back catalogue), never mailed.
     due_at: Mapped[datetime | None]
-    # The story whatever the spelling of its link (`articles.dedupe_key`): a reader
+    # The story whatever the spelling of its link (`canonical.dedupe_key`): a reader
     # who has it from one source is never sent it again from another.
     story: Mapped[str] = mapped_column(String(2000), default="")
     # Taken out of editions by an operator (`mailer article exclude`) until put back.
@@ -376,8 +378,6 @@ class Article(Base):
     @validates("url")
     def _story_of(self, _key: str, url: str) -> str:
         """The story key follows the link, however the row is made or changed."""
-        from mailer.content.articles import dedupe_key  # articles imports this module
-
         self.story = dedupe_key(url)[:2000]
         return url
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from celery import Task
 
-from mailer import bounces, broker, operators, throttle
+from mailer import broker, throttle
+from mailer.bounces import mailboxes
 from mailer.celery_app import app
 from mailer.config import get_settings
 from mailer.content import feeds
@@ -22,6 +23,7 @@ from mailer.db import session_factory, session_scope
 from mailer.editions import close, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
+from mailer.operators import editions as editions_ops
 from mailer.readers import notices, subscriptions
 from mailer.sending import loop, senders, sweeps
 from mailer.sending.ratelimit import limiter_for
@@ -141,9 +143,9 @@ def enqueue_sends(ranges: list[tuple[int, int, int]]) -> None:
 def prepare_digest(digest_id: int) -> int:
     """Poll the newsletter's due feeds (bounded by the feed timeout), then cut and prepare."""
     settings = get_settings()
-    operators.poll_before_cut(settings, digest_id)
+    editions_ops.poll_before_cut(settings, digest_id)
     with session_scope(settings.database) as session:
-        prepared = operators.prepare_edition(session, settings, renderer(), digest_id)
+        prepared = editions_ops.prepare_edition(session, settings, renderer(), digest_id)
     enqueue_sends([(digest_id, lo, hi) for lo, hi in prepared.ranges])
     return prepared.queued
 
@@ -189,7 +191,7 @@ def digest_tick() -> None:
         created += close.stale_unprepared(session, older_than=lease)
         orphaned = senders.reclaim_dead(session)  # ends their leases: recovered next line
         sweeps.recover_expired(session, settings)
-        operators.sweep_cancelled(session)
+        editions_ops.sweep_cancelled(session)
         ranges = sweeps.due_ranges(session, settings)
         close.close_finished(session)
     enqueue_prepare(sorted(set(created)))
@@ -202,14 +204,14 @@ def digest_tick() -> None:
 @app.task(name="mailer.tasks.poll_bounces")
 def poll_bounces() -> dict[str, int]:
     """Read the bounce mailbox once; each report is its own committed unit of work."""
-    result = bounces.poll(get_settings())
+    result = mailboxes.poll(get_settings())
     return {"seen": result.seen, "applied": result.applied, "ignored": result.ignored}
 
 
 def enqueue_bounce_poll() -> None:
     """Once a tick, when a bounce mailbox is configured; a poll not started within
     the minute expires, so a slow mailbox never piles up overlapping polls."""
-    if not bounces.mailbox_configured(get_settings()):
+    if not mailboxes.mailbox_configured(get_settings()):
         return
     try:
         poll_bounces.apply_async(expires=55)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from mailer.bounces import _imap_quote as quoted  # the poller's own quoting
+from mailer.bounces.mailboxes import _imap_quote as quoted  # the poller's own quoting
 from mailer.mail.sink import free_port, port_answers
 
 CONFIG = """\

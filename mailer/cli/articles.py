@@ -7,13 +7,15 @@ from pathlib import Path
 
 import click
 
-from mailer import operators as ops
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, when
 from mailer.content import feeds, pages
 from mailer.content.articles import TopicBudget
 from mailer.db import get_engine
 from mailer.migrate import NotMigrated, require_current
+from mailer.operators import articles as articles_ops
+from mailer.operators import feeds as feeds_ops
+from mailer.operators import newsletters as newsletters_ops
 
 
 def _when(value: object) -> str:
@@ -52,7 +54,7 @@ def feed_add(
     """Add a feed to NEWSLETTER; the worker polls it from the next tick on."""
     settings = settings_or_exit()
     with domain_session() as session:
-        added = ops.add_feed(
+        added = feeds_ops.add_feed(
             session,
             settings,
             newsletter,
@@ -64,7 +66,7 @@ def feed_add(
     console.print(f"added feed {added.id} to {added.newsletter}: " + _describe(added))
 
 
-def _describe(f: ops.FeedOut) -> str:
+def _describe(f: feeds_ops.FeedOut) -> str:
     topics = f"; topics {', '.join(f.topics)}" if f.topics else ""
     return f"{f.url} (every {f.interval} s{topics})" + (" [paused]" if f.paused else "")
 
@@ -92,7 +94,7 @@ FEED_COLUMNS = (
 def feed_list(newsletter: str | None, as_json: bool) -> None:
     """List feeds with their last poll, next poll and last error."""
     with domain_session() as session:
-        rows = ops.list_feeds(session, newsletter)
+        rows = feeds_ops.list_feeds(session, newsletter)
     if as_json:
         print_json(rows)
         return
@@ -113,7 +115,7 @@ def feed_edit(
     if interval is None and not topics and not clear_topics:
         raise click.UsageError("nothing to change: give --interval, --topic or --clear-topics")
     with domain_session() as session:
-        out = ops.edit_feed(
+        out = feeds_ops.edit_feed(
             session,
             feed_id,
             interval=interval,
@@ -127,7 +129,7 @@ def feed_edit(
 def feed_pause(feed_id: int) -> None:
     """Stop polling a feed; it keeps its URL, topics and articles."""
     with domain_session() as session:
-        out = ops.set_feed_paused(session, feed_id, True)
+        out = feeds_ops.set_feed_paused(session, feed_id, True)
     console.print(f"feed {out.id} paused: {out.url}", highlight=False)
 
 
@@ -136,7 +138,7 @@ def feed_pause(feed_id: int) -> None:
 def feed_resume(feed_id: int) -> None:
     """Poll a paused feed again, from the next tick."""
     with domain_session() as session:
-        out = ops.set_feed_paused(session, feed_id, False)
+        out = feeds_ops.set_feed_paused(session, feed_id, False)
     console.print(f"feed {out.id} resumed: {out.url}", highlight=False)
 
 
@@ -145,7 +147,7 @@ def feed_resume(feed_id: int) -> None:
 def feed_remove(feed_id: int) -> None:
     """Delete a feed; the articles it brought stay."""
     with domain_session() as session:
-        out = ops.remove_feed(session, feed_id)
+        out = feeds_ops.remove_feed(session, feed_id)
     console.print(
         f"removed feed {out.id} from {out.newsletter}: {out.url} (its articles stay)",
         highlight=False,
@@ -201,9 +203,9 @@ def article_import(
         data = path.read_bytes()
     with domain_session() as session:
         if newsletter:
-            nl = ops.newsletter(session, newsletter)
+            nl = newsletters_ops.newsletter(session, newsletter)
         else:
-            found = ops.list_newsletters(session)
+            found = newsletters_ops.list_newsletters(session)
             if len(found) != 1:
                 raise click.ClickException("say which newsletter with --newsletter SLUG")
             nl = found[0]
@@ -243,7 +245,7 @@ ARTICLE_COLUMNS = (
 def article_list(newsletter: str, limit: int, as_json: bool) -> None:
     """The newsletter's newest articles: when each arrived and whether editions carry it."""
     with domain_session() as session:
-        rows = ops.list_articles(session, newsletter, limit)
+        rows = articles_ops.list_articles(session, newsletter, limit)
     if as_json:
         print_json(rows)
         return
@@ -255,7 +257,7 @@ def article_list(newsletter: str, limit: int, as_json: bool) -> None:
 def article_exclude(article_id: int) -> None:
     """Keep article ARTICLE_ID out of the next editions (until `include`)."""
     with domain_session() as session:
-        a = ops.exclude_article(session, article_id)
+        a = articles_ops.exclude_article(session, article_id)
     console.print(
         f"article {a.id} in {a.newsletter} is excluded from editions: {a.title}",
         markup=False,
@@ -268,7 +270,7 @@ def article_exclude(article_id: int) -> None:
 def article_include(article_id: int) -> None:
     """Put an excluded article back: the next editions carry it to readers who lack it."""
     with domain_session() as session:
-        a = ops.include_article(session, article_id)
+        a = articles_ops.include_article(session, article_id)
     console.print(
         f"article {a.id} in {a.newsletter} goes in the next editions: {a.title}",
         markup=False,
@@ -294,7 +296,7 @@ def article_show(article_id: int, raw: bool) -> None:
     """Show stored article ARTICLE_ID: its summary as readers get it and, with --raw, what
     its source sent and what the cleaner removed from it."""
     with domain_session() as session:
-        a = ops.show_article(session, article_id, raw=raw)
+        a = articles_ops.show_article(session, article_id, raw=raw)
     lines = [
         f"article {a.id} in {a.newsletter} ({a.source}): {a.title}",
         f"  {a.url}",
@@ -329,7 +331,10 @@ def topic() -> None:
 def topic_list(newsletter: str, as_json: bool) -> None:
     """Topics of NEWSLETTER: slug (stable, used in links) and name (shown to readers)."""
     with domain_session() as session:
-        rows = [ops.TopicOut.model_validate(t) for t in ops.list_topics(session, newsletter)]
+        rows = [
+            newsletters_ops.TopicOut.model_validate(t)
+            for t in newsletters_ops.list_topics(session, newsletter)
+        ]
     if as_json:
         print_json(rows)
         return
@@ -347,5 +352,5 @@ def topic_list(newsletter: str, as_json: bool) -> None:
 def topic_rename(newsletter: str, slug: str, new_name: str) -> None:
     """Show topic SLUG as NEW_NAME; the slug stays, so readers' choices keep working."""
     with domain_session() as session:
-        renamed = ops.rename_topic(session, newsletter, slug, new_name)
+        renamed = newsletters_ops.rename_topic(session, newsletter, slug, new_name)
         console.print(f"topic {renamed.slug} is now called {renamed.name!r}", highlight=False)

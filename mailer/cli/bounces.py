@@ -13,8 +13,9 @@ from typing import BinaryIO
 
 import click
 
-from mailer import bounces
+from mailer.bounces import mailboxes, outcomes
 from mailer.cli.base import console, domain_session, settings_or_exit
+from mailer.mail.verp import return_paths
 
 
 @click.group("bounces")
@@ -32,14 +33,14 @@ def bounces_group() -> None:
 def poll(as_json: bool) -> None:
     """Read the bounce mailbox (MAILER_BOUNCE_MAILDIR, MAILER_BOUNCE_IMAP_URL) once."""
     settings = settings_or_exit()
-    if not bounces.mailbox_configured(settings):
+    if not mailboxes.mailbox_configured(settings):
         raise click.ClickException(
             "no bounce mailbox: set MAILER_BOUNCE_MAILDIR or MAILER_BOUNCE_IMAP_URL"
         )
     with domain_session():  # fails early, with a message, on an un-migrated database
         pass
     try:
-        result = bounces.poll(settings)
+        result = mailboxes.poll(settings)
     except (OSError, ValueError) as exc:
         raise click.ClickException(f"cannot read the bounce mailbox: {exc}") from exc
     for outcome in result.outcomes:
@@ -61,9 +62,9 @@ def process(message: BinaryIO) -> None:
     """Handle one raw report (a file, or stdin); prints the outcome as JSON."""
     raw = message.read()
     settings = settings_or_exit()
-    verp = bounces.return_paths(settings)
+    verp = return_paths(settings)
     with domain_session() as session:
-        outcome = bounces.handle_raw(session, verp, raw, soft_limit=settings.soft_bounce_limit)
+        outcome = outcomes.handle_raw(session, verp, raw, soft_limit=settings.soft_bounce_limit)
     click.echo(json.dumps(outcome.as_dict()))
     if not outcome.applied:
         sys.stderr.write(f"ignored: {outcome.reason}\n")

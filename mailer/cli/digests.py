@@ -8,13 +8,14 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mailer import operators
 from mailer.cli.base import console, domain_session, settings_or_exit
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.db import session_scope
 from mailer.editions import close
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Frequency
+from mailer.operators import editions as editions_ops
+from mailer.operators import newsletters as newsletters_ops
 from mailer.sending import testmail
 
 FREQUENCIES = click.Choice([f.value for f in Frequency])
@@ -38,7 +39,7 @@ def preview(newsletter: str, email: str | None, frequency: str | None, out: Path
     """Write the HTML of the next edition as a reader would get it (nothing is recorded)."""
     settings = settings_or_exit()
     with domain_session() as session:
-        found = operators.preview_edition(
+        found = editions_ops.preview_edition(
             session,
             settings,
             _renderer(),
@@ -71,15 +72,15 @@ def send(newsletter: str, frequency: str | None, wait: bool, timeout: float) -> 
     with domain_session() as session:
         # What the API and the admin's button do, but the prepare runs here, not in a
         # worker, so the command can say what it queued.
-        edition, _ = operators.send_now(
+        edition, _ = editions_ops.send_now(
             session, newsletter, Frequency(frequency) if frequency else None
         )
         freq, digest_id = edition.frequency, edition.id
     # Its due feeds first, as the worker's prepare does: the edition carries what the
     # sites published up to its cut.
-    operators.poll_before_cut(settings, digest_id)
+    editions_ops.poll_before_cut(settings, digest_id)
     with domain_session() as session:
-        prepared = operators.prepare_edition(session, settings, _renderer(), digest_id)
+        prepared = editions_ops.prepare_edition(session, settings, _renderer(), digest_id)
     if prepared.already:
         console.print(
             f"edition {digest_id} of {newsletter} ({freq.value}) was already made this minute; "
@@ -165,17 +166,17 @@ def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: b
     """Delivery counts of recent editions, or of one."""
     with domain_session() as session:
         if digest_id is None:
-            rows = operators.recent_editions(session, newsletter, limit)
+            rows = editions_ops.recent_editions(session, newsletter, limit)
             if as_json:
                 print_json(rows)
             else:
                 show(rows, EDITION_COLUMNS, empty="no edition yet: mailer digest send NEWSLETTER")
             return
-        edition = operators.edition_out(session, digest_id)
+        edition = editions_ops.edition_out(session, digest_id)
         if as_json:
             print_json(edition)
             return
-        problems = operators.problem_deliveries(session, digest_id)
+        problems = editions_ops.problem_deliveries(session, digest_id)
     show(
         [edition],
         (
@@ -195,7 +196,7 @@ def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: b
 def cancel(digest_id: int) -> None:
     """Stop an edition: waiting mail is not sent; mail already going out finishes."""
     with domain_session() as session:
-        report = operators.cancel_edition(session, digest_id)
+        report = editions_ops.cancel_edition(session, digest_id)
     console.print(
         f"edition {digest_id} cancelled: {report.cancelled} delivery(ies) stopped, "
         f"{report.released} reader(s) get those articles next time, "
@@ -210,7 +211,7 @@ def test(newsletter: str, to: str) -> None:
     """Send the next edition's mail to one address as [TEST]; nothing is recorded."""
     settings = settings_or_exit()
     with domain_session() as session:
-        nl = operators.newsletter(session, newsletter)
+        nl = newsletters_ops.newsletter(session, newsletter)
         reply, message_id = testmail.send_test(session, settings, _renderer(), nl, to)
         session.rollback()
     if not reply.ok:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mailer import operators as ops
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
 from mailer.models import Frequency
+from mailer.operators import newsletters as newsletters_ops
 
 FREQUENCIES = click.Choice([f.value for f in Frequency])
 
@@ -32,7 +32,7 @@ def newsletter() -> None:
 def create(slug: str, name: str, sender: str, frequency: str, site_url: str | None) -> None:
     """Create a newsletter."""
     with domain_session() as session:
-        nl = ops.create_newsletter(
+        nl = newsletters_ops.create_newsletter(
             session, slug, name, sender, default_frequency=Frequency(frequency), site_url=site_url
         )
         console.print(
@@ -56,7 +56,7 @@ COLUMNS = (
 def list_(as_json: bool) -> None:
     """List newsletters with their active readers."""
     with domain_session() as session:
-        rows = ops.newsletters_out(session)
+        rows = newsletters_ops.newsletters_out(session)
     if as_json:
         print_json(rows)
         return
@@ -80,7 +80,7 @@ def edit(
     if name is None and sender is None and frequency is None and site_url is None:
         raise click.UsageError("nothing to change: give --name, --from, --frequency or --site-url")
     with domain_session() as session:
-        nl = ops.update_newsletter(
+        nl = newsletters_ops.update_newsletter(
             session,
             slug,
             name=name,
@@ -99,7 +99,7 @@ def edit(
 def archive(slug: str) -> None:
     """No more subscriptions or editions; readers, articles and history are kept."""
     with domain_session() as session:
-        ops.archive_newsletter(session, slug)
+        newsletters_ops.archive_newsletter(session, slug)
     console.print(
         f"{slug}: archived (no subscriptions, no editions; `mailer newsletter unarchive {slug}` "
         "undoes it)",
@@ -112,5 +112,5 @@ def archive(slug: str) -> None:
 def unarchive(slug: str) -> None:
     """Take subscriptions and make editions again."""
     with domain_session() as session:
-        ops.unarchive_newsletter(session, slug)
+        newsletters_ops.unarchive_newsletter(session, slug)
     console.print(f"{slug}: open again", highlight=False)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from mailer import operators as ops
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
 from mailer.models import Frequency
+from mailer.operators import newsletters as newsletters_ops
+from mailer.operators import schedules as schedules_ops
 
 
 @click.group()
@@ -30,7 +31,7 @@ def schedule() -> None:
 def set_(newsletter: str, frequency: str, cron: str, timezone: str) -> None:
     """Set (or replace) a newsletter's schedule for one frequency."""
     with domain_session() as session:
-        out = ops.set_schedule(session, newsletter, Frequency(frequency), cron, timezone)
+        out = schedules_ops.set_schedule(session, newsletter, Frequency(frequency), cron, timezone)
     console.print(
         f"{out.newsletter} {out.frequency.value}: '{out.cron}' in {out.timezone}; "
         f"next at {out.next_run_local:%Y-%m-%d %H:%M %Z} ({out.next_run_utc:%H:%M} UTC)"
@@ -53,7 +54,7 @@ SCHEDULE_COLUMNS = (
 def list_(newsletter: str | None, as_json: bool) -> None:
     """Every schedule, with its next run in local time and UTC."""
     with domain_session() as session:
-        rows = ops.list_schedules(session, newsletter)
+        rows = schedules_ops.list_schedules(session, newsletter)
     if as_json:
         print_json(rows)
         return
@@ -69,7 +70,7 @@ def list_(newsletter: str | None, as_json: bool) -> None:
 def pause(newsletter: str) -> None:
     """Stop making editions for a newsletter; readers and schedules are kept."""
     with domain_session() as session:
-        ops.update_newsletter(session, newsletter, paused=True)
+        newsletters_ops.update_newsletter(session, newsletter, paused=True)
     console.print(f"{newsletter}: paused")
 
 
@@ -78,5 +79,5 @@ def pause(newsletter: str) -> None:
 def resume(newsletter: str) -> None:
     """Make editions again from the next scheduled time."""
     with domain_session() as session:
-        ops.update_newsletter(session, newsletter, paused=False)
+        newsletters_ops.update_newsletter(session, newsletter, paused=False)
     console.print(f"{newsletter}: resumed")

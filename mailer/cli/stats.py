@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mailer import operators as ops
 from mailer.cli.base import domain_session
 from mailer.cli.output import Column, json_option, print_json, show, tally, when
 from mailer.models import Status
+from mailer.operators import stats as stats_ops
 
 EDITION_COLUMNS = ("sent", "deferred", "failed", "skipped")
 
@@ -19,7 +19,7 @@ EDITION_COLUMNS = ("sent", "deferred", "failed", "skipped")
 def stats(newsletter: str | None, editions: int, as_json: bool) -> None:
     """Readers by status per newsletter, new readers in 7/30 days, last editions."""
     with domain_session() as session:
-        rows = ops.stats(session, newsletter, editions=editions)
+        rows = stats_ops.stats(session, newsletter, editions=editions)
     if as_json:  # like the API: one newsletter's stats an object, everyone's an array
         print_json(rows[0] if newsletter else rows)
         return

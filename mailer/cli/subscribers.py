@@ -10,10 +10,11 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mailer import operators as ops
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
 from mailer.models import Status
+from mailer.operators import newsletters as newsletters_ops
+from mailer.operators import subscribers as subscribers_ops
 from mailer.readers import spreadsheet
 from mailer.readers.importer import ImportReport, import_csv
 
@@ -27,8 +28,8 @@ def subscribers() -> None:
 
 def _filter(
     newsletter: str | None, status: str | None, contains: str | None
-) -> ops.SubscriberFilter:
-    return ops.SubscriberFilter(
+) -> subscribers_ops.SubscriberFilter:
+    return subscribers_ops.SubscriberFilter(
         newsletter=newsletter, status=Status(status) if status else None, contains=contains
     )
 
@@ -61,13 +62,13 @@ def list_(
 ) -> None:
     """List readers in id order, a page at a time (the next page's cursor goes to stderr)."""
     with domain_session() as session:
-        page = ops.list_subscribers(
+        page = subscribers_ops.list_subscribers(
             session, _filter(newsletter, status, contains), cursor=cursor, limit=limit
         )
     if as_json:
         print_json(page.items)
     else:
-        none: list[ops.SubscriptionOut | None] = [None]
+        none: list[subscribers_ops.SubscriptionOut | None] = [None]
         rows = [(r, sub) for r in page.items for sub in (r.subscriptions or none)]
         show(rows, SUBSCRIPTION_COLUMNS, empty="no reader matches")
     if page.next_cursor:
@@ -93,7 +94,7 @@ def export(
         out = output.open("w", newline="", encoding="utf-8") if output else sys.stdout
         try:
             if address:
-                data = ops.export_subscriber(session, address)
+                data = subscribers_ops.export_subscriber(session, address)
                 out.write(json.dumps(data.model_dump(mode="json"), indent=2) + "\n")
                 return
             # Addresses may start with = + - (valid local parts): no cell runs as a formula.
@@ -101,7 +102,9 @@ def export(
             writer.writerow(
                 ["email", "newsletter", "status", "frequency", "topics", "consent_at", "source"]
             )
-            for reader, sub in ops.iter_subscriptions(session, _filter(newsletter, status, None)):
+            for reader, sub in subscribers_ops.iter_subscriptions(
+                session, _filter(newsletter, status, None)
+            ):
                 writer.writerow(
                     [
                         reader.email,
@@ -130,7 +133,7 @@ def erase(address: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Erase every record of {address}?", abort=True)
     with domain_session() as session:
-        report = ops.erase_subscriber(session, address)
+        report = subscribers_ops.erase_subscriber(session, address)
     kept = " (kept as a hashed suppression entry)" if report.suppressed else ""
     console.print(f"erased {address}: {report.subscriptions} subscription(s){kept}")
 
@@ -143,7 +146,9 @@ def erase(address: str, yes: bool) -> None:
 def set_status(address: str, status: str, newsletter: str, reason: str | None) -> None:
     """Change a reader's status, recorded in the audit trail as done by an operator."""
     with domain_session() as session:
-        sub = ops.set_status(session, address, newsletter, Status(status), detail=reason)
+        sub = subscribers_ops.set_status(
+            session, address, newsletter, Status(status), detail=reason
+        )
         console.print(f"{address} in {newsletter}: now {sub.status.value}")
 
 
@@ -151,7 +156,7 @@ def _only_newsletter(newsletter: str | None) -> str:
     if newsletter:
         return newsletter
     with domain_session() as session:
-        slugs = [n.slug for n in ops.list_newsletters(session)]
+        slugs = [n.slug for n in newsletters_ops.list_newsletters(session)]
     if len(slugs) != 1:
         raise click.UsageError(
             "Say which newsletter with --newsletter"
@@ -201,7 +206,7 @@ def import_(file: Path, newsletter: str | None, confirmed: bool, chunk_size: int
 
     slug = _only_newsletter(newsletter)
     with domain_session() as session:
-        ops.newsletter(session, slug)  # NotFound, before the file is read
+        newsletters_ops.newsletter(session, slug)  # NotFound, before the file is read
         size = file.stat().st_size
         columns = [
             TextColumn("[bold]importing"),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from mailer import operators as ops
 from mailer.cli.base import console, domain_session
+from mailer.operators import suppressions as suppressions_ops
 
 
 @click.group("suppression")
@@ -27,7 +27,9 @@ def suppression() -> None:
 def list_(reason: str | None, limit: int, cursor: str | None) -> None:
     """List suppressed addresses, oldest first: hash, address if known, reason, source, date."""
     with domain_session() as session:
-        page = ops.list_suppressions(session, reason=reason, cursor=cursor, limit=limit)
+        page = suppressions_ops.list_suppressions(
+            session, reason=reason, cursor=cursor, limit=limit
+        )
     table = Table("hash", "address", "reason", "source", "since (UTC)", "lifted by")
     for item in page.items:
         table.add_row(
@@ -58,7 +60,7 @@ def lift(address: str, detail: str | None, yes: bool) -> None:
     if not yes:
         click.confirm(f"Lift the suppression of {address}? It may be mailed again.", abort=True)
     with domain_session() as session:
-        out = ops.lift_suppression(session, address, detail=detail)
+        out = suppressions_ops.lift_suppression(session, address, detail=detail)
     shown = out.lifted.address or out.lifted.hash[:16]
     console.print(
         f"lifted: {shown} (was {out.lifted.reason}, since {out.lifted.created_at:%Y-%m-%d}); "

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import nh3
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer.canonical import canonical_url, dedupe_key
 from mailer.config import Settings
 from mailer.content.cleaner import (
     MAX_CONTENT,
@@ -86,9 +87,6 @@ ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "he
 URL_SCHEMES = {"http", "https", "mailto"}
 # Removed together with everything inside them, not just unwrapped.
 DROP_WITH_CONTENT = {"script", "style", "noscript", "template", "iframe", "object", "svg", "math"}
-
-# Query parameters that only track clicks; they never change what a page is.
-TRACKING_PARAMS = re.compile(r"^(utm_[a-z]+|fbclid|gclid|mc_cid|mc_eid|ref|ocid|cmpid)$", re.I)
 
 _BLOCK_TAG = re.compile(rf"<(?=/?(?:{'|'.join(sorted(TEXT_BREAKS))})\b)", re.I)
 _LOOKS_LIKE_TAG = re.compile(r"<[/!a-zA-Z]")
@@ -209,40 +207,6 @@ def sanitise_html(value: str | None, base_url: str | None) -> str:
 
 
 # -- URLs and dedupe -------------------------------------------------------------
-
-
-def canonical_url(url: str) -> str:
-    """The link as stored: lower-case scheme and host, no credentials, fragment or tracking."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host
-    if port and (scheme, port) not in (("http", 80), ("https", 443)):
-        netloc = f"{netloc}:{port}"
-    query = [
-        (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        if not TRACKING_PARAMS.match(k)
-    ]
-    return urlunsplit((scheme, netloc, parts.path or "/", urlencode(query), ""))
-
-
-def dedupe_key(url: str) -> str:
-    """What makes two links the same story: canonical URL without scheme, www. or end slash.
-
-    http/https and www/no-www variants of one page are one article, as are
-    links that differ only in tracking parameters or fragment.
-    """
-    parts = urlsplit(canonical_url(url))
-    host = parts.netloc.removeprefix("www.")
-    path = parts.path.rstrip("/") or "/"
-    return f"{host}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
 class HasURL(Protocol):

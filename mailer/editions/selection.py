@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mailer.content.articles import dedupe_key
+from mailer.canonical import dedupe_key
 from mailer.models import Article, ArticleTopic, Topic
 
 

@@ -1,4 +1,5 @@
-"""Mail as bytes on the wire: MIME, rendering, the SMTP transport, DKIM, links, tokens.
+"""Mail as bytes on the wire: MIME, rendering, the SMTP transport, DKIM, links, tokens,
+VERP return paths.
 
 This part knows how a message is built, signed and handed to a relay, and
 nothing of readers, newsletters or editions: it may import the shared ground

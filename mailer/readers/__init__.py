@@ -3,7 +3,6 @@
 Everything about a person on a list lives here: how an address is read and
 keyed, how a subscription moves between states, who must never be mailed, the
 confirm and welcome notices, and the CSV/spreadsheet import. It may import the
-shared ground (`mailer.config`, `mailer.db`, `mailer.models`) and `mailer.mail`
-(and, until the VERP return paths move into `mail/`, `mailer.bounces`); never
-the web, the CLI or the tasks.
+shared ground (`mailer.config`, `mailer.db`, `mailer.models`) and `mailer.mail`;
+never `mailer.bounces` (which acts on readers), the web, the CLI or the tasks.
 """

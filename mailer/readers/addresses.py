@@ -178,8 +178,3 @@ def address_key(email: str) -> str:
 def address_hash(email: str) -> str:
     """What the suppression list keeps: enough to refuse an address, not to read it."""
     return hashlib.sha256(address_key(email).encode()).hexdigest()
-
-
-def redact(email: str) -> str:
-    local, _, domain = email.partition("@")
-    return f"{local[:1]}***@{domain}"

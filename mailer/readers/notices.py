@@ -15,14 +15,15 @@ from email.utils import parseaddr
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mailer.bounces import reset_soft_bounces, return_paths
 from mailer.config import Settings
 from mailer.mail.dkim import sign_if_configured
 from mailer.mail.links import Links
 from mailer.mail.messages import MessageTemplate, ascii_domain, list_id_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import ConnectionLost, Reply, close, connect, send
+from mailer.mail.verp import return_paths
 from mailer.models import Newsletter, NoticeStatus, Notification, Status, Subscription, utcnow
+from mailer.readers.subscriptions import reset_soft_bounces
 from mailer.readers.suppressions import may_send
 
 # Which subscription status a notice still makes sense for.

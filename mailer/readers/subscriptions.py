@@ -18,10 +18,11 @@ from email.headerregistry import Address as HeaderAddress
 from email.utils import parseaddr
 from typing import Protocol, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mailer.db import among, is_postgres
 from mailer.mail.messages import UnencodableAddress, ascii_domain
 from mailer.mail.tokens import Purpose, TokenError, Tokens
 from mailer.models import (
@@ -694,3 +695,18 @@ def subscriber_by_email(session: Session, email: str) -> Subscriber | None:
     return session.scalar(
         select(Subscriber).where(Subscriber.email_key == address_key(email.strip()))
     )
+
+
+def reset_soft_bounces(session: Session, subscription_ids: Iterable[int]) -> None:
+    """Call when the server accepted a message: soft bounces only count in a row.
+
+    One UPDATE for a whole batch, touching only rows that have a count, so
+    the common case writes nothing.
+    """
+    ids = list(subscription_ids)
+    if ids:
+        session.execute(
+            update(Subscription)
+            .where(among(Subscription.id, ids, is_postgres(session)), Subscription.soft_bounces > 0)
+            .values(soft_bounces=0)
+        )

@@ -10,7 +10,7 @@ the live senders' heartbeats, `ratelimit` the global send rate and
 
 This part may import the shared ground (`mailer.config`, `mailer.db`,
 `mailer.models`), `mailer.mail`, `mailer.readers` and `mailer.editions`
-(ranges, the draft a test send mails); never the web, the CLI or the tasks.
-It still imports `mailer.bounces` for VERP return paths and the soft-bounce
-reset until those move into `mail/` and a bounce module of their own.
+(ranges, the draft a test send mails); never `mailer.bounces` (VERP return
+paths are `mail.verp`, the soft-bounce reset `readers.subscriptions`), the web,
+the CLI or the tasks.
 """

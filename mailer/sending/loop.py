@@ -30,12 +30,12 @@ from functools import partial
 
 from sqlalchemy.orm import Session
 
-from mailer import bounces
 from mailer.config import Settings
 from mailer.mail.links import Links
 from mailer.mail.messages import MessageTemplate
 from mailer.mail.transport import ConnectionLost, Connections, close, connect, send_when
 from mailer.models import Digest, DigestVariant, EditionStatus, Newsletter, utcnow
+from mailer.readers.subscriptions import reset_soft_bounces
 from mailer.sending.claims import Claimed, claim_size, due_rows
 from mailer.sending.marks import (
     BatchResult,
@@ -255,7 +255,7 @@ def _send_rows(
         raise
     write_down()
     # Soft bounces count only in a row: a 250 starts the count again (one UPDATE).
-    bounces.reset_soft_bounces(session, accepted)
+    reset_soft_bounces(session, accepted)
     session.commit()
     return conn
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from mailer import bounces
 from mailer.config import Settings
 from mailer.mail.dkim import DKIMSigner, signer_for
 from mailer.mail.links import Links, Tokened
 from mailer.mail.messages import MessageTemplate, Slot, Slots
+from mailer.mail.verp import ReturnPaths, return_paths
 from mailer.models import DigestVariant, Newsletter
 from mailer.readers.notices import list_id, unsubscribe_mailto
 
@@ -30,12 +30,12 @@ class Outgoing:
     when MAILER_DKIM_* are set, a DKIM signature as the very last step."""
 
     sender: str
-    paths: bounces.ReturnPaths
+    paths: ReturnPaths
     signer: DKIMSigner | None
 
     @classmethod
     def for_newsletter(cls, settings: Settings, newsletter: Newsletter) -> Outgoing:
-        return cls(newsletter.sender, bounces.return_paths(settings), signer_for(settings))
+        return cls(newsletter.sender, return_paths(settings), signer_for(settings))
 
     def return_path(self, delivery_id: int) -> str:
         return self.paths.for_delivery(delivery_id, self.sender)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from mailer import operators
+from mailer.operators import newsletters as newsletters_ops
 from mailer.web.deps import SessionDep, SettingsDep
 from mailer.web.pages import page
 
@@ -23,6 +23,6 @@ def home(request: Request, session: SessionDep, settings: SettingsDep) -> HTMLRe
     return page(
         request,
         "home.html",
-        newsletters=operators.open_newsletters(session),
+        newsletters=newsletters_ops.open_newsletters(session),
         outbox=settings.uses_sink,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from mailer import bounces
+from mailer.bounces import mailboxes, outcomes
 from tests.fixtures import bounces as reports
 from tests.imap import start_dovecot
 
@@ -17,7 +17,9 @@ def main(address: str) -> None:
         imap.append(reports.load("postfix_hard", recipient="reader@example.org"))
         out: dict[str, object] = {}
         try:
-            result = bounces.poll_imap(imap.url(), lambda raw: bounces.Outcome("ignored", "a test"))
+            result = mailboxes.poll_imap(
+                imap.url(), lambda raw: outcomes.Outcome("ignored", "a test")
+            )
             out["poll"] = f"read {result.seen}"
         except ValueError as exc:
             out["poll"] = str(exc)

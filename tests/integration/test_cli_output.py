@@ -9,10 +9,11 @@ import subprocess
 
 import pytest
 
-from mailer import operators
 from mailer.content import feeds
 from mailer.content.articles import RawArticle, normalise, upsert_article
 from mailer.models import Delivery, DeliveryStatus, Frequency
+from mailer.operators import editions as editions_ops
+from mailer.operators import schedules as schedules_ops
 from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run, run_json
@@ -32,7 +33,7 @@ def newsroom(settings, session):
     feed = feeds.add_feed(session, nl, LONG_URL, topics=["Science"])
     feed.title = TITLE
     feed.error_count, feed.last_error = 2, "HTTP 503 Service Unavailable"
-    operators.set_schedule(session, "weekly", Frequency.WEEKLY, "0 8 * * MON", "Europe/Kyiv")
+    schedules_ops.set_schedule(session, "weekly", Frequency.WEEKLY, "0 8 * * MON", "Europe/Kyiv")
     ids = []
     for i, state in enumerate(DeliveryStatus):
         out = subs.subscribe(
@@ -50,7 +51,7 @@ def newsroom(settings, session):
         topics=["Science", "Culture"],
     )
     upsert_article(session, nl, "api:1", normalise(story, base_url=None))
-    edition, _ = operators.send_now(session, "weekly")
+    edition, _ = editions_ops.send_now(session, "weekly")
     edition.status = "sending"
     for sub_id, state in ids:
         session.add(Delivery(digest_id=edition.id, subscription_id=sub_id, status=state))

@@ -6,7 +6,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from mailer import operators
+from mailer.operators import newsletters as newsletters_ops
 from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.conftest import configure
@@ -19,7 +19,7 @@ def newsroom(session) -> None:
         subs.subscribe(
             session, email=f"r{i}@example.org", newsletter="weekly", confirmed=True, source="t"
         )
-    operators.archive_newsletter(session, "old")
+    newsletters_ops.archive_newsletter(session, "old")
     session.commit()
 
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer import operators
 from mailer.cli import main
 from mailer.models import Notification, Status, Suppression, SuppressionEvent
+from mailer.operators import subscribers as subscribers_ops
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import address_hash
 from mailer.readers.importer import import_csv
@@ -46,7 +46,7 @@ def lifts(session) -> list[SuppressionEvent]:
 def erased_after_unsubscribing(session, nl, email: str) -> None:
     sub = add_reader(session, nl, email)
     subs.change_status(session, sub, Status.UNSUBSCRIBED, source="unsubscribe-link")
-    operators.erase_subscriber(session, email)
+    subscribers_ops.erase_subscriber(session, email)
     session.commit()
 
 
@@ -75,7 +75,7 @@ def test_an_erased_reader_who_subscribes_again_is_sent_the_confirmation_which_li
     welcome = mails_to(smtp_server, BACK, 2)[1]
     assert "Welcome" in welcome.message["Subject"]
     # Erased again, the record of that lift (with the IP they confirmed from) goes too.
-    operators.erase_subscriber(session, BACK)
+    subscribers_ops.erase_subscriber(session, BACK)
     session.commit()
     assert lifts(session) == []
 

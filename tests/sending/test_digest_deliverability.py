@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dkim
 
-from mailer import bounces
 from mailer.editions import prepare, schedule
+from mailer.mail import verp
 from mailer.mail.dkim import generate_private_key, txt_record_value
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Frequency, Subscription
@@ -40,7 +40,7 @@ def test_digest_goes_out_with_a_return_path_naming_its_delivery_and_a_signature_
 
     [received] = smtp_server.received
     row = session.query(Delivery).one()
-    assert bounces.return_paths(settings).parse(received.mail_from) == bounces.VerpTag("d", row.id)
+    assert verp.return_paths(settings).parse(received.mail_from) == verp.VerpTag("d", row.id)
     domain = received.mail_from.rpartition("@")[2]
     record = txt_record_value(key.read_bytes()).encode()
     assert dkim.verify(

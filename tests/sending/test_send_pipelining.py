@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailer import db, operators
+from mailer import db
 from mailer.mail.transport import connect, send, send_when
 from mailer.models import DeliveryStatus
+from mailer.operators import editions as editions_ops
 from mailer.sending import loop
 from mailer.sending.ratelimit import Unlimited
 from tests.editions.test_digest_support import deliveries_by_email, sendable_edition
@@ -123,7 +124,7 @@ class CancelsMidway(Unlimited):
         self.calls += 1
         if self.calls == 6:
             with db.session_factory(self.settings.database)() as other:
-                operators.cancel_edition(other, self.digest_id)
+                editions_ops.cancel_edition(other, self.digest_id)
                 other.commit()
         super().acquire(before_waiting)
 

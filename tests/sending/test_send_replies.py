@@ -8,10 +8,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from mailer import bounces, tasks
+from mailer import tasks
+from mailer.bounces import outcomes
 from mailer.editions import reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import connect
+from mailer.mail.verp import return_paths
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -167,9 +169,9 @@ def test_a_550_at_send_time_and_a_bounce_report_for_the_address_leave_the_same_s
     loop.send_range(session, settings, digest_id, lo, hi)
     sent = row_for(session, subs[gone])
     assert sent.status is DeliveryStatus.SENT
-    verp = bounces.return_paths(settings)
+    verp = return_paths(settings)
     report = load("postfix_hard", verp.for_delivery(sent.id, support.SENDER), gone)
-    assert bounces.handle_raw(session, verp, report).result == "hard-bounce"
+    assert outcomes.handle_raw(session, verp, report).result == "hard-bounce"
     session.commit()
     by_report = address_state(session, gone)
 

@@ -7,14 +7,13 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from mailer.canonical import canonical_url, dedupe_key
 from mailer.content.articles import (
     ArticleError,
     RawArticle,
-    canonical_url,
     clean_topics,
     cut_summary,
     dedupe_articles,
-    dedupe_key,
     html_to_text,
     normalise,
     sanitise_html,

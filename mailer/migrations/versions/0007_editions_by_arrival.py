@@ -92,7 +92,7 @@ def upgrade() -> None:
 
 def _stories(bind: sa.Connection) -> None:
     """Each article's story key, by ingest's own rule, a thousand rows at a time."""
-    from mailer.content.articles import dedupe_key
+    from mailer.canonical import dedupe_key
 
     article = sa.table("article", sa.column("id", sa.Integer), sa.column("url", sa.String))
     story = sa.table("article", sa.column("id", sa.Integer), sa.column("story", sa.String))

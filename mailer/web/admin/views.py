@@ -9,7 +9,7 @@ operator logs in with the API token; the page then holds a session cookie:
 - HttpOnly, SameSite=Strict, path /admin, and Secure when the public
   address is https;
 - good only while its session id is live on the server
-  (`mailer.admin_sessions`): logging out deletes it, so the same cookie
+  (`mailer.operators.admin_sessions`): logging out deletes it, so the same cookie
   replayed afterwards is refused.
 
 Every POST but the login carries a CSRF token in a hidden field: an HMAC of
@@ -44,11 +44,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
-from mailer import admin_sessions, tasks, throttle
-from mailer import operators as ops
+from mailer import tasks, throttle
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import EDITION_OPEN, DeliveryStatus, Frequency
+from mailer.operators import admin_sessions
+from mailer.operators import editions as editions_ops
+from mailer.operators import newsletters as newsletters_ops
+from mailer.operators import schedules as schedules_ops
+from mailer.operators.errors import Invalid, NotFound, OperatorError
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, get_renderer
 from mailer.web.headers import mail_html_headers
 from mailer.web.pages import page
@@ -165,8 +169,8 @@ def _checked(request: Request, csrf: str) -> AdminSession | None:
     return admin
 
 
-def _failed(request: Request, admin: AdminSession, exc: ops.OperatorError) -> HTMLResponse:
-    status = 404 if isinstance(exc, ops.NotFound) else 422 if isinstance(exc, ops.Invalid) else 409
+def _failed(request: Request, admin: AdminSession, exc: OperatorError) -> HTMLResponse:
+    status = 404 if isinstance(exc, NotFound) else 422 if isinstance(exc, Invalid) else 409
     return _render(request, "admin_message.html", admin, status, title="Not done", text=str(exc))
 
 
@@ -263,7 +267,9 @@ def _note(session: Session, note: str | None, slug: str | None, edition: int | N
     """A fixed sentence for a fixed code; a slug is shown only if it names a newsletter."""
     if note not in NOTES:
         return None
-    if slug is not None and slug not in {nl.slug for nl in ops.list_newsletters(session)}:
+    if slug is not None and slug not in {
+        nl.slug for nl in newsletters_ops.list_newsletters(session)
+    }:
         return None
     return NOTES[note].format(slug=slug or "", edition=edition or "")
 
@@ -280,12 +286,14 @@ def dashboard(
     if admin is None:
         return _to_login()
     newsletters = []
-    for nl in ops.list_newsletters(session):
+    for nl in newsletters_ops.list_newsletters(session):
         newsletters.append(
             {
                 "nl": nl,
-                "schedules": ops.list_schedules(session, nl.slug),
-                "editions": ops.list_editions(session, nl.slug, limit=EDITIONS_SHOWN).items,
+                "schedules": schedules_ops.list_schedules(session, nl.slug),
+                "editions": editions_ops.list_editions(
+                    session, nl.slug, limit=EDITIONS_SHOWN
+                ).items,
             }
         )
     return _render(
@@ -306,7 +314,7 @@ def pause(slug: str, request: Request, session: SessionDep, csrf: CsrfField = ""
         session,
         slug,
         csrf,
-        lambda s, n: ops.update_newsletter(s, n, paused=True),
+        lambda s, n: newsletters_ops.update_newsletter(s, n, paused=True),
         "paused",
     )
 
@@ -318,7 +326,7 @@ def resume(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "
         session,
         slug,
         csrf,
-        lambda s, n: ops.update_newsletter(s, n, paused=False),
+        lambda s, n: newsletters_ops.update_newsletter(s, n, paused=False),
         "resumed",
     )
 
@@ -338,14 +346,14 @@ def edit(
     if admin is None:
         return refused(request, current_session(request))
     try:
-        ops.update_newsletter(
+        newsletters_ops.update_newsletter(
             session,
             slug,
             name=name,
             sender=sender,
-            default_frequency=ops.parse_frequency(frequency),
+            default_frequency=newsletters_ops.parse_frequency(frequency),
         )
-    except ops.OperatorError as exc:
+    except OperatorError as exc:
         session.rollback()
         return _failed(request, admin, exc)
     session.commit()
@@ -354,12 +362,14 @@ def edit(
 
 @router.post("/newsletters/{slug}/archive", response_class=HTMLResponse)
 def archive(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
-    return _lifecycle(request, session, slug, csrf, ops.archive_newsletter, "archived")
+    return _lifecycle(request, session, slug, csrf, newsletters_ops.archive_newsletter, "archived")
 
 
 @router.post("/newsletters/{slug}/unarchive", response_class=HTMLResponse)
 def unarchive(slug: str, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
-    return _lifecycle(request, session, slug, csrf, ops.unarchive_newsletter, "unarchived")
+    return _lifecycle(
+        request, session, slug, csrf, newsletters_ops.unarchive_newsletter, "unarchived"
+    )
 
 
 def _lifecycle(
@@ -375,7 +385,7 @@ def _lifecycle(
         return refused(request, current_session(request))
     try:
         change(session, slug)
-    except ops.OperatorError as exc:
+    except OperatorError as exc:
         return _failed(request, admin, exc)
     session.commit()
     return _back(note=note, slug=slug)
@@ -393,9 +403,9 @@ def send_now(
     if admin is None:
         return refused(request, current_session(request))
     try:
-        freq = ops.parse_frequency(frequency) if frequency else None
-        digest, new = ops.send_now(session, slug, freq)
-    except ops.OperatorError as exc:
+        freq = newsletters_ops.parse_frequency(frequency) if frequency else None
+        digest, new = editions_ops.send_now(session, slug, freq)
+    except OperatorError as exc:
         return _failed(request, admin, exc)
     digest_id = digest.id
     session.commit()
@@ -410,8 +420,8 @@ def cancel(digest_id: int, request: Request, session: SessionDep, csrf: CsrfFiel
     if admin is None:
         return refused(request, current_session(request))
     try:
-        ops.cancel_edition(session, digest_id)
-    except ops.OperatorError as exc:
+        editions_ops.cancel_edition(session, digest_id)
+    except OperatorError as exc:
         return _failed(request, admin, exc)
     session.commit()
     return _back(note="cancelled", edition=digest_id)
@@ -432,15 +442,15 @@ def edition(
     if admin is None:
         return _to_login()
     try:
-        out = ops.edition_out(session, digest_id)
-        deliveries = ops.list_deliveries(
+        out = editions_ops.edition_out(session, digest_id)
+        deliveries = editions_ops.list_deliveries(
             session,
             digest_id,
             statuses=[status] if status else (),
             cursor=cursor,
             limit=DELIVERIES_PER_PAGE,
         )
-    except ops.OperatorError as exc:
+    except OperatorError as exc:
         return _failed(request, admin, exc)
     more = None
     if deliveries.next_cursor:
@@ -486,7 +496,7 @@ def preview_page(
         return _to_login()
     subscriber = (subscriber or "").strip() or None
     try:
-        found = ops.preview_edition(
+        found = editions_ops.preview_edition(
             session,
             settings,
             get_renderer(request),
@@ -495,7 +505,7 @@ def preview_page(
             subscriber=subscriber,
         )
         error = None
-    except ops.OperatorError as exc:
+    except OperatorError as exc:
         found, error = None, str(exc)
     session.rollback()
     return _render(
@@ -526,7 +536,7 @@ def preview_html(
     if current_session(request) is None:
         return Response("log in at /admin first", status_code=403, media_type="text/plain")
     try:
-        found = ops.preview_edition(
+        found = editions_ops.preview_edition(
             session,
             settings,
             get_renderer(request),
@@ -534,7 +544,7 @@ def preview_html(
             frequency=frequency,
             subscriber=(subscriber or "").strip() or None,
         )
-    except ops.OperatorError as exc:
+    except OperatorError as exc:
         return Response(
             str(exc),
             status_code=409,

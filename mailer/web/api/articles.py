@@ -28,9 +28,9 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from mailer import operators as ops
 from mailer.content import articles
-from mailer.operators import ArticleDetail, ArticleOut
+from mailer.operators import articles as articles_ops
+from mailer.operators.articles import ArticleDetail, ArticleOut
 from mailer.web.api.core import NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
@@ -190,7 +190,7 @@ def get_article(article_id: int, session: SessionDep, raw: Annotated[bool, Query
     """A stored article as readers get it; with `raw=true` also what its source sent
     (`raw_summary`, `raw_content`; null for articles stored before that was kept) and
     what the cleaner removes from it (`removed`)."""
-    return ops.show_article(session, article_id, raw=raw)
+    return articles_ops.show_article(session, article_id, raw=raw)
 
 
 @operator_router.get(
@@ -201,7 +201,7 @@ def list_articles(
 ) -> Any:
     """The newsletter's newest articles by published time: when each arrived, and
     whether editions carry it (`due_at` null: history; `excluded_at`: kept out)."""
-    return ops.list_articles(session, slug, limit)
+    return articles_ops.list_articles(session, slug, limit)
 
 
 @operator_router.post(
@@ -209,7 +209,7 @@ def list_articles(
 )
 def exclude_article(article_id: int, session: SessionDep) -> Any:
     """Keep the article out of every edition cut from now on, until it is included."""
-    out = ops.exclude_article(session, article_id)
+    out = articles_ops.exclude_article(session, article_id)
     session.commit()
     return out
 
@@ -219,6 +219,6 @@ def exclude_article(article_id: int, session: SessionDep) -> Any:
 )
 def include_article(article_id: int, session: SessionDep) -> Any:
     """Put an excluded article back: the next editions carry it to readers who lack it."""
-    out = ops.include_article(session, article_id)
+    out = articles_ops.include_article(session, article_id)
     session.commit()
     return out

@@ -21,7 +21,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from mailer import bounces, jsondata
+from mailer import jsondata
+from mailer.bounces import outcomes
+from mailer.mail.verp import return_paths
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep
 
 router = APIRouter(
@@ -58,13 +60,13 @@ async def _body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _event(body: bytes) -> bounces.BounceEvent:
+def _event(body: bytes) -> outcomes.BounceEvent:
     try:
         data = BounceIn.model_validate(jsondata.loads(body))
     except (ValueError, ValidationError) as exc:
         detail = exc.errors() if isinstance(exc, ValidationError) else f"invalid JSON: {exc}"
         raise HTTPException(422, detail) from exc
-    event = bounces.BounceEvent(data.type, data.email, data.status, data.diagnostic)
+    event = outcomes.BounceEvent(data.type, data.email, data.status, data.diagnostic)
     try:
         event.severity()
     except ValueError as exc:
@@ -78,12 +80,12 @@ async def post_bounce(request: Request, session: SessionDep, settings: SettingsD
     is_json = request.headers.get("content-type", "").split(";")[0].strip() == "application/json"
     limit = settings.soft_bounce_limit
 
-    def handle() -> bounces.Outcome:
+    def handle() -> outcomes.Outcome:
         if is_json:
-            outcome = bounces.handle_event(session, _event(body), soft_limit=limit)
+            outcome = outcomes.handle_event(session, _event(body), soft_limit=limit)
         else:
-            verp = bounces.return_paths(settings)
-            outcome = bounces.handle_raw(session, verp, body, soft_limit=limit)
+            verp = return_paths(settings)
+            outcome = outcomes.handle_raw(session, verp, body, soft_limit=limit)
         session.commit()
         return outcome
 

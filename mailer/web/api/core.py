@@ -22,22 +22,26 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
-from mailer import operators as ops
 from mailer.models import Frequency, Newsletter, Status
-from mailer.operators import (
+from mailer.operators import feeds as feeds_ops
+from mailer.operators import newsletters as newsletters_ops
+from mailer.operators import schedules as schedules_ops
+from mailer.operators import stats as stats_ops
+from mailer.operators import subscribers as subscribers_ops
+from mailer.operators import suppressions as suppressions_ops
+from mailer.operators.errors import Conflict, Invalid, NotFound
+from mailer.operators.feeds import FeedOut
+from mailer.operators.newsletters import NewsletterOut, TopicOut
+from mailer.operators.schedules import ScheduleOut
+from mailer.operators.stats import NewsletterStats
+from mailer.operators.subscribers import (
     ErasureReport,
-    FeedOut,
-    LiftOut,
-    NewsletterOut,
-    NewsletterStats,
-    ScheduleOut,
     SubscriberExport,
     SubscriberOut,
     SubscriberPage,
     SubscriptionOut,
-    SuppressionPage,
-    TopicOut,
 )
+from mailer.operators.suppressions import LiftOut, SuppressionPage
 from mailer.web.deps import APIAuth, IPDep, SessionDep, SettingsDep, _bearer, require_api_token
 
 
@@ -58,11 +62,11 @@ class OperatorRoute(APIRoute):
             await require_api_token(request, await _bearer(request))
             try:
                 return await handler(request)
-            except ops.NotFound as exc:
+            except NotFound as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=404)
-            except ops.Conflict as exc:
+            except Conflict as exc:
                 return JSONResponse({"detail": str(exc)}, status_code=409)
-            except ops.Invalid as exc:
+            except Invalid as exc:
                 return _invalid(exc.field, str(exc))
 
         return route
@@ -112,12 +116,12 @@ class NewsletterPatch(BaseModel):
 
 @router.get("/newsletters", response_model=list[NewsletterOut])
 def list_newsletters(session: SessionDep) -> Any:
-    return ops.newsletters_out(session)
+    return newsletters_ops.newsletters_out(session)
 
 
 @router.post("/newsletters", status_code=201, response_model=NewsletterOut, responses=CONFLICT)
 def create_newsletter(body: NewsletterIn, session: SessionDep) -> Any:
-    nl = ops.create_newsletter(
+    nl = newsletters_ops.create_newsletter(
         session,
         body.slug,
         body.name,
@@ -125,24 +129,24 @@ def create_newsletter(body: NewsletterIn, session: SessionDep) -> Any:
         default_frequency=body.default_frequency,
         site_url=body.site_url,
     )
-    out = ops.newsletter_out(session, nl)
+    out = newsletters_ops.newsletter_out(session, nl)
     _done(session)
     return out
 
 
 @router.get("/newsletters/{slug}", response_model=NewsletterOut, responses=NOT_FOUND)
 def get_newsletter(slug: str, session: SessionDep) -> Any:
-    return ops.newsletter_out(session, ops.newsletter(session, slug))
+    return newsletters_ops.newsletter_out(session, newsletters_ops.newsletter(session, slug))
 
 
 @router.patch("/newsletters/{slug}", response_model=NewsletterOut, responses=NOT_FOUND)
 def update_newsletter(slug: str, body: NewsletterPatch, session: SessionDep) -> Any:
-    nl = ops.update_newsletter(session, slug, **body.model_dump(exclude_unset=True))
+    nl = newsletters_ops.update_newsletter(session, slug, **body.model_dump(exclude_unset=True))
     return _newsletter_done(session, nl)
 
 
 def _newsletter_done(session: Session, nl: Newsletter) -> NewsletterOut:
-    out = ops.newsletter_out(session, nl)
+    out = newsletters_ops.newsletter_out(session, nl)
     _done(session)
     return out
 
@@ -150,12 +154,12 @@ def _newsletter_done(session: Session, nl: Newsletter) -> NewsletterOut:
 @router.post("/newsletters/{slug}/pause", response_model=NewsletterOut, responses=NOT_FOUND)
 def pause_newsletter(slug: str, session: SessionDep) -> Any:
     """No editions are made while paused; readers and schedules are kept."""
-    return _newsletter_done(session, ops.update_newsletter(session, slug, paused=True))
+    return _newsletter_done(session, newsletters_ops.update_newsletter(session, slug, paused=True))
 
 
 @router.post("/newsletters/{slug}/resume", response_model=NewsletterOut, responses=NOT_FOUND)
 def resume_newsletter(slug: str, session: SessionDep) -> Any:
-    return _newsletter_done(session, ops.update_newsletter(session, slug, paused=False))
+    return _newsletter_done(session, newsletters_ops.update_newsletter(session, slug, paused=False))
 
 
 @router.post(
@@ -165,17 +169,17 @@ def resume_newsletter(slug: str, session: SessionDep) -> Any:
 )
 def archive_newsletter(slug: str, session: SessionDep) -> Any:
     """No more subscriptions or editions; every row is kept, readers can still leave."""
-    return _newsletter_done(session, ops.archive_newsletter(session, slug))
+    return _newsletter_done(session, newsletters_ops.archive_newsletter(session, slug))
 
 
 @router.post("/newsletters/{slug}/unarchive", response_model=NewsletterOut, responses=NOT_FOUND)
 def unarchive_newsletter(slug: str, session: SessionDep) -> Any:
-    return _newsletter_done(session, ops.unarchive_newsletter(session, slug))
+    return _newsletter_done(session, newsletters_ops.unarchive_newsletter(session, slug))
 
 
 @router.get("/newsletters/{slug}/stats", response_model=NewsletterStats, responses=NOT_FOUND)
 def newsletter_stats(slug: str, session: SessionDep) -> Any:
-    return ops.stats(session, slug)[0]
+    return stats_ops.stats(session, slug)[0]
 
 
 # -- feeds ----------------------------------------------------------------------------------
@@ -209,7 +213,7 @@ class FeedPatch(BaseModel):
 
 @router.get("/newsletters/{slug}/feeds", response_model=list[FeedOut], responses=NOT_FOUND)
 def list_feeds(slug: str, session: SessionDep) -> Any:
-    return ops.list_feeds(session, slug)
+    return feeds_ops.list_feeds(session, slug)
 
 
 @router.post(
@@ -220,7 +224,7 @@ def list_feeds(slug: str, session: SessionDep) -> Any:
 )
 def add_feed(slug: str, body: FeedIn, session: SessionDep, settings: SettingsDep) -> Any:
     """Polled from the next tick on; its topics exist at once, so readers can pick them."""
-    out = ops.add_feed(
+    out = feeds_ops.add_feed(
         session,
         settings,
         slug,
@@ -237,7 +241,7 @@ def add_feed(slug: str, body: FeedIn, session: SessionDep, settings: SettingsDep
 def edit_feed(feed_id: int, body: FeedPatch, session: SessionDep) -> Any:
     """New topics apply to articles from the next poll on; stored articles keep theirs."""
     given = body.model_dump(exclude_unset=True)
-    out = ops.edit_feed(
+    out = feeds_ops.edit_feed(
         session, feed_id, interval=given.get("interval"), topics=given.get("topics")
     )
     _done(session)
@@ -247,7 +251,7 @@ def edit_feed(feed_id: int, body: FeedPatch, session: SessionDep) -> Any:
 @router.delete("/feeds/{feed_id}", response_model=FeedOut, responses=NOT_FOUND)
 def remove_feed(feed_id: int, session: SessionDep) -> Any:
     """The feed goes; the articles it brought stay. Answers with what was removed."""
-    out = ops.remove_feed(session, feed_id)
+    out = feeds_ops.remove_feed(session, feed_id)
     _done(session)
     return out
 
@@ -255,7 +259,7 @@ def remove_feed(feed_id: int, session: SessionDep) -> Any:
 @router.post("/feeds/{feed_id}/pause", response_model=FeedOut, responses=NOT_FOUND)
 def pause_feed(feed_id: int, session: SessionDep) -> Any:
     """Kept, not polled, until resumed."""
-    out = ops.set_feed_paused(session, feed_id, True)
+    out = feeds_ops.set_feed_paused(session, feed_id, True)
     _done(session)
     return out
 
@@ -263,7 +267,7 @@ def pause_feed(feed_id: int, session: SessionDep) -> Any:
 @router.post("/feeds/{feed_id}/resume", response_model=FeedOut, responses=NOT_FOUND)
 def resume_feed(feed_id: int, session: SessionDep) -> Any:
     """Due at once."""
-    out = ops.set_feed_paused(session, feed_id, False)
+    out = feeds_ops.set_feed_paused(session, feed_id, False)
     _done(session)
     return out
 
@@ -279,7 +283,7 @@ class TopicIn(BaseModel):
 
 @router.get("/newsletters/{slug}/topics", response_model=list[TopicOut], responses=NOT_FOUND)
 def list_topics(slug: str, session: SessionDep) -> Any:
-    return ops.list_topics(session, slug)
+    return newsletters_ops.list_topics(session, slug)
 
 
 @router.post(
@@ -289,7 +293,7 @@ def list_topics(slug: str, session: SessionDep) -> Any:
     responses={**NOT_FOUND, **CONFLICT},
 )
 def create_topic(slug: str, body: TopicIn, session: SessionDep) -> Any:
-    topic = ops.create_topic(session, slug, body.name)
+    topic = newsletters_ops.create_topic(session, slug, body.name)
     _done(session)
     return topic
 
@@ -301,7 +305,7 @@ def create_topic(slug: str, body: TopicIn, session: SessionDep) -> Any:
 )
 def rename_topic(slug: str, topic: str, body: TopicIn, session: SessionDep) -> Any:
     """Change the name readers see; the slug stays so links and preferences keep working."""
-    renamed = ops.rename_topic(session, slug, topic, body.name)
+    renamed = newsletters_ops.rename_topic(session, slug, topic, body.name)
     _done(session)
     return renamed
 
@@ -318,7 +322,7 @@ class ScheduleIn(BaseModel):
 
 @router.get("/newsletters/{slug}/schedules", response_model=list[ScheduleOut], responses=NOT_FOUND)
 def list_schedules(slug: str, session: SessionDep) -> Any:
-    return ops.list_schedules(session, slug)
+    return schedules_ops.list_schedules(session, slug)
 
 
 @router.get(
@@ -327,7 +331,7 @@ def list_schedules(slug: str, session: SessionDep) -> Any:
     responses=NOT_FOUND,
 )
 def get_schedule(slug: str, frequency: Frequency, session: SessionDep) -> Any:
-    return ops.get_schedule(session, slug, frequency)
+    return schedules_ops.get_schedule(session, slug, frequency)
 
 
 @router.put(
@@ -336,7 +340,7 @@ def get_schedule(slug: str, frequency: Frequency, session: SessionDep) -> Any:
     responses=NOT_FOUND,
 )
 def set_schedule(slug: str, frequency: Frequency, body: ScheduleIn, session: SessionDep) -> Any:
-    out = ops.set_schedule(session, slug, frequency, body.cron, body.timezone)
+    out = schedules_ops.set_schedule(session, slug, frequency, body.cron, body.timezone)
     _done(session)
     return out
 
@@ -362,20 +366,20 @@ def list_subscribers(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> Any:
     """Readers in a stable id order, filtered; follow `next_cursor` until it is null."""
-    f = ops.SubscriberFilter(newsletter=newsletter, status=status, contains=email)
-    return ops.list_subscribers(session, f, cursor=cursor, limit=limit)
+    f = subscribers_ops.SubscriberFilter(newsletter=newsletter, status=status, contains=email)
+    return subscribers_ops.list_subscribers(session, f, cursor=cursor, limit=limit)
 
 
 @router.get("/subscribers/{ref}", response_model=SubscriberOut, responses=NOT_FOUND)
 def get_subscriber(ref: str, session: SessionDep) -> Any:
     """`ref` is the subscriber's id or address."""
-    return ops.subscriber_out(ops.find_subscriber(session, ref))
+    return subscribers_ops.subscriber_out(subscribers_ops.find_subscriber(session, ref))
 
 
 @router.get("/subscribers/{ref}/export", response_model=SubscriberExport, responses=NOT_FOUND)
 def export_subscriber(ref: str, session: SessionDep) -> Any:
     """Everything held about one reader: subscriptions, consent, audit, mail sent."""
-    return ops.export_subscriber(session, ref)
+    return subscribers_ops.export_subscriber(session, ref)
 
 
 @router.post(
@@ -384,8 +388,8 @@ def export_subscriber(ref: str, session: SessionDep) -> Any:
     responses={**NOT_FOUND, 409: {"description": "The lifecycle does not allow that change"}},
 )
 def set_status(ref: str, body: StatusIn, session: SessionDep) -> Any:
-    sub = ops.set_status(session, ref, body.newsletter, body.status, detail=body.detail)
-    out = ops.subscription_out(sub)
+    sub = subscribers_ops.set_status(session, ref, body.newsletter, body.status, detail=body.detail)
+    out = subscribers_ops.subscription_out(sub)
     _done(session)
     return out
 
@@ -393,7 +397,7 @@ def set_status(ref: str, body: StatusIn, session: SessionDep) -> Any:
 @router.delete("/subscribers/{ref}", response_model=ErasureReport, responses=NOT_FOUND)
 def erase_subscriber(ref: str, session: SessionDep) -> Any:
     """GDPR erasure: every row about the reader goes; a hash stays only if they had opted out."""
-    report = ops.erase_subscriber(session, ref)
+    report = subscribers_ops.erase_subscriber(session, ref)
     _done(session)
     return report
 
@@ -410,7 +414,7 @@ def list_suppressions(
 ) -> Any:
     """Addresses never mailed, oldest first. Entries are kept as hashes: `address` is
     given only while the address's subscriber row still exists (never after erasure)."""
-    return ops.list_suppressions(session, reason=reason, cursor=cursor, limit=limit)
+    return suppressions_ops.list_suppressions(session, reason=reason, cursor=cursor, limit=limit)
 
 
 @router.delete(
@@ -421,11 +425,11 @@ def list_suppressions(
 def lift_suppression(address: str, session: SessionDep, ip: IPDep) -> Any:
     """Take an address, or the `hash` the list shows, off the list; recorded in
     `suppression_event`. Subscriptions keep their status: mail resumes once active."""
-    out = ops.lift_suppression(session, address, ip=ip)
+    out = suppressions_ops.lift_suppression(session, address, ip=ip)
     _done(session)
     return out
 
 
 @router.get("/stats", response_model=list[NewsletterStats])
 def all_stats(session: SessionDep) -> Any:
-    return ops.stats(session)
+    return stats_ops.stats(session)

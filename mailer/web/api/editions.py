@@ -15,10 +15,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from mailer import operators as ops
 from mailer import tasks
 from mailer.models import DeliveryStatus, Frequency
-from mailer.operators import CancelReport, DeliveryPage, EditionOut, EditionPage, SendNowOut
+from mailer.operators import editions as editions_ops
+from mailer.operators.editions import (
+    CancelReport,
+    DeliveryPage,
+    EditionOut,
+    EditionPage,
+    SendNowOut,
+)
 from mailer.web.api.core import CONFLICT, NOT_FOUND, OperatorRoute
 from mailer.web.deps import APIAuth, SessionDep, SettingsDep, get_renderer
 from mailer.web.headers import mail_html_headers
@@ -62,7 +68,7 @@ def preview(
 
     Nothing is recorded: no edition, no delivery, no reservation.
     """
-    found = ops.preview_edition(
+    found = editions_ops.preview_edition(
         session,
         settings,
         get_renderer(request),
@@ -86,8 +92,8 @@ def send_now(slug: str, session: SessionDep, body: SendNowIn | None = None) -> A
     A second call in the same minute answers with the same edition (`new: false`)
     and enqueues nothing more. Watch it with GET /api/editions/{id}.
     """
-    digest, new = ops.send_now(session, slug, body.frequency if body else None)
-    out = SendNowOut(edition=ops.edition_out(session, digest.id), new=new)
+    digest, new = editions_ops.send_now(session, slug, body.frequency if body else None)
+    out = SendNowOut(edition=editions_ops.edition_out(session, digest.id), new=new)
     session.commit()
     if new:
         tasks.enqueue_prepare([digest.id])
@@ -102,13 +108,13 @@ def list_editions(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> Any:
     """Newest first, with live delivery counts; follow `next_cursor` until it is null."""
-    return ops.list_editions(session, slug, cursor=cursor, limit=limit)
+    return editions_ops.list_editions(session, slug, cursor=cursor, limit=limit)
 
 
 @router.get("/editions/{digest_id}", response_model=EditionOut, responses=NOT_FOUND)
 def get_edition(digest_id: int, session: SessionDep) -> Any:
     """Status (created, sending, done, cancelled) and delivery counts as they are now."""
-    return ops.edition_out(session, digest_id)
+    return editions_ops.edition_out(session, digest_id)
 
 
 @router.post(
@@ -119,7 +125,7 @@ def get_edition(digest_id: int, session: SessionDep) -> Any:
 def cancel_edition(digest_id: int, session: SessionDep) -> Any:
     """Stop sending: queued and deferred deliveries become `cancelled` (their readers get
     those articles next time); rows already being sent finish normally. Safe to repeat."""
-    report = ops.cancel_edition(session, digest_id)
+    report = editions_ops.cancel_edition(session, digest_id)
     session.commit()
     return report
 
@@ -135,6 +141,6 @@ def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """Who got what: address, status, attempts, the server's reply, Message-ID, sent_at."""
-    return ops.list_deliveries(
+    return editions_ops.list_deliveries(
         session, digest_id, statuses=status or (), cursor=cursor, limit=limit
     )

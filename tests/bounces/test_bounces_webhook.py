@@ -6,7 +6,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mailer import bounces
+from mailer.mail import verp
 from mailer.models import Status, Subscription, Suppression
 from mailer.readers import subscriptions as subs
 from tests.fixtures.bounces import load
@@ -40,7 +40,7 @@ def suppressed(session):
 
 
 def test_a_raw_bounce_report_posted_by_the_mta_is_applied(http, session, settings, reader):
-    path = bounces.return_paths(settings).for_notice(reader.notification_ids[0], "news@example.org")
+    path = verp.return_paths(settings).for_notice(reader.notification_ids[0], "news@example.org")
     answer = http.post(
         "/api/bounces",
         content=load("postfix_hard", path, READER),
@@ -52,7 +52,7 @@ def test_a_raw_bounce_report_posted_by_the_mta_is_applied(http, session, setting
 
 
 def test_a_forged_raw_report_is_answered_and_changes_nothing(http, session, settings, reader):
-    path = bounces.ReturnPaths("not-our-secret").for_notice(1, "news@example.org")
+    path = verp.ReturnPaths("not-our-secret").for_notice(1, "news@example.org")
     answer = http.post(
         "/api/bounces",
         content=load("postfix_hard", path, READER),

@@ -9,9 +9,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from mailer import bounces
+from mailer.bounces import mailboxes, outcomes
 from mailer.mail.dkim import generate_private_key, txt_record_value
 from mailer.mail.rendering import EmailRenderer
+from mailer.mail.verp import VerpTag, return_paths
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -66,7 +67,7 @@ def world(session):
 
 @pytest.fixture
 def verp(settings):
-    return bounces.return_paths(settings)
+    return return_paths(settings)
 
 
 @pytest.fixture
@@ -111,7 +112,7 @@ def test_a_hard_bounce_in_the_maildir_suppresses_the_reader_and_fails_the_delive
         load("postfix_hard", verp.for_delivery(world["delivery"].id, SENDER), READER),
     )
 
-    result = bounces.poll(settings)
+    result = mailboxes.poll(settings)
 
     assert (result.seen, result.applied) == (1, 1)
     assert result.outcomes[0].result == "hard-bounce"
@@ -132,7 +133,7 @@ def test_a_complaint_suppresses_the_reader_and_leaves_the_delivery_as_delivered(
     session, world, verp
 ):
     raw = load("arf_complaint", verp.for_delivery(world["delivery"].id, SENDER), READER)
-    outcome = bounces.handle_raw(session, verp, raw)
+    outcome = outcomes.handle_raw(session, verp, raw)
     session.commit()
 
     assert (outcome.result, outcome.applied) == ("complaint", True)
@@ -152,7 +153,7 @@ def test_soft_bounces_suppress_only_when_they_come_in_a_row(
     weekly_id = world["weekly"].id
 
     for expected in (1, 2):
-        outcome = bounces.handle_raw(session, verp, raw, soft_limit=3)
+        outcome = outcomes.handle_raw(session, verp, raw, soft_limit=3)
         session.commit()
         assert (outcome.result, session.get(Subscription, weekly_id).soft_bounces) == (
             "soft-bounce",
@@ -172,7 +173,7 @@ def test_soft_bounces_suppress_only_when_they_come_in_a_row(
 
     results = []
     for _ in range(3):
-        results.append(bounces.handle_raw(session, verp, raw, soft_limit=3).result)
+        results.append(outcomes.handle_raw(session, verp, raw, soft_limit=3).result)
         session.commit()
     assert results == ["soft-bounce", "soft-bounce", "soft-bounce-limit"]
     assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]
@@ -204,7 +205,7 @@ def test_reports_we_cannot_read_or_trust_change_nothing_and_are_filed_as_ignored
     deliver(root, "msg1", load(fixture, path, READER))
     before = state(session)
 
-    outcome = bounces.poll(settings).outcomes[0]
+    outcome = mailboxes.poll(settings).outcomes[0]
 
     assert (outcome.result, outcome.applied) == (result, False)
     assert outcome.reason
@@ -222,7 +223,7 @@ def test_a_message_is_put_back_for_the_next_poll_when_handling_it_fails(tmp_path
         raise ConnectionError("database unreachable")
 
     with pytest.raises(ConnectionError):
-        bounces.poll_maildir(root, database_down)
+        mailboxes.poll_maildir(root, database_down)
     assert [p.name for p in (root / "new").iterdir()] == ["m1"]
     assert list((root / "tmp").iterdir()) == []
 
@@ -241,8 +242,8 @@ def test_a_confirm_mail_goes_out_with_its_own_return_path_signed_and_its_bounce_
     assert notices.send_notice(session, settings, renderer, note_id) == "sent"
 
     [received] = smtp_server.received
-    verp = bounces.return_paths(settings)
-    assert verp.parse(received.mail_from) == bounces.VerpTag("n", note_id)
+    verp = return_paths(settings)
+    assert verp.parse(received.mail_from) == VerpTag("n", note_id)
     record = txt_record_value(key.read_bytes()).encode()
     assert dkim.verify(
         received.data,
@@ -251,7 +252,7 @@ def test_a_confirm_mail_goes_out_with_its_own_return_path_signed_and_its_bounce_
         ),
     )
 
-    outcome = bounces.handle_raw(session, verp, load("postfix_hard", received.mail_from, READER))
+    outcome = outcomes.handle_raw(session, verp, load("postfix_hard", received.mail_from, READER))
     session.commit()
     assert (outcome.result, outcome.notification_id) == ("hard-bounce", note_id)
     session.expire_all()
@@ -322,7 +323,7 @@ def test_a_hard_bounce_in_the_imap_mailbox_suppresses_the_reader_and_is_removed(
     imap.append(load("auto_reply", genuine, READER))
     settings = configure(monkeypatch, bounce_imap_url=imap.url())
 
-    result = bounces.poll(settings)
+    result = mailboxes.poll(settings)
 
     assert [o.result for o in result.outcomes] == ["hard-bounce", "not-a-report"]
     assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]
@@ -338,22 +339,24 @@ def test_a_report_whose_handling_fails_stays_and_the_one_before_it_is_not_counte
     raw = load("exim_delayed", verp.for_delivery(world["delivery"].id, SENDER), READER)
     for _ in range(3):
         imap.append(raw)
-    handle = bounces.handler_for(settings)
+    handle = mailboxes.handler_for(settings)
     calls = []
 
-    def database_down_on_the_second(report: bytes) -> bounces.Outcome:
+    def database_down_on_the_second(report: bytes) -> outcomes.Outcome:
         calls.append(report)
         if len(calls) == 2:
             raise ConnectionError("database unreachable")
         return handle(report)
 
     with pytest.raises(ConnectionError):
-        bounces.poll_imap(settings.bounce_imap_url.get_secret_value(), database_down_on_the_second)
+        mailboxes.poll_imap(
+            settings.bounce_imap_url.get_secret_value(), database_down_on_the_second
+        )
     assert len(imap.messages()) == 2
     session.expire_all()
     assert session.get(Subscription, world["weekly"].id).soft_bounces == 1
 
-    again = bounces.poll(settings)
+    again = mailboxes.poll(settings)
 
     assert [o.result for o in again.outcomes] == ["soft-bounce", "soft-bounce-limit"]
     assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]

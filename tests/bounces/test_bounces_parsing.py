@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailer.bounces import (
-    BounceEvent,
-    ForgedReturnPath,
-    NotAReport,
-    ReturnPaths,
-    VerpTag,
-    parse_report,
-)
+from mailer.bounces.outcomes import BounceEvent
+from mailer.bounces.reports import NotAReport, parse_report
+from mailer.mail.verp import ForgedReturnPath, ReturnPaths, VerpTag
 from tests.fixtures.bounces import load
 
 VERP = ReturnPaths("a-secret")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from mailer import operators
 from mailer.content import feeds
 from mailer.editions import schedule
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
+from mailer.operators import feeds as feeds_ops
 from mailer.readers import subscriptions as subs
 from mailer.web.admin import views as admin
 from tests.conftest import API_TOKEN as TOKEN
@@ -306,7 +306,7 @@ def test_the_new_verbs_are_in_the_openapi_schema(api):
         assert "post" in paths[path], path
     schemas = api.get("/openapi.json").json()["components"]["schemas"]
     assert {"archived_at", "active_readers"} <= set(schemas["NewsletterOut"]["properties"])
-    assert set(schemas["FeedOut"]["properties"]) == set(operators.FeedOut.model_fields)
+    assert set(schemas["FeedOut"]["properties"]) == set(feeds_ops.FeedOut.model_fields)
 
 
 def test_the_admin_page_edits_archives_and_unarchives_a_newsletter(

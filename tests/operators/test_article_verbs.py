@@ -9,12 +9,14 @@ from email.utils import format_datetime
 import pytest
 from sqlalchemy import select
 
-from mailer import operators, tasks
+from mailer import tasks
 from mailer.content import feeds
 from mailer.content.articles import RawArticle, normalise, upsert_article
 from mailer.editions import errors, prepare, preview, reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Article, Feed, Frequency, utcnow
+from mailer.operators import articles as articles_ops
+from mailer.operators import newsletters as newsletters_ops
 from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run
@@ -37,7 +39,7 @@ def store(session, nl, n: int) -> int:
 
 def next_edition(session, settings) -> set[int]:
     """The articles the edition cut now would carry to the reader."""
-    nl = operators.newsletter(session, "news")
+    nl = newsletters_ops.newsletter(session, "news")
     try:
         draft = preview.draft(
             session, settings, EmailRenderer(settings.email_templates), nl, frequency=None
@@ -68,7 +70,7 @@ def test_an_article_put_back_after_an_edition_left_it_out_goes_in_the_next_one(
     settings, session, newsletter
 ):
     out = store(session, newsletter, 1)
-    operators.exclude_article(session, out)
+    articles_ops.exclude_article(session, out)
     session.commit()
     edition = schedule.create_edition(
         session, newsletter.id, Frequency.WEEKLY, utcnow() - timedelta(minutes=1)
@@ -78,7 +80,7 @@ def test_an_article_put_back_after_an_edition_left_it_out_goes_in_the_next_one(
     )
     session.commit()
     assert prepared.queued == 0
-    operators.include_article(session, out)
+    articles_ops.include_article(session, out)
     session.commit()
     assert next_edition(session, settings) == {out}
 
