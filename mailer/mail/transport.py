@@ -26,6 +26,9 @@ from urllib.parse import unquote, urlsplit
 from mailer.mail.messages import envelope_address
 from mailer.outbound import is_loopback
 
+# Replies that say the mailbox does not exist or never will: a verdict on the address.
+HARD_BOUNCE = frozenset({550, 551, 553})
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -48,6 +51,12 @@ class Reply:
     @property
     def permanent(self) -> bool:
         return self.code >= 500
+
+    @property
+    def condemns_address(self) -> bool:
+        """The one test, for digests and notices alike, of a reply that ends the
+        address as a bounce report would; never one our relay made up."""
+        return self.code in HARD_BOUNCE and not self.local
 
 
 class ConnectionLost(RuntimeError):

@@ -23,7 +23,7 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import ConnectionLost, Reply, close, connect, send
 from mailer.mail.verp import return_paths
 from mailer.models import Newsletter, NoticeStatus, Notification, Status, Subscription, utcnow
-from mailer.readers.subscriptions import reset_soft_bounces
+from mailer.readers.subscriptions import bounce_at_send, reset_soft_bounces
 from mailer.readers.suppressions import may_send
 
 # Which subscription status a notice still makes sense for.
@@ -145,6 +145,8 @@ def _record(session: Session, note: Notification, reply: Reply, message_id: str)
         raise TemporaryFailure(f"{reply.code} {reply.text}")
     else:
         note.status, note.last_error = NoticeStatus.FAILED, f"{reply.code} {reply.text}"
+        if reply.condemns_address:
+            bounce_at_send(session, note.subscription_id, note.last_error)
     session.commit()
     return note.status
 

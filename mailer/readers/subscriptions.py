@@ -315,6 +315,21 @@ def end_address(
     session.flush()
 
 
+def bounce_at_send(session: Session, subscription_id: int, reply: str) -> None:
+    """A server refused the address while we sent to it (`Reply.condemns_address`): a
+    digest or a notice, the same verdict as a bounce report, never mailed again."""
+    sub = session.get_one(Subscription, subscription_id)
+    session.refresh(sub)  # its status as it is now, not as the claim read it
+    end_address(
+        session,
+        sub.subscriber,
+        Status.BOUNCED,
+        reason="hard-bounce",
+        source="smtp-bounce",
+        detail=reply,
+    )
+
+
 # -- the reader's journey ----------------------------------------------------------
 
 

@@ -31,8 +31,8 @@ from sqlalchemy.orm import Session
 from mailer.config import Settings
 from mailer.db import async_commit_engine, prepare
 from mailer.mail.transport import Reply
-from mailer.models import DeliveryStatus, Status, Subscription
-from mailer.readers.subscriptions import end_address
+from mailer.models import DeliveryStatus
+from mailer.readers.subscriptions import bounce_at_send
 from mailer.sending.claims import DELIVERY, Claimed, claimable
 
 log = logging.getLogger(__name__)
@@ -115,25 +115,9 @@ def record(
         log.warning("delivery %s: lease lost before the reply was recorded", row.delivery_id)
         return
     result.replies.append((row.delivery_id, reply.code))
-    if values["status"] is DeliveryStatus.FAILED and reply.code in HARD_BOUNCE and not reply.local:
-        hard_bounce(session, row.subscription.id, text)
+    if values["status"] is DeliveryStatus.FAILED and reply.condemns_address:
+        bounce_at_send(session, row.subscription.id, text)
         result.bounced += 1
-
-
-def hard_bounce(session: Session, subscription_id: int, reply: str) -> None:
-    """The address does not exist: never mail it again, from any newsletter (the same
-    rule a bounce report for it takes; a reply our own relay made up, `Reply.local`,
-    never comes here)."""
-    sub = session.get_one(Subscription, subscription_id)
-    session.refresh(sub)  # its status as it is now, not as the claim read it
-    end_address(
-        session,
-        sub.subscriber,
-        Status.BOUNCED,
-        reason="hard-bounce",
-        source="smtp-bounce",
-        detail=reply,
-    )
 
 
 def mark_unknown(

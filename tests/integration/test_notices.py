@@ -9,6 +9,8 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.models import Notification, Status, Subscription
 from mailer.readers import notices
 from mailer.readers import subscriptions as subs
+from tests.helpers.verdicts import address_state
+from tests.smtp import start_smtp_server
 
 
 @pytest.fixture
@@ -58,6 +60,35 @@ def test_permanent_refusal_marks_the_notice_failed(session, settings, renderer, 
     assert notices.send_notice(session, settings, renderer, note_id) == "failed"
     assert "550" in session.get(Notification, note_id).last_error
     assert smtp_server.received == []
+
+
+def test_a_550_to_a_confirm_mail_ends_the_address_as_a_bounce_report_would(
+    session, settings, renderer, smtp_server
+):
+    """The same verdict as a 550 to a digest (`Reply.condemns_address`): the address is
+    suppressed as a hard bounce and its subscriptions end, so no retry mails it again."""
+    note_id = queue_confirm(session, "gone@example.org")
+    smtp_server.handler.script.on_rcpt = lambda addr: "550 5.1.1 no such user"
+    assert notices.send_notice(session, settings, renderer, note_id) == "failed"
+    state = address_state(session, "gone@example.org")
+    assert state.suppression == "hard-bounce"
+    assert state.subscriptions == [("n", Status.BOUNCED)]
+
+
+def test_our_relay_s_own_553_to_a_confirm_mail_is_no_verdict_on_the_address(
+    session, settings, renderer
+):
+    """A relay without SMTPUTF8 is our shortcoming, not the reader's: failed, not suppressed."""
+    note_id = queue_confirm(session, "юзер@пример.рф")
+    server = start_smtp_server(enable_SMTPUTF8=False)
+    try:
+        configured = settings.model_copy(update={"smtp_url": f"smtp://127.0.0.1:{server.port}"})
+        assert notices.send_notice(session, configured, renderer, note_id) == "failed"
+    finally:
+        server.stop()
+    state = address_state(session, "юзер@пример.рф")
+    assert state.suppression is None
+    assert state.subscriptions == [("n", Status.PENDING)]
 
 
 def test_unreachable_server_keeps_the_notice_queued(session, settings, renderer, smtp_server):
