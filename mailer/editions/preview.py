@@ -30,6 +30,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
+from mailer.readers.addresses import address_key
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def draft(
             .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
             .where(
                 Subscription.newsletter_id == newsletter.id,
-                Subscriber.email_key == email.strip().casefold(),
+                Subscriber.email_key == address_key(email.strip()),
             )
         )
         if sub is None:
