@@ -58,6 +58,12 @@ levels, which also keeps nh3, quadratic on deep nesting, fast on what it
 gets from here); every walk over the tree is a loop, never recursion; a
 block's words are read only up to `PHRASE_SCAN` characters; and the regular
 expressions have no nested quantifiers and run on bounded text.
+
+Why one module of this size: the rule table (`PHRASES`, the furniture
+words and tags, the limits) and the engine that applies it are read
+together. Each rule's meaning is in how the engine walks the tree, and
+the order of the rounds is part of the rule; split apart, a change to one
+half could not be checked without the other open beside it.
 """
 
 from __future__ import annotations

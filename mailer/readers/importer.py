@@ -26,6 +26,12 @@ Two deliberate differences from the reader's own subscribe:
   goes to the reject file saying so;
 - a reader already pending is not sent another confirm mail, so re-running
   an import never mails anyone twice.
+
+Why one module of this size: it is one pipeline (read, normalise, chunk,
+write) and its two stores (the portable SQLAlchemy writer and the
+PostgreSQL one-statement writer) must take the same rows to the same
+result. Keeping them side by side is what lets a reader check that they
+agree; the pieces have no other caller.
 """
 
 from __future__ import annotations
