@@ -50,7 +50,7 @@ from mailer.content.cleaner import (
     summarise,
 )
 from mailer.models import Article, ArticleTopic, Newsletter, Topic, utcnow
-from mailer.readers.subscriptions import ensure_topic, find_newsletter, slugify
+from mailer.readers.newsletters import ensure_topic, find_newsletter, slugify
 
 # Column sizes in models.Article; longer values are refused (API) or cut (feeds).
 MAX_URL = 2000

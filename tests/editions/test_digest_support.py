@@ -25,6 +25,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.conftest import wait_for
 
@@ -33,7 +34,7 @@ SITE = "https://news.example.org"
 
 
 def make_newsletter(session, slug: str = "news") -> Newsletter:
-    nl = subs.create_newsletter(
+    nl = newsletters.create_newsletter(
         session, slug, "The News", SENDER, default_frequency=Frequency.DAILY, site_url=SITE
     )
     # A schedule that cannot fall due during a test run (29 February, midnight),
@@ -45,7 +46,7 @@ def make_newsletter(session, slug: str = "news") -> Newsletter:
 
 def add_reader(session, nl: Newsletter, email: str, topics=(), status=Status.ACTIVE):
     for topic in topics:
-        subs.ensure_topic(session, nl, topic)
+        newsletters.ensure_topic(session, nl, topic)
     out = subs.subscribe(
         session,
         email=email,
@@ -118,7 +119,7 @@ def add_article(
         summary=summary or f"About {title}.",
         published_at=published,
     )
-    article.topics = [subs.ensure_topic(session, nl, t) for t in topics]
+    article.topics = [newsletters.ensure_topic(session, nl, t) for t in topics]
     session.add(article)
     session.flush()
     return article

@@ -203,10 +203,11 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     from mailer.content import articles as arts
     from mailer.editions import prepare, reservations, schedule
     from mailer.mail.rendering import EmailRenderer
+    from mailer.readers import newsletters
     from mailer.readers import subscriptions as subs
     from tests.conftest import wait_for
 
-    nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+    nl = newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
     subs.subscribe(
         session, email="ann@example.org", newsletter="news", frequency="daily", confirmed=True
     )

@@ -13,7 +13,7 @@ from mailer.content import feeds, pages
 from mailer.content.articles import ArticleError
 from mailer.db import session_scope
 from mailer.models import Article
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 from tests.fixtures.feedserver import FeedServer, fixture
 
 

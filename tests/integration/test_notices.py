@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Notification, Status, Subscription
-from mailer.readers import notices
+from mailer.readers import newsletters, notices
 from mailer.readers import subscriptions as subs
 from tests.helpers.verdicts import address_state
 from tests.smtp import start_smtp_server
@@ -19,7 +19,7 @@ def renderer(settings):
 
 
 def queue_confirm(session, email):
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    newsletters.create_newsletter(session, "n", "N", "N <n@example.org>")
     out = subs.subscribe(session, email=email, newsletter="n")
     session.commit()
     return out.notification_ids[0]

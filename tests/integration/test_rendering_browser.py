@@ -119,9 +119,12 @@ def test_text_keeps_its_contrast_in_light_and_dark_mode(browser, mails, kind, sc
 def test_a_digest_of_the_default_article_cap_stays_under_100_kb(session, settings):
     from mailer.mail.rendering import EmailRenderer
     from mailer.models import Subscription
+    from mailer.readers import newsletters
     from mailer.readers import subscriptions as subs
 
-    subs.create_newsletter(session, "weekly", "Weekly News", "Weekly News <news@example.org>")
+    newsletters.create_newsletter(
+        session, "weekly", "Weekly News", "Weekly News <news@example.org>"
+    )
     subs.subscribe(session, email=READER, newsletter="weekly", confirmed=True)
     sub = session.query(Subscription).one()
     html, _ = build_digest(session, settings, EmailRenderer(settings.email_templates), sub)

@@ -28,7 +28,7 @@ from mailer.mail.links import Links
 from mailer.mail.messages import Slots
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Frequency, Notification, Subscription
-from mailer.readers import notices
+from mailer.readers import newsletters, notices
 from mailer.readers import subscriptions as subs
 from mailer.sending import outgoing
 
@@ -116,7 +116,7 @@ def digest(session, settings, renderer: EmailRenderer, sub: Subscription) -> tup
 
 def all_kinds(session, settings) -> list[Sample]:
     renderer = EmailRenderer(settings.email_templates)
-    subs.create_newsletter(
+    newsletters.create_newsletter(
         session,
         "weekly",
         "Weekly News",

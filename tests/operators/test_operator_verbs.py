@@ -12,6 +12,7 @@ from mailer.editions import schedule
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.operators import feeds as feeds_ops
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.web.admin import views as admin
 from tests.conftest import API_TOKEN as TOKEN
@@ -22,7 +23,7 @@ FEED = "https://news.example.org/feed.xml"
 
 @pytest.fixture
 def newsletter(session):
-    nl = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    nl = newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
     session.commit()
     return nl
 
@@ -178,7 +179,7 @@ def test_an_archived_newsletter_takes_no_subscriptions_and_makes_no_editions(
     joined = api.post("/subscribe", json={"email": "new@example.org", "newsletter": "weekly"})
     assert joined.status_code == 404 and "no longer takes subscriptions" in joined.text
     session.expire_all()
-    with pytest.raises(subs.NewsletterClosed):  # the worker's own check, too
+    with pytest.raises(newsletters.NewsletterClosed):  # the worker's own check, too
         subs.subscribe(session, email="new@example.org", newsletter="weekly", source="test")
     session.rollback()
     path = confirm.removeprefix(settings.base_url)

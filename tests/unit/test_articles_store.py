@@ -24,7 +24,7 @@ from mailer.content.articles import (
     upsert_article,
 )
 from mailer.models import Article, Newsletter, Topic
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
