@@ -2,7 +2,7 @@
 
 Feeds (RSS `description` and `content:encoded`, Atom `summary` and
 `content`), the push API (`summary`, `content_html`) and page import all
-send what they got through `clean` before `articles.normalise` sanitises
+send what they got through `clean` before `incoming.normalise` sanitises
 it, and the summary a digest shows comes from `summarise`. So a reader
 gets the article's own lead whichever way it came: never a search box,
 "Also read: …", a share bar, "Advertisement", a newsletter sign-up, "The
@@ -227,7 +227,7 @@ BLOCK_TAGS = frozenset(
         "ul",
     }
 )
-# Where text reads as separate words either side (`articles.html_to_text` spaces them too).
+# Where text reads as separate words either side (`incoming.html_to_text` spaces them too).
 TEXT_BREAKS = frozenset(
     {
         *("p", "br", "div", "li", "ul", "ol", "blockquote", "tr", "td", "th", "section"),

@@ -215,8 +215,8 @@ def create_topic(session: Session, slug: str, name: str) -> Topic:
 
 def rename_topic(session: Session, slug: str, topic_slug: str, new_name: str) -> Topic:
     """Rename by the articles module's rule: the slug stays, so links and forms still work."""
-    from mailer.content.articles import ArticleError
     from mailer.content.articles import rename_topic as rename
+    from mailer.content.incoming import ArticleError
 
     nl = newsletter(session, slug)
     if not any(t.slug == topic_slug for t in nl.topics):

@@ -201,6 +201,7 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     from sqlalchemy import text as sql
 
     from mailer.content import articles as arts
+    from mailer.content import incoming
     from mailer.editions import prepare, reservations, schedule
     from mailer.mail.rendering import EmailRenderer
     from mailer.readers import newsletters
@@ -240,8 +241,8 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
             )
 
     arriving = db.session_factory(settings.database)()
-    raw = arts.RawArticle(url="https://news.example.org/racing", title="Racing the cut")
-    story, _ = arts.upsert_article(arriving, nl, "api:1", arts.normalise(raw, base_url=None))
+    raw = incoming.RawArticle(url="https://news.example.org/racing", title="Racing the cut")
+    story, _ = arts.upsert_article(arriving, nl, "api:1", incoming.normalise(raw, base_url=None))
     thread, done = cut_in_a_thread()
     wait_for(waiting_for_the_arrival_lock)  # the cut waits for the timed arrival
     arriving.commit()
@@ -254,8 +255,8 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     from tests.helpers.time import after_this_minute
 
     later = db.session_factory(settings.database)()
-    raw = arts.RawArticle(url="https://news.example.org/after", title="After the cut")
-    after, _ = arts.upsert_article(later, nl, "api:1", arts.normalise(raw, base_url=None))
+    raw = incoming.RawArticle(url="https://news.example.org/after", title="After the cut")
+    after, _ = arts.upsert_article(later, nl, "api:1", incoming.normalise(raw, base_url=None))
     later.commit()
     later.close()
     after_this_minute()

@@ -19,7 +19,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
-from mailer.content import articles, feeds
+from mailer.content import articles, feeds, incoming
 from mailer.db import is_postgres
 from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
@@ -288,7 +288,7 @@ class Store:
 
     def push(self, step: Push) -> None:
         i, offset, version = step.item
-        raw = articles.RawArticle(
+        raw = incoming.RawArticle(
             url=link(2, i),
             title=f"Story {i} v{version}",
             guid=f"g{i}",

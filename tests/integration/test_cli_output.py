@@ -10,7 +10,8 @@ import subprocess
 import pytest
 
 from mailer.content import feeds
-from mailer.content.articles import RawArticle, normalise, upsert_article
+from mailer.content.articles import upsert_article
+from mailer.content.incoming import RawArticle, normalise
 from mailer.models import Delivery, DeliveryStatus, Frequency
 from mailer.operators import editions as editions_ops
 from mailer.operators import schedules as schedules_ops

@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from mailer import tasks
 from mailer.content import feeds
-from mailer.content.articles import RawArticle, normalise, upsert_article
+from mailer.content.articles import upsert_article
+from mailer.content.incoming import RawArticle, normalise
 from mailer.editions import errors, prepare, preview, reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Article, Feed, Frequency, utcnow

@@ -12,17 +12,14 @@ from sqlalchemy.orm import Session
 
 from mailer import db
 from mailer.content.articles import (
-    ArticleError,
     BatchRejected,
-    CleanArticle,
     Outcome,
-    RawArticle,
     ingest_batch,
     map_topics,
-    normalise,
     rename_topic,
     upsert_article,
 )
+from mailer.content.incoming import ArticleError, CleanArticle, RawArticle, normalise
 from mailer.models import Article, Newsletter, Topic
 from mailer.readers.newsletters import create_newsletter
 
