@@ -14,7 +14,7 @@ from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscrip
 from mailer.operators import feeds as feeds_ops
 from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
-from mailer.web.admin import views as admin
+from mailer.web.admin import cookie as admin_cookie
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run
 
@@ -315,7 +315,7 @@ def test_the_admin_page_edits_archives_and_unarchives_a_newsletter(
 ):
     login = api.post("/admin/login", data={"token": "test-api-token"}, follow_redirects=False)
     assert login.status_code == 303
-    csrf = admin.csrf_token(settings, login.cookies[admin.COOKIE])
+    csrf = admin_cookie.csrf_token(settings, login.cookies[admin_cookie.COOKIE])
     page = api.get("/admin").text
     assert 'action="/admin/newsletters/weekly/edit"' in page and ">Archive<" in page
 
