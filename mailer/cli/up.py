@@ -1,7 +1,6 @@
-"""`mailer web`, `mailer worker`, `mailer beat` and `mailer up`.
+"""`mailer up`: the embedded default in one command.
 
-`mailer up` is the embedded default in one command, and starts whatever the
-settings say: it makes every directory it will write to, migrates any SQLite
+It starts whatever the settings say: it makes every directory it will write to, migrates any SQLite
 database (PostgreSQL is migrated on purpose: it refuses with the command),
 reaches the database and the broker before anything starts, runs the SMTP
 sink in-process, and supervises web, worker and beat as child processes.
@@ -15,6 +14,10 @@ web takes no new request, the worker finishes the task in hand) and
 escalates to SIGKILL after a timeout. Each is started
 through `mailer.lifeline`, so it also dies when the supervisor is SIGKILLed,
 and beat holds the data directory's lock: one beat per data directory.
+
+The children's command lines are built in `mailer.cli.run`, beside the
+`mailer web`, `mailer worker` and `mailer beat` commands that run one part
+on its own; this module is the supervision.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -41,116 +44,12 @@ from aiosmtpd.controller import Controller
 
 from mailer import lifeline
 from mailer.cli.base import console, settings_or_exit
+from mailer.cli.run import celery_beat_argv, celery_worker_argv, one_line, web_argv
 from mailer.config import Settings, record_up
 
-# `celery -A worker` only works from the repository root, where worker.py is;
-# the installed package's module works from anywhere.
-CELERY_APP = "mailer.celery_app:app"
 STOP_TIMEOUT = 30.0
 READY_TIMEOUT = 60.0
 CLEAN_EXITS = (0, -signal.SIGTERM, 128 + signal.SIGTERM)
-
-
-def celery_worker_argv(settings: Settings, concurrency: int = 1) -> list[str]:
-    """Solo pool by default: SQLite has one writer, and it stops cleanly on SIGTERM."""
-    pool = "solo" if concurrency <= 1 else "threads"
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        CELERY_APP,
-        "worker",
-        f"--pool={pool}",
-        f"--concurrency={max(1, concurrency)}",
-        "-Q",
-        settings.queue,
-        "--loglevel",
-        settings.log_level,
-        "--without-mingle",
-        "--without-gossip",
-    ]
-
-
-def celery_beat_argv(settings: Settings) -> list[str]:
-    """The schedule file lives in data_dir, so a second checkout never shares it."""
-    schedule = (settings.data_dir / "celerybeat-schedule").resolve()
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        CELERY_APP,
-        "beat",
-        "--schedule",
-        str(schedule),
-        "--loglevel",
-        settings.log_level,
-    ]
-
-
-def web_argv(host: str, port: int) -> list[str]:
-    from mailer.web.proxies import UVICORN_FLAGS  # uvicorn's own proxy handling off
-
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "mailer.web.app:create_app",
-        "--factory",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--no-access-log",
-        *UVICORN_FLAGS,
-    ]
-
-
-@click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
-def web(host: str, port: int) -> None:
-    """Serve the web app (reader pages and operator API)."""
-    import uvicorn
-
-    from mailer.web.app import create_app
-    from mailer.web.proxies import UVICORN_OPTIONS
-
-    settings = settings_or_exit()
-    with _one_line("the web app cannot start"):
-        app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, **UVICORN_OPTIONS)
-
-
-@click.command()
-@click.option(
-    "--concurrency", default=1, show_default=True, help="1 = solo pool; more = threads pool."
-)
-def worker(concurrency: int) -> None:
-    """Run a Celery worker on MAILER_QUEUE (same as `celery -A worker worker`)."""
-    settings = settings_or_exit()
-    argv = celery_worker_argv(settings, concurrency)
-    os.execv(argv[0], argv)
-
-
-@click.command()
-def beat() -> None:
-    """Run Celery beat, the once-a-minute tick (same as `celery -A worker beat`).
-
-    Refused while another beat runs on the same MAILER_DATA_DIR: it holds the
-    data directory's beat lock for as long as it lives (see mailer.lifeline).
-    """
-    settings = settings_or_exit()
-    try:
-        lifeline.hold_beat_lock(settings.data_dir)  # inherited by the exec'd beat
-    except lifeline.BeatRunning as exc:
-        raise click.ClickException(str(exc)) from exc
-    argv = celery_beat_argv(settings)
-    os.execv(argv[0], argv)
-
-
-# -- mailer up --------------------------------------------------------------------
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -161,29 +60,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-@contextlib.contextmanager
-def _one_line(doing: str, hint: str = "") -> Iterator[None]:
-    """Whatever goes wrong while `doing` becomes one line with what to do, not a traceback."""
-    from kombu.exceptions import KombuError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from mailer import migrate
-
-    try:
-        yield
-    except migrate.NotMigrated as exc:
-        raise click.ClickException(str(exc)) from exc
-    except (SQLAlchemyError, KombuError, OSError, ConnectionError) as exc:
-        raise click.ClickException(f"{doing}: {first_line(exc)}{hint}") from exc
-
-
-def first_line(exc: BaseException) -> str:
-    """The gist of an error: its first line, without SQLAlchemy's `(Class)` prefix."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return re.sub(r"^\([\w.]+\)\s*", "", line).rstrip(".")
 
 
 # A Python exception at the end of a child's output: `pkg.mod.SomeError: what happened`.
@@ -416,11 +292,11 @@ def _prepare_database(settings: Settings) -> None:
             soft_wrap=True,
             highlight=False,
         )
-        with _one_line(f"cannot migrate the database at {where}"):
+        with one_line(f"cannot migrate the database at {where}"):
             migrate.upgrade(settings.database)
         return
     hint = "; check MAILER_DATABASE_URL and that the server accepts connections"
-    with _one_line(f"cannot reach the database at {where}", hint):
+    with one_line(f"cannot reach the database at {where}", hint):
         migrate.require_current(get_engine(settings.database))
 
 
@@ -435,7 +311,7 @@ def _prepare_broker(settings: Settings) -> None:
         else ""
     )
     with (
-        _one_line(f"cannot reach the broker at {_safe_url(settings.broker)}", hint),
+        one_line(f"cannot reach the broker at {_safe_url(settings.broker)}", hint),
         Connection(settings.broker, connect_timeout=5) as conn,
     ):
         conn.ensure_connection(max_retries=1, timeout=5)
@@ -474,7 +350,7 @@ def _start_sink(settings: Settings) -> tuple[Controller, int] | None:
         port = free_port(settings.sink_host)
         console.print(f"port {settings.sink_port} is in use; the SMTP sink takes {port} instead")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-connection chatter
-    with _one_line(f"cannot start the SMTP sink on {settings.sink_host}:{port}"):
+    with one_line(f"cannot start the SMTP sink on {settings.sink_host}:{port}"):
         return start_sink(settings.outbox_dir, settings.sink_host, port), port
 
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from mailer import migrate
-from mailer.cli.up import web_argv
+from mailer.cli.run import web_argv
 from mailer.mail.sink import free_port, port_answers
 
 ROOT = Path(__file__).resolve().parents[2]
