@@ -15,7 +15,7 @@ from mailer.editions import schedule
 from mailer.models import Digest, Frequency, Schedule, Status
 from mailer.readers import newsletters
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_article, add_reader
+from tests.helpers.editions import add_article, add_reader
 
 MONDAY_0805 = datetime(2024, 5, 6, 8, 5, tzinfo=UTC)
 

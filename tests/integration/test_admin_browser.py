@@ -17,9 +17,8 @@ from mailer.web.admin import cookie as admin_cookie
 from mailer.web.app import create_app
 from tests.browser import chromium
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
-
-TOKEN = "test-api-token"
+from tests.helpers.admin import TOKEN, holding, logged_in
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 
 @pytest.fixture(scope="module")
@@ -163,21 +162,6 @@ def test_a_post_without_the_csrf_token_or_with_a_wrong_one_is_403_and_changes_no
 def client(settings):
     with TestClient(create_app(settings), base_url=settings.base_url) as c:
         yield c
-
-
-def logged_in(client) -> str:
-    """Log the client in; it keeps the cookie, whose value is returned."""
-    answer = client.post("/admin/login", data={"token": TOKEN}, follow_redirects=False)
-    assert answer.status_code == 303
-    return answer.cookies[admin_cookie.COOKIE]
-
-
-def holding(client, value: str):
-    """The client with only this session cookie (or none)."""
-    client.cookies.clear()
-    if value:
-        client.cookies.set(admin_cookie.COOKIE, value)
-    return client
 
 
 def test_login_attempts_past_the_hourly_allowance_are_refused_even_with_the_right_token(

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from mailer.web.admin import cookie as admin_cookie
-from tests.editions.test_digest_support import make_newsletter
-from tests.integration.test_admin_browser import holding, logged_in
+from tests.helpers.admin import holding, logged_in
+from tests.helpers.editions import make_newsletter
 
 
 @pytest.fixture

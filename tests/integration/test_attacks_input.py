@@ -34,7 +34,7 @@ from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.sending import loop
 from mailer.web.app import create_app
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 from tests.smtp import SMTPServer
 
 AUTH = {"Authorization": "Bearer test-api-token"}

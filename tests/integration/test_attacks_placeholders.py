@@ -34,9 +34,9 @@ from mailer.readers import newsletters, notices, subscriptions
 from mailer.sending import loop, testmail
 from mailer.web.app import create_app
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_reader, make_newsletter, parts
 from tests.fixtures.feedserver import FeedServer, Route
 from tests.helpers import hostile
+from tests.helpers.editions import add_reader, make_newsletter, parts
 
 AUTH = {"Authorization": "Bearer test-api-token"}
 READER = "reader@example.org"

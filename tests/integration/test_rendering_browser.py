@@ -13,8 +13,8 @@ from email import message_from_bytes, policy
 import pytest
 
 from tests.browser import chromium
-from tests.integration.test_spam_score import READER, Sample, all_kinds
-from tests.integration.test_spam_score import digest as build_digest
+from tests.helpers.samples import READER, Sample, all_kinds
+from tests.helpers.samples import digest as build_digest
 
 # WCAG AA: 4.5:1 for body text, 3:1 for large text (24 px, or 18.66 px bold).
 CONTRAST = """

@@ -187,3 +187,9 @@ def parts(message: EmailMessage) -> tuple[str, str]:
 
 def hrefs(html: str) -> list[str]:
     return re.findall(r'href="([^"]+)"', html)
+
+
+def row_for(session, sub) -> Delivery:
+    """The subscription's one delivery row, read afresh."""
+    session.expire_all()
+    return session.scalars(select(Delivery).where(Delivery.subscription_id == sub.id)).one()
