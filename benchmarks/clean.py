@@ -26,8 +26,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mailer.content.articles import RawArticle, html_to_text, normalise, sanitise_html
 from mailer.content.feeds import parse
+from mailer.content.incoming import RawArticle, html_to_text, normalise, sanitise_html
 from tests.helpers.crafted import hostile_inputs
 from tests.helpers.seed import SEED_TITLE, seed_html
 

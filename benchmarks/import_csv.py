@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, func, select, text
 from mailer import db, migrate
 from mailer.models import Subscription, SubscriptionEvent, SubscriptionTopic
 from mailer.readers.importer import import_csv
-from mailer.readers.subscriptions import create_newsletter, ensure_topic
+from mailer.readers.newsletters import create_newsletter, ensure_topic
 
 ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -201,10 +201,10 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
     from mailer import db
     from mailer.editions import schedule
     from mailer.models import Frequency, Newsletter, Schedule
-    from mailer.readers import subscriptions as subs
+    from mailer.readers import newsletters
 
     session = db.session_factory(url)()
-    nl = subs.create_newsletter(
+    nl = newsletters.create_newsletter(
         session,
         "bench",
         "The Bench",
@@ -214,7 +214,7 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
     )
     # A schedule that never falls due, so nothing but the benchmark makes editions.
     session.add(Schedule(newsletter_id=nl.id, frequency=Frequency.DAILY, cron="0 0 29 2 *"))
-    topic_ids = {t: subs.ensure_topic(session, nl, t).id for t in "abcde"}
+    topic_ids = {t: newsletters.ensure_topic(session, nl, t).id for t in "abcde"}
     session.flush()
     params = {"nl": nl.id, "n": readers, "domain": DOMAIN}
     session.execute(
@@ -262,7 +262,8 @@ def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
         )
         article.arrived_at = article.due_at = article.published_at
         article.topics = [
-            subs.ensure_topic(session, nl, t) for t in ARTICLE_TOPICS[i % len(ARTICLE_TOPICS)]
+            newsletters.ensure_topic(session, nl, t)
+            for t in ARTICLE_TOPICS[i % len(ARTICLE_TOPICS)]
         ]
         session.add(article)
     session.flush()

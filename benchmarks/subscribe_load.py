@@ -163,7 +163,7 @@ def main() -> None:
     web: subprocess.Popen[bytes] | None = None
     try:
         from mailer import db, migrate
-        from mailer.readers.subscriptions import create_newsletter
+        from mailer.readers.newsletters import create_newsletter
 
         migrate.upgrade(url)
         with db.session_scope(url) as session:

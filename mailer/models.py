@@ -4,6 +4,11 @@ Uniqueness constraints carry the correctness rules: one subscriber per
 address, one subscription per (subscriber, newsletter), one article per
 (source, guid), one edition per (newsletter, frequency, window end) and one
 delivery per (edition, subscription), which is the exactly-once key.
+
+Why one module of this size: it is the schema. The tables refer to each
+other (foreign keys, relationships) and the migrations are checked against
+all of it at once, so it is read as one map of the store; split by table
+it would need imports in a circle to say the same.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from mailer.editions import close, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.mail.transport import kept
 from mailer.operators import editions as editions_ops
-from mailer.readers import notices, subscriptions
+from mailer.readers import newsletters, notices, subscriptions
 from mailer.sending import loop, senders, sweeps
 from mailer.sending.ratelimit import limiter_for
 
@@ -73,7 +73,7 @@ def subscribe(request: dict[str, Any]) -> str:
                 check_deliverability=settings.check_deliverability,
                 resend_interval=settings.confirm_resend_interval,
             )
-    except subscriptions.SubscriptionError as exc:  # changed since the web checked it
+    except newsletters.SubscriptionError as exc:  # changed since the web checked it
         log.info("subscribe request refused: %s", exc)
         return "refused"
     enqueue_notices(outcome.notification_ids)

@@ -41,10 +41,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
-from mailer.readers.subscriptions import (
-    end_address,
-    subscriber_by_email,
-)
+from mailer.readers.subscriptions import end_address, subscriber_by_email
 
 log = logging.getLogger(__name__)
 

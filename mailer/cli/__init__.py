@@ -11,11 +11,12 @@ from mailer.cli.db import db
 from mailer.cli.digests import digest
 from mailer.cli.dkim import dkim
 from mailer.cli.newsletters import newsletter
-from mailer.cli.run import beat, up, web, worker
+from mailer.cli.run import beat, web, worker
 from mailer.cli.schedules import schedule
 from mailer.cli.stats import stats
 from mailer.cli.subscribers import subscribers
 from mailer.cli.suppressions import suppression
+from mailer.cli.up import up
 
 for command in (db, newsletter, up, web, worker, beat):
     main.add_command(command)

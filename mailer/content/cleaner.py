@@ -2,7 +2,7 @@
 
 Feeds (RSS `description` and `content:encoded`, Atom `summary` and
 `content`), the push API (`summary`, `content_html`) and page import all
-send what they got through `clean` before `articles.normalise` sanitises
+send what they got through `clean` before `incoming.normalise` sanitises
 it, and the summary a digest shows comes from `summarise`. So a reader
 gets the article's own lead whichever way it came: never a search box,
 "Also read: …", a share bar, "Advertisement", a newsletter sign-up, "The
@@ -58,6 +58,12 @@ levels, which also keeps nh3, quadratic on deep nesting, fast on what it
 gets from here); every walk over the tree is a loop, never recursion; a
 block's words are read only up to `PHRASE_SCAN` characters; and the regular
 expressions have no nested quantifiers and run on bounded text.
+
+Why one module of this size: the rule table (`PHRASES`, the furniture
+words and tags, the limits) and the engine that applies it are read
+together. Each rule's meaning is in how the engine walks the tree, and
+the order of the rounds is part of the rule; split apart, a change to one
+half could not be checked without the other open beside it.
 """
 
 from __future__ import annotations
@@ -221,7 +227,7 @@ BLOCK_TAGS = frozenset(
         "ul",
     }
 )
-# Where text reads as separate words either side (`articles.html_to_text` spaces them too).
+# Where text reads as separate words either side (`incoming.html_to_text` spaces them too).
 TEXT_BREAKS = frozenset(
     {
         *("p", "br", "div", "li", "ul", "ol", "blockquote", "tr", "td", "th", "section"),

@@ -27,18 +27,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
-from mailer.content.articles import (
-    ArticleError,
-    CleanArticle,
-    Outcome,
-    RawArticle,
-    TopicBudget,
-    feed_source,
-    html_to_text,
-    map_topics,
-    normalise,
-    upsert_article,
-)
+from mailer.content.articles import Outcome, TopicBudget, feed_source, map_topics, upsert_article
+from mailer.content.incoming import ArticleError, CleanArticle, RawArticle, html_to_text, normalise
 from mailer.db import is_postgres, session_scope
 from mailer.models import Feed, Newsletter, utcnow
 from mailer.outbound import FetchResult, fetch
@@ -140,7 +130,7 @@ def parse(body: bytes, url: str, content_type: str = "") -> ParsedFeed:
     the articles than nothing; `problem` keeps what was wrong. The feed's
     URL is not given to feedparser as a base, or it would rewrite plain
     guids ("story-1") into URLs that change whenever the feed moves;
-    relative links are resolved in `articles.normalise` instead (xml:base
+    relative links are resolved in `incoming.normalise` instead (xml:base
     still applies).
     """
     headers = {}

@@ -4,7 +4,7 @@ Publishers describe their own articles in Open Graph tags and JSON-LD far
 more reliably than any reading of the page's layout, so title, lead, image,
 date, canonical link and section come from there in that order, with
 <title> and <h1> as fallbacks. The body is the article's main container,
-handed to `articles.normalise` as the page sent it: there the one article
+handed to `incoming.normalise` as the page sent it: there the one article
 cleaner (`mailer.content.cleaner`) cuts out the page furniture (search boxes, share
 buttons, "Also read" boxes, newsletter sign-ups, adverts) as it does for
 feeds and the API, finds the lead when the page gives no description, and
@@ -26,16 +26,8 @@ from sqlalchemy.orm import Session
 
 from mailer import jsondata
 from mailer.config import Settings
-from mailer.content.articles import (
-    ArticleError,
-    Outcome,
-    RawArticle,
-    TopicBudget,
-    html_to_text,
-    normalise,
-    page_source,
-    upsert_article,
-)
+from mailer.content.articles import Outcome, TopicBudget, page_source, upsert_article
+from mailer.content.incoming import ArticleError, RawArticle, html_to_text, normalise
 from mailer.models import Article, Newsletter
 from mailer.outbound import fetch
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 
 
 class OperatorError(ValueError):
@@ -36,7 +36,7 @@ def field_errors() -> Iterator[None]:
     """The store's refusals, tied to the field they are about (422) or a clash (409)."""
     try:
         yield
-    except subs.NewsletterExists as exc:
+    except newsletters.NewsletterExists as exc:
         raise Conflict(str(exc)) from exc
-    except subs.SubscriptionError as exc:
+    except newsletters.SubscriptionError as exc:
         raise Invalid(exc.field or "body", str(exc)) from exc

@@ -24,13 +24,13 @@ from mailer.models import (
     utcnow,
 )
 from mailer.operators.errors import Conflict, Invalid, NotFound, field_errors
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 
 
 def newsletter(session: Session, slug: str) -> Newsletter:
     try:
-        return subs.get_newsletter(session, slug)
-    except subs.UnknownNewsletter as exc:
+        return newsletters.get_newsletter(session, slug)
+    except newsletters.UnknownNewsletter as exc:
         raise NotFound(str(exc)) from exc
 
 
@@ -94,17 +94,17 @@ def newsletters_out(session: Session) -> list[NewsletterOut]:
 
 def parse_frequency(value: str, field_name: str = "frequency") -> Frequency:
     with field_errors():
-        return subs.frequency(value, field_name)
+        return newsletters.frequency(value, field_name)
 
 
 def _sender(value: str) -> str:
     with field_errors():
-        return subs.parse_sender(value)
+        return newsletters.parse_sender(value)
 
 
 def _name(value: str) -> str:
     with field_errors():
-        return subs.newsletter_name(value)
+        return newsletters.newsletter_name(value)
 
 
 def create_newsletter(
@@ -116,9 +116,9 @@ def create_newsletter(
     default_frequency: Frequency = Frequency.WEEKLY,
     site_url: str | None = None,
 ) -> Newsletter:
-    """`subscriptions.create_newsletter`, with each refusal tied to its field."""
+    """`readers.newsletters.create_newsletter`, with each refusal tied to its field."""
     with field_errors():
-        return subs.create_newsletter(
+        return newsletters.create_newsletter(
             session, slug, name, sender, default_frequency=default_frequency, site_url=site_url
         )
 
@@ -204,19 +204,19 @@ def create_topic(session: Session, slug: str, name: str) -> Topic:
     clean = " ".join(name.split())
     if not clean or len(clean) > 200:
         raise Invalid("name", "A topic name is 1-200 characters on one line.")
-    key = subs.slugify(clean)
+    key = newsletters.slugify(clean)
     for topic in nl.topics:
         if topic.slug == key or topic.name.casefold() == clean.casefold():
             raise Conflict(
                 f"Newsletter {slug!r} already has a topic {topic.slug!r} ({topic.name})."
             )
-    return subs.ensure_topic(session, nl, clean)
+    return newsletters.ensure_topic(session, nl, clean)
 
 
 def rename_topic(session: Session, slug: str, topic_slug: str, new_name: str) -> Topic:
     """Rename by the articles module's rule: the slug stays, so links and forms still work."""
-    from mailer.content.articles import ArticleError
     from mailer.content.articles import rename_topic as rename
+    from mailer.content.incoming import ArticleError
 
     nl = newsletter(session, slug)
     if not any(t.slug == topic_slug for t in nl.topics):

@@ -13,8 +13,8 @@ addresses, with two chunks written at once; see `Importer.run`), and from
 checking each distinct domain once and splitting an everyday address at its
 @ directly (`addresses.CachedNormaliser`). The
 rules are not copied: addresses go through
-`addresses.normalise`, topics through `subscriptions.resolve_topics`,
-frequency through `subscriptions.parse_frequency`, suppression through
+`addresses.normalise`, topics through `newsletters.resolve_topics`,
+frequency through `newsletters.parse_frequency`, suppression through
 `suppressions.suppressed` (or its SQL spelling, `suppressed_among_sql`),
 and any row that is not a plain "new" or "already active" case (a pending
 reader being confirmed by the import) is handed to `subscriptions.subscribe`
@@ -26,6 +26,12 @@ Two deliberate differences from the reader's own subscribe:
   goes to the reject file saying so;
 - a reader already pending is not sent another confirm mail, so re-running
   an import never mails anyone twice.
+
+Why one module of this size: it is one pipeline (read, normalise, chunk,
+write) and its two stores (the portable SQLAlchemy writer and the
+PostgreSQL one-statement writer) must take the same rows to the same
+result. Keeping them side by side is what lets a reader check that they
+agree; the pieces have no other caller.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from mailer.models import (
     SubscriptionTopic,
     utcnow,
 )
-from mailer.readers import spreadsheet, suppressions
+from mailer.readers import newsletters, spreadsheet, suppressions
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import CachedNormaliser, InvalidAddress, address_hash
 
@@ -546,9 +552,9 @@ class Importer:
         if value not in self._topics:
             try:
                 nl = self.lookups.get_one(Newsletter, self.nl_id)
-                found = subs.resolve_topics(self.lookups, nl, split_topics(value))
+                found = newsletters.resolve_topics(self.lookups, nl, split_topics(value))
                 self._topics[value] = (tuple(t.id for t in found), tuple(t.slug for t in found))
-            except subs.SubscriptionError as exc:
+            except newsletters.SubscriptionError as exc:
                 self._topics[value] = Refused(str(exc))
         return self._topics[value]
 
@@ -556,8 +562,8 @@ class Importer:
         if value not in self._frequencies:
             try:
                 nl = self.lookups.get_one(Newsletter, self.nl_id)
-                self._frequencies[value] = subs.parse_frequency(value, nl)
-            except subs.SubscriptionError as exc:
+                self._frequencies[value] = newsletters.parse_frequency(value, nl)
+            except newsletters.SubscriptionError as exc:
                 self._frequencies[value] = Refused(str(exc))
         return self._frequencies[value]
 
@@ -896,7 +902,7 @@ def import_csv(
         raise ImportFileError("The chunk size must be at least 1.")
     if not path.is_file():
         raise ImportFileError(f"There is no file {str(path)!r}.")
-    nl = subs.open_newsletter(session, newsletter)
+    nl = newsletters.open_newsletter(session, newsletter)
     importer = Importer(session, nl, source=consent_source(path), confirmed=confirmed)
     return importer.run(
         path,

@@ -22,7 +22,7 @@ from mailer.config import Settings, get_settings
 from mailer.db import get_engine, session_factory
 from mailer.mail.links import tokens_for
 from mailer.migrate import require_current
-from mailer.readers.subscriptions import Offers
+from mailer.readers.newsletters import Offers
 from mailer.web.auth import AuthFirst
 from mailer.web.headers import SecurityHeaders
 from mailer.web.limits import BodyLimit

@@ -41,9 +41,10 @@ class AuthFirst:
                 await wrong_token()(scope, receive, send)
                 return
         elif scope["method"] == "POST" and path.startswith("/admin/") and path != "/admin/login":
+            from mailer.web.admin import cookie
             from mailer.web.admin import views as admin
 
-            if await run_in_threadpool(admin.current_session, request) is None:
+            if await run_in_threadpool(cookie.current_session, request) is None:
                 refused = await run_in_threadpool(admin.refused, request, None)
                 await refused(scope, receive, send)
                 return

@@ -23,9 +23,9 @@ from mailer import jsondata, tasks, throttle
 from mailer.config import Settings
 from mailer.mail.tokens import Purpose, TokenError
 from mailer.models import Newsletter, Status, Subscription, utcnow
-from mailer.readers import subscriptions
+from mailer.readers import newsletters, subscriptions
 from mailer.readers.addresses import address_hash
-from mailer.readers.subscriptions import SubscriptionError, UnknownNewsletter
+from mailer.readers.newsletters import SubscriptionError, UnknownNewsletter
 from mailer.tasks import enqueue_notices
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, TokensDep
 from mailer.web.pages import message_page, page
@@ -115,7 +115,7 @@ def _too_many(request: Request, retry_after: int) -> Response:
 
 def _newsletter_or_404(session: Session, request: Request, slug: str) -> Newsletter | Response:
     try:
-        return subscriptions.open_newsletter(session, slug)
+        return newsletters.open_newsletter(session, slug)
     except UnknownNewsletter as exc:
         return _error(request, 404, str(exc))
 
@@ -185,7 +185,7 @@ def _subscribe(
     if parsed.website:
         return _accepted(request)
     try:
-        offers: subscriptions.Offers = request.app.state.offers
+        offers: newsletters.Offers = request.app.state.offers
         offer = offers.get(parsed.newsletter)
         valid = subscriptions.check_request(
             offer,
@@ -239,7 +239,7 @@ def confirm_page(token: str, request: Request, session: SessionDep, tokens: Toke
             request, TokenError("This subscription has ended; please subscribe again.")
         )
     if sub.newsletter.archived_at is not None:
-        return _bad_link(request, TokenError(subscriptions.closed_message(sub.newsletter)))
+        return _bad_link(request, TokenError(newsletters.closed_message(sub.newsletter)))
     return message_page(
         request,
         f"Confirm your subscription to {name}",

@@ -25,7 +25,7 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
-from mailer.readers import notices
+from mailer.readers import newsletters, notices
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import address_hash
 from tests.conftest import configure
@@ -38,8 +38,8 @@ SENDER = "Weekly News <news@example.org>"
 @pytest.fixture
 def world(session):
     """A reader on two newsletters, and one digest delivery to them that was accepted."""
-    subs.create_newsletter(session, "weekly", "Weekly News", SENDER)
-    subs.create_newsletter(session, "daily", "Daily News", "Daily News <daily@example.org>")
+    newsletters.create_newsletter(session, "weekly", "Weekly News", SENDER)
+    newsletters.create_newsletter(session, "daily", "Daily News", "Daily News <daily@example.org>")
     subs.subscribe(session, email=READER, newsletter="weekly", confirmed=True, source="import")
     subs.subscribe(session, email=READER, newsletter="daily", confirmed=True, source="import")
     weekly, daily = session.scalars(select(Subscription).order_by(Subscription.id)).all()
@@ -234,7 +234,7 @@ def test_a_confirm_mail_goes_out_with_its_own_return_path_signed_and_its_bounce_
     key = tmp_path / "dkim.pem"
     generate_private_key(key)
     settings = configure(monkeypatch, dkim_selector="mail", dkim_private_key_path=str(key))
-    subs.create_newsletter(session, "weekly", "Weekly News", SENDER)
+    newsletters.create_newsletter(session, "weekly", "Weekly News", SENDER)
     note_id = subs.subscribe(session, email=READER, newsletter="weekly").notification_ids[0]
     session.commit()
 

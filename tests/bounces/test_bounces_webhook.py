@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from mailer.mail import verp
 from mailer.models import Status, Subscription, Suppression
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.fixtures.bounces import load
 
@@ -17,7 +18,9 @@ TOKEN = {"Authorization": "Bearer test-api-token"}
 
 @pytest.fixture
 def reader(session):
-    subs.create_newsletter(session, "weekly", "Weekly News", "Weekly News <news@example.org>")
+    newsletters.create_newsletter(
+        session, "weekly", "Weekly News", "Weekly News <news@example.org>"
+    )
     out = subs.subscribe(session, email=READER, newsletter="weekly")
     session.commit()
     return out

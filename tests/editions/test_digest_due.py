@@ -13,15 +13,15 @@ from mailer.cli import main
 from mailer.config import ROOT
 from mailer.editions import schedule
 from mailer.models import Digest, Frequency, Schedule, Status
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_article, add_reader
+from tests.helpers.editions import add_article, add_reader
 
 MONDAY_0805 = datetime(2024, 5, 6, 8, 5, tzinfo=UTC)
 
 
 def newsletter(session, slug: str, *, weekly_reader: bool = True, daily_reader: bool = True):
-    nl = subs.create_newsletter(session, slug, slug.title(), f"{slug} <{slug}@example.org>")
+    nl = newsletters.create_newsletter(session, slug, slug.title(), f"{slug} <{slug}@example.org>")
     if daily_reader:
         sub = add_reader(session, nl, f"daily@{slug}.example.org")
         sub.frequency = Frequency.DAILY

@@ -25,7 +25,7 @@ from mailer.models import (
 from mailer.readers import subscriptions as subs
 from mailer.sending import loop
 from tests.conftest import configure
-from tests.editions.test_digest_support import (
+from tests.helpers.editions import (
     SITE,
     add_article,
     add_reader,

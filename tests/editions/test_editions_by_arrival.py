@@ -202,12 +202,14 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     from sqlalchemy import text as sql
 
     from mailer.content import articles as arts
+    from mailer.content import incoming
     from mailer.editions import prepare, reservations, schedule
     from mailer.mail.rendering import EmailRenderer
+    from mailer.readers import newsletters
     from mailer.readers import subscriptions as subs
     from tests.conftest import wait_for
 
-    nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+    nl = newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
     subs.subscribe(
         session, email="ann@example.org", newsletter="news", frequency="daily", confirmed=True
     )
@@ -240,8 +242,8 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
             )
 
     arriving = db.session_factory(settings.database)()
-    raw = arts.RawArticle(url="https://news.example.org/racing", title="Racing the cut")
-    story, _ = arts.upsert_article(arriving, nl, "api:1", arts.normalise(raw, base_url=None))
+    raw = incoming.RawArticle(url="https://news.example.org/racing", title="Racing the cut")
+    story, _ = arts.upsert_article(arriving, nl, "api:1", incoming.normalise(raw, base_url=None))
     thread, done = cut_in_a_thread()
     wait_for(waiting_for_the_arrival_lock)  # the cut waits for the timed arrival
     arriving.commit()
@@ -253,8 +255,8 @@ def test_an_article_stored_while_an_edition_is_cut_goes_in_exactly_one_edition(s
     # Timed after a cut: the next edition's (an edition of the next minute: its row
     # needs a window end of its own; what it carries is decided by its cut).
     later = db.session_factory(settings.database)()
-    raw = arts.RawArticle(url="https://news.example.org/after", title="After the cut")
-    after, _ = arts.upsert_article(later, nl, "api:1", arts.normalise(raw, base_url=None))
+    raw = incoming.RawArticle(url="https://news.example.org/after", title="After the cut")
+    after, _ = arts.upsert_article(later, nl, "api:1", incoming.normalise(raw, base_url=None))
     later.commit()
     later.close()
     thread, done = cut_in_a_thread(utcnow() + timedelta(minutes=1))

@@ -21,7 +21,7 @@ from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Digest, Frequency, Newsletter, Schedule, utcnow
 from mailer.sending import loop
-from tests.editions.test_digest_support import add_article, add_readers_bulk, make_newsletter
+from tests.helpers.editions import add_article, add_readers_bulk, make_newsletter
 from tests.smtp import SMTPServer
 
 READERS = 200

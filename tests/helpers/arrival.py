@@ -19,7 +19,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
-from mailer.content import articles, feeds
+from mailer.content import articles, feeds, incoming
 from mailer.db import is_postgres
 from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
@@ -37,6 +37,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.outbound import FetchResult
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 
 READERS = 2
@@ -269,10 +270,10 @@ class Store:
         self.session = session
         self.settings = settings
         self.renderer = EmailRenderer(settings.email_templates)
-        nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+        nl = newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
         self.nl_id = nl.id
         for name in ("a", "b"):
-            subs.ensure_topic(session, nl, name)
+            newsletters.ensure_topic(session, nl, name)
         self.feeds = [
             feeds.add_feed(session, nl, f"https://feeds.example.org/{n}.xml").id for n in (0, 1)
         ]
@@ -287,7 +288,7 @@ class Store:
 
     def push(self, step: Push) -> None:
         i, offset, version = step.item
-        raw = articles.RawArticle(
+        raw = incoming.RawArticle(
             url=link(2, i),
             title=f"Story {i} v{version}",
             guid=f"g{i}",
@@ -325,7 +326,7 @@ class Store:
         if sub is not None and sub.status is Status.ACTIVE:
             nl = self.session.get_one(Newsletter, self.nl_id)
             sub.frequency = step.frequency
-            sub.topics = subs.resolve_topics(self.session, nl, sorted(step.topics))
+            sub.topics = newsletters.resolve_topics(self.session, nl, sorted(step.topics))
         self.session.commit()
 
     def _sub(self, reader: int) -> Subscription | None:

@@ -4,7 +4,7 @@ Each value is as large as the store takes (`MAX_CONTENT` characters) and
 aims at one weakness: recursion on deep nesting, a quadratic walk over many
 elements or siblings, regular-expression backtracking on runs of marks, a
 loop that strips one trailing phrase at a time. The unit tests run every
-one through `articles.normalise` under a timeout; `benchmarks.clean`
+one through `incoming.normalise` under a timeout; `benchmarks.clean`
 prints how long each takes.
 """
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from mailer import migrate
 from mailer.config import Settings
 from mailer.content import feeds, pages
-from mailer.content.articles import ArticleError
+from mailer.content.incoming import ArticleError
 from mailer.db import session_scope
 from mailer.models import Article
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 from tests.fixtures.feedserver import FeedServer, fixture
 
 

@@ -19,8 +19,8 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Notification
 from mailer.readers import notices
 from mailer.sending import loop
-from tests.editions.test_digest_support import sendable_edition
-from tests.integration.test_notices import queue_confirm
+from tests.helpers.editions import sendable_edition
+from tests.helpers.notices import queue_confirm
 from tests.smtp import password_check, start_smtp_server
 
 USER, PASSWORD = "mailer@example.org", "secret-password-42"

@@ -9,15 +9,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailer.models import Delivery, DeliveryStatus, Status, SubscriptionEvent
+from mailer.readers import newsletters, suppressions
 from mailer.readers import subscriptions as subs
-from mailer.readers import suppressions
 
 OTHER_SENDER = "Other News <other@example.org>"
 
 
 def on_two_newsletters(session: Session, email: str) -> None:
     """The reader is also on a second newsletter, which the verdict must end too."""
-    subs.create_newsletter(session, "other", "Other News", OTHER_SENDER)
+    newsletters.create_newsletter(session, "other", "Other News", OTHER_SENDER)
     subs.subscribe(session, email=email, newsletter="other", confirmed=True, source="import")
     session.commit()
 

@@ -13,13 +13,12 @@ from sqlalchemy import select
 from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DeliveryStatus, Digest, Frequency, Newsletter
-from mailer.web.admin import views as admin
+from mailer.web.admin import cookie as admin_cookie
 from mailer.web.app import create_app
 from tests.browser import chromium
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
-
-TOKEN = "test-api-token"
+from tests.helpers.admin import TOKEN, holding, logged_in
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +89,7 @@ def test_the_right_token_opens_a_session_with_an_httponly_strict_cookie(page, ne
     assert page.url.endswith("/admin")
     assert "The News" in page.inner_text("h2")
     [cookie] = page.context.cookies()
-    assert cookie["name"] == admin.COOKIE and cookie["path"] == "/admin"
+    assert cookie["name"] == admin_cookie.COOKIE and cookie["path"] == "/admin"
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     assert cookie["secure"] is False  # the live server is plain http
     assert page.evaluate("document.cookie") == ""  # scripts can't read it
@@ -165,21 +164,6 @@ def client(settings):
         yield c
 
 
-def logged_in(client) -> str:
-    """Log the client in; it keeps the cookie, whose value is returned."""
-    answer = client.post("/admin/login", data={"token": TOKEN}, follow_redirects=False)
-    assert answer.status_code == 303
-    return answer.cookies[admin.COOKIE]
-
-
-def holding(client, value: str):
-    """The client with only this session cookie (or none)."""
-    client.cookies.clear()
-    if value:
-        client.cookies.set(admin.COOKIE, value)
-    return client
-
-
 def test_login_attempts_past_the_hourly_allowance_are_refused_even_with_the_right_token(
     monkeypatch, settings
 ):
@@ -196,7 +180,7 @@ def test_login_attempts_past_the_hourly_allowance_are_refused_even_with_the_righ
         refused = client.post("/admin/login", data={"token": TOKEN}, follow_redirects=False)
         assert refused.status_code == 429 and "Too many login attempts" in refused.text
         assert 0 < int(refused.headers["Retry-After"]) <= 3600
-        assert admin.COOKIE not in refused.cookies and not client.cookies
+        assert admin_cookie.COOKIE not in refused.cookies and not client.cookies
         # The allowance is per client address: the operator elsewhere still gets in.
         elsewhere = client.post(
             "/admin/login",
@@ -204,7 +188,7 @@ def test_login_attempts_past_the_hourly_allowance_are_refused_even_with_the_righ
             headers={"X-Forwarded-For": "203.0.113.9"},
             follow_redirects=False,
         )
-        assert elsewhere.status_code == 303 and admin.COOKIE in elsewhere.cookies
+        assert elsewhere.status_code == 303 and admin_cookie.COOKIE in elsewhere.cookies
 
 
 def test_the_cookie_is_secure_when_the_public_address_is_https(monkeypatch, settings):
@@ -213,7 +197,7 @@ def test_the_cookie_is_secure_when_the_public_address_is_https(monkeypatch, sett
         answer = client.post("/admin/login", data={"token": TOKEN}, follow_redirects=False)
     flags = answer.headers["set-cookie"].lower()
     assert "secure" in flags and "httponly" in flags and "samesite=strict" in flags
-    assert "path=/admin" in flags and f"max-age={admin.SESSION_MAX_AGE}" in flags
+    assert "path=/admin" in flags and f"max-age={admin_cookie.SESSION_MAX_AGE}" in flags
 
 
 @pytest.mark.parametrize(
@@ -235,7 +219,7 @@ def test_an_expired_session_or_one_from_an_old_api_token_is_over(
 ):
     value = logged_in(client)
     assert client.get("/admin").status_code == 200
-    monkeypatch.setattr(admin, "SESSION_MAX_AGE", -1)
+    monkeypatch.setattr(admin_cookie, "SESSION_MAX_AGE", -1)
     assert client.get("/admin", follow_redirects=False).status_code == 303
     monkeypatch.undo()
 
@@ -258,7 +242,7 @@ def test_the_outbox_link_shows_only_with_the_built_in_sink(client, news, monkeyp
 
 def test_refusals_from_the_domain_are_shown_and_change_nothing(client, news, session):
     value = logged_in(client)
-    csrf = admin.csrf_token(client.app.state.settings, value)
+    csrf = admin_cookie.csrf_token(client.app.state.settings, value)
     gone = client.post("/admin/editions/999/cancel", data={"csrf": csrf})
     assert gone.status_code == 404 and "There is no edition 999." in gone.text
     bad = client.post("/admin/newsletters/news/send", data={"csrf": csrf, "frequency": "hourly"})

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import Article
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 from mailer.web.app import create_app
 
 AUTH = {"Authorization": "Bearer test-api-token"}

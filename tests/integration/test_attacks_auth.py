@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from mailer.web.admin import views as admin
-from tests.editions.test_digest_support import make_newsletter
-from tests.integration.test_admin_browser import holding, logged_in
+from mailer.web.admin import cookie as admin_cookie
+from tests.helpers.admin import holding, logged_in
+from tests.helpers.editions import make_newsletter
 
 
 @pytest.fixture
@@ -99,5 +99,5 @@ def test_the_api_token_and_the_admin_session_are_checked_before_the_body_is_read
         live_server,
         "POST /admin/newsletters/news/pause HTTP/1.1",
         "Content-Type: application/x-www-form-urlencoded",
-        f"Cookie: {admin.COOKIE}=forged",
+        f"Cookie: {admin_cookie.COOKIE}=forged",
     ).startswith("HTTP/1.1 403")

@@ -30,10 +30,11 @@ from mailer.models import (
     SubscriptionEvent,
     Topic,
 )
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.sending import loop
 from mailer.web.app import create_app
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 from tests.smtp import SMTPServer
 
 AUTH = {"Authorization": "Bearer test-api-token"}
@@ -99,7 +100,7 @@ def test_line_breaks_in_a_newsletter_name_or_sender_are_refused_with_422(
     http: TestClient, session: Session, method: str, path: str, body: dict[str, str]
 ) -> None:
     """The name and sender go into From, List-Id and the Subject: refused at the door."""
-    subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+    newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
     session.commit()
     full = {"slug": "z", "name": "Z", "sender": "Z <z@example.org>"} if method == "POST" else {}
     answer = http.request(method, path, json=full | body, headers=AUTH)
@@ -113,7 +114,7 @@ def test_line_breaks_in_a_newsletter_name_or_sender_are_refused_with_422(
 def test_a_topic_name_with_line_breaks_is_stored_as_one_line(
     http: TestClient, session: Session
 ) -> None:
-    subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+    newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
     session.commit()
     answer = http.post(
         "/api/newsletters/news/topics", json={"name": "Tech\r\nBcc: v@evil.example"}, headers=AUTH
@@ -167,7 +168,7 @@ def test_a_csv_line_over_the_field_limit_is_refused_on_record_and_the_rest_impor
     settings: Settings, session: Session, tmp_path
 ) -> None:
     """A 300 KB field used to stop `mailer subscribers import` with a csv traceback."""
-    subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
     session.commit()
     path = tmp_path / "huge.csv"
     path.write_bytes(
@@ -194,8 +195,8 @@ def test_a_token_acts_only_on_its_own_newsletters_subscription(
 ) -> None:
     """A reader of two newsletters: the unsubscribe link of one, or the same token
     pasted into the other's URL shapes, never touches the other subscription."""
-    a = subs.create_newsletter(session, "alpha", "Alpha", "Alpha <a@example.org>")
-    b = subs.create_newsletter(session, "beta", "Beta", "Beta <b@example.org>")
+    a = newsletters.create_newsletter(session, "alpha", "Alpha", "Alpha <a@example.org>")
+    b = newsletters.create_newsletter(session, "beta", "Beta", "Beta <b@example.org>")
     sub_a = session.get_one(
         Subscription,
         subs.subscribe(
@@ -228,7 +229,7 @@ def test_a_token_acts_only_on_its_own_newsletters_subscription(
 def test_an_old_link_replayed_after_resubscribing_is_refused_and_changes_nothing(
     http: TestClient, session: Session, settings: Settings
 ) -> None:
-    nl = subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    nl = newsletters.create_newsletter(session, "n", "N", "N <n@example.org>")
     out = subs.subscribe(session, email="x@example.org", newsletter=nl.slug, confirmed=True)
     sub = session.get_one(Subscription, out.subscription_id)
     session.commit()

@@ -13,7 +13,7 @@ import pytest
 
 from mailer import jsondata
 from mailer.content import pages
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 
 DEPTHS = (5_000, 990, jsondata.MAX_DEPTH + 1)
 
@@ -33,7 +33,7 @@ def json_operations(base: str) -> list[tuple[str, str]]:
 
 
 def test_deeply_nested_json_is_a_4xx_on_every_json_endpoint(settings, session, live_server):
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    newsletters.create_newsletter(session, "n", "N", "N <n@example.org>")
     session.commit()
     operations = json_operations(live_server)
     assert ("POST", "/subscribe") in operations and ("POST", "/api/articles") in operations

@@ -30,13 +30,13 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.mail.sink import Outbox, free_port, start_sink
 from mailer.mail.tokens import Purpose
 from mailer.models import DigestVariant, Feed, Frequency, Notification, utcnow
-from mailer.readers import notices, subscriptions
+from mailer.readers import newsletters, notices, subscriptions
 from mailer.sending import loop, testmail
 from mailer.web.app import create_app
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_reader, make_newsletter, parts
 from tests.fixtures.feedserver import FeedServer, Route
 from tests.helpers import hostile
+from tests.helpers.editions import add_reader, make_newsletter, parts
 
 AUTH = {"Authorization": "Bearer test-api-token"}
 READER = "reader@example.org"
@@ -174,11 +174,11 @@ def test_the_operators_test_send_puts_the_address_only_in_its_slot(
 def test_confirm_and_welcome_carry_markers_in_topic_and_newsletter_names_as_written(
     session, settings, smtp_server
 ):
-    nl = subscriptions.create_newsletter(
+    nl = newsletters.create_newsletter(
         session, "hostile", f"News {hostile.MARKERS[0]}", "News <news@example.org>"
     )
     for name in (f"Topic {hostile.MARKERS[0]}", f"Topic {hostile.MARKERS[1]}"):
-        subscriptions.ensure_topic(session, nl, name)
+        newsletters.ensure_topic(session, nl, name)
     topics = [t.slug for t in nl.topics]
     out = subscriptions.subscribe(session, email=READER, newsletter=nl.slug, topics=topics)
     session.commit()

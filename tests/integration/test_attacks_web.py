@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from mailer.config import Settings
 from mailer.mail.links import Links
 from mailer.models import Subscription
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 
@@ -25,8 +26,8 @@ EMAIL = "private.person@example.org"
 
 @pytest.fixture
 def links(session: Session, settings: Settings) -> dict[str, str]:
-    nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
-    subs.ensure_topic(session, nl, "Science")
+    nl = newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
+    newsletters.ensure_topic(session, nl, "Science")
     pending = subs.subscribe(session, email="waiting@example.org", newsletter="news")
     active = subs.subscribe(session, email=EMAIL, newsletter="news", confirmed=True)
     session.commit()

@@ -22,10 +22,10 @@ from mailer.config import Settings
 from mailer.content import feeds
 from mailer.db import session_scope
 from mailer.models import Article, utcnow
-from mailer.readers.subscriptions import get_newsletter
+from mailer.readers.newsletters import get_newsletter
 from mailer.web.app import create_app
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter, parts
 from tests.fixtures.feedserver import FeedServer
+from tests.helpers.editions import add_article, add_reader, make_newsletter, parts
 from tests.helpers.seed import (
     SEED_FURNITURE,
     SEED_LEAD,

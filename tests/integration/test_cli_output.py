@@ -10,10 +10,12 @@ import subprocess
 import pytest
 
 from mailer.content import feeds
-from mailer.content.articles import RawArticle, normalise, upsert_article
+from mailer.content.articles import upsert_article
+from mailer.content.incoming import RawArticle, normalise
 from mailer.models import Delivery, DeliveryStatus, Frequency
 from mailer.operators import editions as editions_ops
 from mailer.operators import schedules as schedules_ops
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run, run_json
@@ -27,9 +29,11 @@ TITLE = "Science [/] desk"  # rich markup in outside text must print as itself
 def newsroom(settings, session):
     """A newsletter with topics, a feed, a schedule, readers and an edition in mid-send
     with a delivery in every state: each listing has something in every column."""
-    nl = subs.create_newsletter(session, "weekly", "Weekly Notes", "Weekly <news@example.org>")
+    nl = newsletters.create_newsletter(
+        session, "weekly", "Weekly Notes", "Weekly <news@example.org>"
+    )
     for name in ("Science", "Culture"):
-        subs.ensure_topic(session, nl, name)
+        newsletters.ensure_topic(session, nl, name)
     feed = feeds.add_feed(session, nl, LONG_URL, topics=["Science"])
     feed.title = TITLE
     feed.error_count, feed.last_error = 2, "HTTP 503 Service Unavailable"

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 from mailer.web.app import create_app
 from tests.proxy import CuttableProxy
 
 
 def test_web_answers_503_with_retry_after_while_database_is_down_then_recovers(settings, session):
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    newsletters.create_newsletter(session, "n", "N", "N <n@example.org>")
     session.commit()
     url = make_url(settings.database)
     proxy = CuttableProxy(url.host or "127.0.0.1", url.port or 5432)

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from mailer.cli import main
 from mailer.models import Delivery, Digest
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 
 @pytest.fixture

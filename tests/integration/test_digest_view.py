@@ -10,7 +10,7 @@ from mailer.editions import prepare, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import DigestVariant, Frequency
 from mailer.sending import loop
-from tests.editions.test_digest_support import (
+from tests.helpers.editions import (
     add_article,
     add_reader,
     hrefs,

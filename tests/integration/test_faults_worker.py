@@ -41,7 +41,7 @@ from mailer.models import (
     SubscriptionTopic,
 )
 from tests.conftest import RUN_ID, configure, wait_for
-from tests.editions.test_digest_support import add_article, add_readers_bulk, make_newsletter
+from tests.helpers.editions import add_article, add_readers_bulk, make_newsletter
 from tests.proxy import CuttableProxy
 from tests.smtp import SMTPServer, password_check, start_smtp_server
 from tests.workers import start_worker, stop

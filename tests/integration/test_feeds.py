@@ -12,7 +12,7 @@ from mailer.content import feeds
 from mailer.content.articles import dedupe_articles
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Newsletter, utcnow
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 from tests.conftest import configure
 from tests.fixtures.feedserver import FeedServer, fixture
 

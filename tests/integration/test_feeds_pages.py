@@ -10,7 +10,7 @@ from mailer.cli import main
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Topic
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 from tests.fixtures.feedserver import FIXTURES, FeedServer, fixture
 
 # The test servers are on 127.0.0.1: these fetches are allowed to go there.

@@ -9,7 +9,7 @@ from mailer.config import Settings
 from mailer.content import feeds
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Newsletter
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 from tests.conftest import wait_for
 from tests.fixtures.feedserver import FeedServer, fixture
 

@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.conftest import configure
@@ -64,8 +65,8 @@ def api_schema(
         subscribe_rate_ip_per_minute="1000000",
         subscribe_rate_address_per_hour="1000000",
     )
-    nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
-    subs.ensure_topic(session, nl, "Science")
+    nl = newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
+    newsletters.ensure_topic(session, nl, "Science")
     subs.subscribe(session, email="reader@example.org", newsletter="news", confirmed=True)
     session.commit()
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(fuzz_settings))

@@ -7,14 +7,15 @@ import re
 from fastapi.testclient import TestClient
 
 from mailer.operators import newsletters as newsletters_ops
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 from tests.conftest import configure
 
 
 def newsroom(session) -> None:
-    subs.create_newsletter(session, "weekly", "Weekly Notes", "Desk <desk@example.org>")
-    subs.create_newsletter(session, "old", "Old Letter", "Old <old@example.org>")
+    newsletters.create_newsletter(session, "weekly", "Weekly Notes", "Desk <desk@example.org>")
+    newsletters.create_newsletter(session, "old", "Old Letter", "Old <old@example.org>")
     for i in range(7):
         subs.subscribe(
             session, email=f"r{i}@example.org", newsletter="weekly", confirmed=True, source="t"

@@ -23,6 +23,7 @@ from mailer.models import (
     SubscriptionEvent,
     SubscriptionTopic,
 )
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.readers.importer import import_csv
 from tests.conftest import configure
@@ -42,9 +43,9 @@ def session(request, settings, monkeypatch):
 
 @pytest.fixture
 def newsletter(session):
-    nl = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
-    subs.ensure_topic(session, nl, "Science")
-    subs.ensure_topic(session, nl, "Culture")
+    nl = newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    newsletters.ensure_topic(session, nl, "Science")
+    newsletters.ensure_topic(session, nl, "Culture")
     session.commit()
     return nl
 
@@ -244,7 +245,7 @@ def test_cli_import_prints_a_summary_and_refuses_a_file_without_email_column(
 def test_cli_import_needs_a_newsletter_when_there_are_several(
     settings, newsletter, session, tmp_path
 ):
-    subs.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
+    newsletters.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
     session.commit()
     path = write(tmp_path / "x.csv", [["a@example.org", "", "", ""]])
     result = CliRunner().invoke(main, ["subscribers", "import", str(path)])
@@ -255,9 +256,9 @@ def test_cli_import_needs_a_newsletter_when_there_are_several(
 def test_cli_export_csv_reimports_into_another_newsletter_and_list_shows_it(
     settings, newsletter, session, tmp_path
 ):
-    daily = subs.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
-    subs.ensure_topic(session, daily, "Science")
-    subs.ensure_topic(session, daily, "Culture")
+    daily = newsletters.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
+    newsletters.ensure_topic(session, daily, "Science")
+    newsletters.ensure_topic(session, daily, "Culture")
     session.commit()
     path = write(tmp_path / "in.csv", [["a@example.org", "", "science;culture", "daily"]])
     first = ["subscribers", "import", str(path), "--newsletter", "weekly", "--confirmed"]
@@ -496,7 +497,7 @@ def test_no_cell_of_the_rejects_file_or_the_export_runs_as_a_formula_and_both_re
     assert sorted(emails) == sorted(["'=1+1@example.org", "'-dash@example.org",
                                      "'+plus@example.org", "'quote@example.org"])  # fmt: skip
 
-    daily = subs.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
+    daily = newsletters.create_newsletter(session, "daily", "Daily", "Daily <d@example.org>")
     session.commit()
     back = CliRunner().invoke(
         main, ["subscribers", "import", str(exported), "--newsletter", daily.slug]

@@ -24,7 +24,7 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency, Newsletter, utcnow
 from mailer.sending import loop, sweeps
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 AUTH = {"Authorization": "Bearer test-api-token"}
 PUNY = "xn--bcher-kva.example"

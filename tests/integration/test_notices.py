@@ -9,6 +9,7 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.models import Notification, Status, Subscription
 from mailer.readers import notices
 from mailer.readers import subscriptions as subs
+from tests.helpers.notices import queue_confirm
 from tests.helpers.verdicts import address_state
 from tests.smtp import start_smtp_server
 
@@ -16,13 +17,6 @@ from tests.smtp import start_smtp_server
 @pytest.fixture
 def renderer(settings):
     return EmailRenderer(settings.email_templates)
-
-
-def queue_confirm(session, email):
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
-    out = subs.subscribe(session, email=email, newsletter="n")
-    session.commit()
-    return out.notification_ids[0]
 
 
 def test_unicode_address_is_delivered_with_smtputf8(session, settings, renderer, smtp_server):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailer import db
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 
 
@@ -15,20 +16,20 @@ def sessions(sqlite_url):
 
 def make(sessions, slug: str, *topics: str) -> None:
     with sessions() as session:
-        nl = subs.create_newsletter(session, slug, slug.title(), f"{slug}@example.org")
+        nl = newsletters.create_newsletter(session, slug, slug.title(), f"{slug}@example.org")
         for name in topics:
-            subs.ensure_topic(session, nl, name)
+            newsletters.ensure_topic(session, nl, name)
         session.commit()
 
 
 def test_a_kept_offer_answers_without_the_database_until_it_expires(sessions):
     make(sessions, "news", "Python")
-    offers = subs.Offers(sessions, ttl=3600)
+    offers = newsletters.Offers(sessions, ttl=3600)
     assert offers.get("news").topic_slugs == {"python": "python"}
     with sessions() as session:
-        subs.ensure_topic(session, subs.get_newsletter(session, "news"), "Rust")
+        newsletters.ensure_topic(session, newsletters.get_newsletter(session, "news"), "Rust")
         session.commit()
-    with pytest.raises(subs.SubscriptionError, match="Unknown topic"):
+    with pytest.raises(newsletters.SubscriptionError, match="Unknown topic"):
         subs.check_request(offers.get("news"), email="a@example.org", topics=["rust"])
     offers.ttl = 0  # expired: the new topic is seen
     checked = subs.check_request(offers.get("news"), email="a@example.org", topics=["Rust"])
@@ -36,8 +37,8 @@ def test_a_kept_offer_answers_without_the_database_until_it_expires(sessions):
 
 
 def test_an_unknown_newsletter_is_looked_up_again_and_found_once_made(sessions):
-    offers = subs.Offers(sessions, ttl=3600)
-    with pytest.raises(subs.UnknownNewsletter):
+    offers = newsletters.Offers(sessions, ttl=3600)
+    with pytest.raises(newsletters.UnknownNewsletter):
         offers.get("later")
     make(sessions, "later")
     assert offers.get("later").slug == "later"
@@ -46,7 +47,7 @@ def test_an_unknown_newsletter_is_looked_up_again_and_found_once_made(sessions):
 def test_the_web_check_and_the_worker_check_agree(sessions):
     """One set of rules: a topic by slug or name, once; an unknown one refused by name."""
     make(sessions, "news", "Python", "Data Science")
-    offer = subs.Offers(sessions).get("news")
+    offer = newsletters.Offers(sessions).get("news")
     checked = subs.check_request(
         offer,
         email="A@Example.org",
@@ -64,7 +65,9 @@ def test_the_web_check_and_the_worker_check_agree(sessions):
         assert [t.slug for t in valid.topics] == checked.topics == ["python", "data-science"]
         assert valid.frequency is checked.frequency
         assert valid.address == checked.address
-        with pytest.raises(subs.SubscriptionError, match=r"Unknown topic.*: golf") as refused:
+        with pytest.raises(
+            newsletters.SubscriptionError, match=r"Unknown topic.*: golf"
+        ) as refused:
             subs.validate_request(
                 session, email="a@example.org", newsletter="news", topics=["golf"]
             )

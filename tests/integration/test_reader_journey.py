@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mailer.models import Notification, Status, Subscription, SubscriptionEvent
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.conftest import configure
 from tests.helpers.journey import link, mails_to
@@ -18,11 +19,11 @@ from tests.helpers.journey import link, mails_to
 
 @pytest.fixture
 def newsletter(session):
-    nl = subs.create_newsletter(
+    nl = newsletters.create_newsletter(
         session, "weekly-news", "Weekly News", "Weekly News <news@example.org>"
     )
-    subs.ensure_topic(session, nl, "Science")
-    subs.ensure_topic(session, nl, "Culture")
+    newsletters.ensure_topic(session, nl, "Science")
+    newsletters.ensure_topic(session, nl, "Culture")
     session.commit()
     return nl
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 from mailer.web.app import create_app
 from tests.proxy import CuttableProxy
 
@@ -18,7 +18,7 @@ from tests.proxy import CuttableProxy
 def test_subscribe_and_admin_login_answer_503_while_redis_is_down_then_recover(
     settings, session, redis_url
 ):
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    newsletters.create_newsletter(session, "n", "N", "N <n@example.org>")
     session.commit()
     proxy = CuttableProxy("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     try:

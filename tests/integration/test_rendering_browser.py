@@ -13,8 +13,8 @@ from email import message_from_bytes, policy
 import pytest
 
 from tests.browser import chromium
-from tests.integration.test_spam_score import READER, Sample, all_kinds
-from tests.integration.test_spam_score import digest as build_digest
+from tests.helpers.samples import READER, Sample, all_kinds
+from tests.helpers.samples import digest as build_digest
 
 # WCAG AA: 4.5:1 for body text, 3:1 for large text (24 px, or 18.66 px bold).
 CONTRAST = """
@@ -119,9 +119,12 @@ def test_text_keeps_its_contrast_in_light_and_dark_mode(browser, mails, kind, sc
 def test_a_digest_of_the_default_article_cap_stays_under_100_kb(session, settings):
     from mailer.mail.rendering import EmailRenderer
     from mailer.models import Subscription
+    from mailer.readers import newsletters
     from mailer.readers import subscriptions as subs
 
-    subs.create_newsletter(session, "weekly", "Weekly News", "Weekly News <news@example.org>")
+    newsletters.create_newsletter(
+        session, "weekly", "Weekly News", "Weekly News <news@example.org>"
+    )
     subs.subscribe(session, email=READER, newsletter="weekly", confirmed=True)
     sub = session.query(Subscription).one()
     html, _ = build_digest(session, settings, EmailRenderer(settings.email_templates), sub)

@@ -25,8 +25,8 @@ from mailer.models import Delivery, DeliveryStatus, Notification
 from mailer.readers import notices
 from mailer.sending import loop
 from tests.conftest import configure
-from tests.editions.test_digest_support import sendable_edition
-from tests.integration.test_notices import queue_confirm
+from tests.helpers.editions import sendable_edition
+from tests.helpers.notices import queue_confirm
 from tests.smtp import SMTPServer, password_check, start_smtp_server
 
 # The implicit-TLS relay asks for AUTH without aiosmtpd's own TLS check (it can't see that

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from mailer.readers import subscriptions as subs
+from mailer.readers import newsletters
 from mailer.web.app import create_app
 
 
 @pytest.fixture
 def newsletter(session):
-    subs.create_newsletter(session, "n", "N", "N <n@example.org>")
+    newsletters.create_newsletter(session, "n", "N", "N <n@example.org>")
     session.commit()
 
 

@@ -20,7 +20,7 @@ from mailer.operators import subscribers as subscribers_ops
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import address_hash
 from mailer.readers.importer import import_csv
-from tests.editions.test_digest_support import add_reader, make_newsletter
+from tests.helpers.editions import add_reader, make_newsletter
 from tests.helpers.journey import link, mails_to
 
 AUTH = {"Authorization": "Bearer test-api-token"}

@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 from mailer.content import feeds
 from mailer.models import Article, Feed, Topic
 from tests.conftest import configure
-from tests.editions.test_digest_support import make_newsletter
 from tests.fixtures.feedserver import FeedServer
+from tests.helpers.editions import make_newsletter
 
 AUTH = {"Authorization": "Bearer test-api-token"}
 

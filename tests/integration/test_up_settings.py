@@ -24,7 +24,7 @@ import pytest
 from allpairspy import AllPairs
 from sqlalchemy import create_engine, text
 
-from mailer.cli.run import failure_reason
+from mailer.cli.up import failure_reason
 from mailer.mail.sink import free_port
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, RUN_ID
 from tests.helpers.processes import mailer_argv
@@ -269,7 +269,8 @@ def test_a_child_that_dies_at_start_is_summed_up_from_its_last_words(tmp_path):
     """What a child said before it died, cut to the line that explains it: here the
     web child's own refusal of an un-migrated database (the supervisor migrates first,
     so this is the web child run alone, as `mailer up` runs it)."""
-    from mailer.cli.run import Child, Supervisor, web_argv
+    from mailer.cli.run import web_argv
+    from mailer.cli.up import Child, Supervisor
 
     env = without_settings(
         data_dir=str(tmp_path), database_url=f"sqlite:///{tmp_path}/empty.db", secret_key="k"

@@ -27,7 +27,7 @@ from mailer.models import (
 from mailer.sending import claims, loop, marks
 from mailer.web.app import create_app
 from tests.conftest import configure, wait_for
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 TOKEN = {"Authorization": "Bearer test-api-token"}
 

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from mailer.models import Newsletter, Status, Subscription, SubscriptionEvent
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from mailer.web.app import create_app
 
@@ -21,8 +22,8 @@ def api(settings):
 
 @pytest.fixture
 def newsletter(session):
-    nl = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
-    subs.ensure_topic(session, nl, "Science")
+    nl = newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    newsletters.ensure_topic(session, nl, "Science")
     session.commit()
     return nl
 

@@ -11,12 +11,14 @@ from sqlalchemy import select
 
 from mailer import tasks
 from mailer.content import feeds
-from mailer.content.articles import RawArticle, normalise, upsert_article
+from mailer.content.articles import upsert_article
+from mailer.content.incoming import RawArticle, normalise
 from mailer.editions import errors, prepare, preview, reservations, schedule
 from mailer.mail.rendering import EmailRenderer
 from mailer.models import Article, Feed, Frequency, utcnow
 from mailer.operators import articles as articles_ops
 from mailer.operators import newsletters as newsletters_ops
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run
@@ -24,7 +26,7 @@ from tests.helpers.cli import run
 
 @pytest.fixture
 def newsletter(settings, session):
-    nl = subs.create_newsletter(session, "news", "News", "News <news@example.org>")
+    nl = newsletters.create_newsletter(session, "news", "News", "News <news@example.org>")
     subs.subscribe(session, email="ann@example.org", newsletter="news", confirmed=True)
     session.commit()
     return nl

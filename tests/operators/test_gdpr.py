@@ -26,6 +26,7 @@ from mailer.models import (
 )
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import address_hash
+from mailer.readers.newsletters import create_newsletter, ensure_topic
 from mailer.web.app import create_app
 
 LOCAL, DOMAIN = "zelda.quux", "erase-me.example"
@@ -35,9 +36,9 @@ TOKEN = {"Authorization": "Bearer test-api-token"}
 
 @pytest.fixture
 def newsletters(session):
-    weekly = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
-    subs.ensure_topic(session, weekly, "Science")
-    subs.create_newsletter(session, "daily", "Daily", "Daily <daily@example.org>")
+    weekly = create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    ensure_topic(session, weekly, "Science")
+    create_newsletter(session, "daily", "Daily", "Daily <daily@example.org>")
     session.commit()
     return weekly
 

@@ -12,8 +12,9 @@ from mailer.editions import schedule
 from mailer.mail.links import Links
 from mailer.models import Article, Feed, Frequency, Newsletter, Status, Subscription, utcnow
 from mailer.operators import feeds as feeds_ops
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
-from mailer.web.admin import views as admin
+from mailer.web.admin import cookie as admin_cookie
 from tests.conftest import API_TOKEN as TOKEN
 from tests.helpers.cli import run
 
@@ -22,7 +23,7 @@ FEED = "https://news.example.org/feed.xml"
 
 @pytest.fixture
 def newsletter(session):
-    nl = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    nl = newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
     session.commit()
     return nl
 
@@ -178,7 +179,7 @@ def test_an_archived_newsletter_takes_no_subscriptions_and_makes_no_editions(
     joined = api.post("/subscribe", json={"email": "new@example.org", "newsletter": "weekly"})
     assert joined.status_code == 404 and "no longer takes subscriptions" in joined.text
     session.expire_all()
-    with pytest.raises(subs.NewsletterClosed):  # the worker's own check, too
+    with pytest.raises(newsletters.NewsletterClosed):  # the worker's own check, too
         subs.subscribe(session, email="new@example.org", newsletter="weekly", source="test")
     session.rollback()
     path = confirm.removeprefix(settings.base_url)
@@ -314,7 +315,7 @@ def test_the_admin_page_edits_archives_and_unarchives_a_newsletter(
 ):
     login = api.post("/admin/login", data={"token": "test-api-token"}, follow_redirects=False)
     assert login.status_code == 303
-    csrf = admin.csrf_token(settings, login.cookies[admin.COOKIE])
+    csrf = admin_cookie.csrf_token(settings, login.cookies[admin_cookie.COOKIE])
     page = api.get("/admin").text
     assert 'action="/admin/newsletters/weekly/edit"' in page and ">Archive<" in page
 

@@ -21,13 +21,14 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.helpers.cli import run_json
 
 
 @pytest.fixture
 def newsletter(session):
-    nl = subs.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
+    nl = newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
     session.commit()
     return nl
 

@@ -12,7 +12,7 @@ from mailer.mail.rendering import EmailRenderer
 from mailer.models import Delivery, Frequency, Subscription
 from mailer.sending import loop
 from tests.conftest import configure
-from tests.editions.test_digest_support import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 
 def send_edition(session, settings, soft_bounces=0):

@@ -31,7 +31,7 @@ from mailer.mail.sink import free_port
 from mailer.models import Delivery, Frequency
 from mailer.sending import loop, sweeps
 from tests.conftest import configure, wait_for
-from tests.editions.test_digest_support import add_article, add_readers_bulk, make_newsletter
+from tests.helpers.editions import add_article, add_readers_bulk, make_newsletter
 from tests.smtp import RecordingHandler, SMTPServer
 
 READERS = 100

@@ -13,7 +13,7 @@ from mailer import db
 from mailer.models import Delivery, DeliveryStatus
 from mailer.sending import loop, marks
 from mailer.sending.ratelimit import Unlimited
-from tests.editions.test_digest_support import sendable_edition
+from tests.helpers.editions import sendable_edition
 
 
 @pytest.mark.parametrize("smtp_server", [False, True], indirect=True, ids=["stepwise", "pipelined"])

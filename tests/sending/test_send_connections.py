@@ -10,8 +10,7 @@ from mailer.mail.transport import Connections, connect
 from mailer.models import DeliveryStatus
 from mailer.sending import loop
 from tests.conftest import configure
-from tests.editions.test_digest_support import prepared_edition
-from tests.sending.test_send_replies import row_for
+from tests.helpers.editions import prepared_edition, row_for
 
 EMAILS = [f"r{i}@example.org" for i in range(4)]
 

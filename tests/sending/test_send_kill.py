@@ -23,7 +23,7 @@ from mailer.celery_app import app
 from mailer.editions import close, schedule
 from mailer.models import Delivery, DeliveryStatus, Digest, Frequency
 from tests.conftest import configure, wait_for
-from tests.editions.test_digest_support import add_article, add_readers_bulk, make_newsletter
+from tests.helpers.editions import add_article, add_readers_bulk, make_newsletter
 from tests.workers import start_worker
 
 READERS = 2000

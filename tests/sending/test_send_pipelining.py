@@ -16,7 +16,7 @@ from mailer.models import DeliveryStatus
 from mailer.operators import editions as editions_ops
 from mailer.sending import loop
 from mailer.sending.ratelimit import Unlimited
-from tests.editions.test_digest_support import deliveries_by_email, sendable_edition
+from tests.helpers.editions import deliveries_by_email, sendable_edition
 from tests.smtp import start_smtp_server
 
 BOTH = pytest.mark.parametrize(

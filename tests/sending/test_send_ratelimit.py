@@ -90,7 +90,7 @@ def test_settings_choose_the_limiter(monkeypatch, settings, redis_url):
 
 def test_every_message_of_a_batch_waits_for_its_shared_slot(session, settings, smtp_server):
     from mailer.sending import loop
-    from tests.editions.test_digest_support import prepared_edition
+    from tests.helpers.editions import prepared_edition
 
     digest_id, ranges, _ = prepared_edition(
         session, settings, [f"r{i}@example.org" for i in range(3)]

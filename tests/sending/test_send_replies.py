@@ -26,15 +26,17 @@ from mailer.models import (
 from mailer.readers.subscriptions import is_suppressed
 from mailer.sending import loop, sweeps
 from tests.conftest import configure, truncate_all, wait_for
-from tests.editions import test_digest_support as support
-from tests.editions.test_digest_support import (
+from tests.fixtures.bounces import load
+from tests.helpers.editions import (
+    SENDER,
     add_article,
     add_reader,
     make_newsletter,
+    row_for,
     statuses,
     wait_done,
 )
-from tests.fixtures.bounces import load
+from tests.helpers.editions import prepared_edition as prepared_rows
 from tests.helpers.verdicts import address_state, on_two_newsletters
 from tests.smtp import start_smtp_server
 
@@ -50,13 +52,8 @@ def renderer(settings):
 
 
 def prepared_edition(session, settings, renderer, emails):
-    digest_id, ranges, subs = support.prepared_edition(session, settings, emails)
+    digest_id, ranges, subs = prepared_rows(session, settings, emails)
     return digest_id, ranges[0], subs
-
-
-def row_for(session, sub) -> Delivery:
-    session.expire_all()
-    return session.scalars(select(Delivery).where(Delivery.subscription_id == sub.id)).one()
 
 
 def refuse_first(code_text: str, times: int = 1):
@@ -170,7 +167,7 @@ def test_a_550_at_send_time_and_a_bounce_report_for_the_address_leave_the_same_s
     sent = row_for(session, subs[gone])
     assert sent.status is DeliveryStatus.SENT
     verp = return_paths(settings)
-    report = load("postfix_hard", verp.for_delivery(sent.id, support.SENDER), gone)
+    report = load("postfix_hard", verp.for_delivery(sent.id, SENDER), gone)
     assert outcomes.handle_raw(session, verp, report).result == "hard-bounce"
     session.commit()
     by_report = address_state(session, gone)

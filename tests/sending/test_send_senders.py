@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from mailer.models import Delivery, DeliveryStatus, Sender, utcnow
 from mailer.sending import loop, senders, sweeps
-from tests.editions.test_digest_support import sendable_edition
+from tests.helpers.editions import sendable_edition
 
 
 def hold(session, digest_id: int, ids: list[int], lease: timedelta) -> None:

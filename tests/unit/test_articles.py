@@ -8,17 +8,17 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from mailer.canonical import canonical_url, dedupe_key
-from mailer.content.articles import (
+from mailer.content.articles import dedupe_articles
+from mailer.content.cleaner import cut_summary
+from mailer.content.feeds import FeedError, backoff, parse
+from mailer.content.incoming import (
     ArticleError,
     RawArticle,
     clean_topics,
-    cut_summary,
-    dedupe_articles,
     html_to_text,
     normalise,
     sanitise_html,
 )
-from mailer.content.feeds import FeedError, backoff, parse
 from mailer.content.pages import extract, parse_date
 from tests.fixtures.feedserver import fixture
 

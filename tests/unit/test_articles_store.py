@@ -12,19 +12,16 @@ from sqlalchemy.orm import Session
 
 from mailer import db
 from mailer.content.articles import (
-    ArticleError,
     BatchRejected,
-    CleanArticle,
     Outcome,
-    RawArticle,
     ingest_batch,
     map_topics,
-    normalise,
     rename_topic,
     upsert_article,
 )
+from mailer.content.incoming import ArticleError, CleanArticle, RawArticle, normalise
 from mailer.models import Article, Newsletter, Topic
-from mailer.readers.subscriptions import create_newsletter
+from mailer.readers.newsletters import create_newsletter
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ from functools import cache
 
 import pytest
 
-from mailer.content.articles import CleanArticle, RawArticle, html_to_text, normalise
 from mailer.content.cleaner import ELLIPSES, MORE, clean, cut_summary, summarise
 from mailer.content.feeds import parse
+from mailer.content.incoming import CleanArticle, RawArticle, html_to_text, normalise
 from tests.fixtures.feedserver import FIXTURES
 from tests.helpers.crafted import hostile_inputs
 from tests.helpers.seed import SEED_FURNITURE, SEED_LEAD, SEED_TITLE, seed_html

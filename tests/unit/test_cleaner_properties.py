@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from mailer.content.articles import CleanArticle, RawArticle, normalise
 from mailer.content.cleaner import clean
+from mailer.content.incoming import CleanArticle, RawArticle, normalise
 from tests.helpers.articles import html_fragments, scripts_in, visible_characters
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

@@ -15,6 +15,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 
 tokens = Tokens("k", confirm_max_age=3600)
@@ -23,9 +24,11 @@ tokens = Tokens("k", confirm_max_age=3600)
 @pytest.fixture
 def session(sqlite_url):
     s = session_factory(sqlite_url)()
-    nl = subs.create_newsletter(s, "weekly-news", "Weekly News", "Weekly News <news@example.org>")
-    subs.ensure_topic(s, nl, "Science")
-    subs.ensure_topic(s, nl, "World Politics")
+    nl = newsletters.create_newsletter(
+        s, "weekly-news", "Weekly News", "Weekly News <news@example.org>"
+    )
+    newsletters.ensure_topic(s, nl, "Science")
+    newsletters.ensure_topic(s, nl, "World Politics")
     s.commit()
     yield s
     s.close()
@@ -113,14 +116,14 @@ def test_active_address_subscribing_again_changes_nothing(session):
 )
 def test_bad_input_is_refused_and_changes_nothing(session, kwargs, message):
     before = counts(session)
-    with pytest.raises(subs.SubscriptionError, match=message):
+    with pytest.raises(newsletters.SubscriptionError, match=message):
         subs.subscribe(session, newsletter="weekly-news", **kwargs)
     session.rollback()
     assert counts(session) == before
 
 
 def test_unknown_newsletter_is_refused(session):
-    with pytest.raises(subs.UnknownNewsletter):
+    with pytest.raises(newsletters.UnknownNewsletter):
         subs.subscribe(session, email="a@example.org", newsletter="nope")
 
 
@@ -214,5 +217,5 @@ def test_unconfirmed_subscriptions_are_purged_after_the_configured_time(session)
 
 
 def test_sender_with_header_injection_is_refused(session):
-    with pytest.raises(subs.SubscriptionError, match="line breaks"):
-        subs.create_newsletter(session, "x", "X", "X <x@example.org>\r\nBcc: y@example.org")
+    with pytest.raises(newsletters.SubscriptionError, match="line breaks"):
+        newsletters.create_newsletter(session, "x", "X", "X <x@example.org>\r\nBcc: y@example.org")

@@ -1,16 +1,11 @@
 """/admin: a small operator page over the same functions as the API and the CLI.
 
 Server-rendered, no JavaScript (the app's CSP allows no inline script). The
-operator logs in with the API token; the page then holds a session cookie:
-
-- signed with itsdangerous (the app's secret, salt "mailer.admin") and
-  expiring after `SESSION_MAX_AGE`; it carries a random session id and a tag
-  of the API token, so rotating the token logs every session out;
-- HttpOnly, SameSite=Strict, path /admin, and Secure when the public
-  address is https;
-- good only while its session id is live on the server
-  (`mailer.operators.admin_sessions`): logging out deletes it, so the same cookie
-  replayed afterwards is refused.
+operator logs in with the API token; the page then holds a session cookie
+(`cookie`: signed, expiring after `SESSION_MAX_AGE`, tied to the API token
+and to a live server-side session, so logging out or rotating the token
+ends it), HttpOnly, SameSite=Strict, path /admin, and Secure when the public
+address is https.
 
 Every POST but the login carries a CSRF token in a hidden field: an HMAC of
 the session cookie, so it is per session and needs no server-side state. A
@@ -31,17 +26,14 @@ other page keeps the app's `frame-ancestors 'none'`.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 
 from mailer import tasks, throttle
@@ -53,66 +45,18 @@ from mailer.operators import editions as editions_ops
 from mailer.operators import newsletters as newsletters_ops
 from mailer.operators import schedules as schedules_ops
 from mailer.operators.errors import Invalid, NotFound, OperatorError
+from mailer.web.admin import cookie
 from mailer.web.deps import IPDep, SessionDep, SettingsDep, get_renderer
 from mailer.web.headers import mail_html_headers
 from mailer.web.pages import page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
-COOKIE = "mailer_admin"
-SALT = "mailer.admin"
-SESSION_MAX_AGE = 8 * 3600  # a working day; then the token is asked for again
 EDITIONS_SHOWN = 5
 DELIVERIES_PER_PAGE = 100
 
 # The mail's own HTML inside the preview frame: framed by our own pages alone.
 PREVIEW_FRAME_HEADERS = mail_html_headers(framed_by_us=True)
-
-
-@dataclass(frozen=True)
-class AdminSession:
-    cookie: str
-    csrf: str
-    sid: str
-
-
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.secret(), salt=SALT)
-
-
-def _mac(settings: Settings, purpose: str, value: str) -> str:
-    key = settings.secret().encode()
-    return hmac.new(key, f"{SALT}.{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
-
-
-def _token_tag(request: Request) -> str:
-    """Which API token the session was opened with, without keeping the token itself."""
-    return _mac(request.app.state.settings, "token", request.app.state.api_token)[:32]
-
-
-def csrf_token(settings: Settings, cookie: str) -> str:
-    return _mac(settings, "csrf", cookie)
-
-
-def current_session(request: Request) -> AdminSession | None:
-    """The logged-in session from the cookie, or None (missing, forged, expired, old token)."""
-    settings: Settings = request.app.state.settings
-    cookie = request.cookies.get(COOKIE, "")
-    if not cookie:
-        return None
-    try:
-        data = _serializer(settings).loads(cookie, max_age=SESSION_MAX_AGE)
-    except BadSignature:  # SignatureExpired is one too
-        return None
-    if not isinstance(data, dict) or not hmac.compare_digest(
-        str(data.get("tag", "")), _token_tag(request)
-    ):
-        return None
-    sid = str(data.get("sid", ""))
-    with session_scope(settings.database) as session:
-        if not admin_sessions.is_live(session, sid):
-            return None
-    return AdminSession(cookie, csrf_token(settings, cookie), sid)
 
 
 def _no_store(response: HTMLResponse) -> HTMLResponse:
@@ -123,7 +67,7 @@ def _no_store(response: HTMLResponse) -> HTMLResponse:
 def _render(
     request: Request,
     name: str,
-    admin: AdminSession | None,
+    admin: cookie.AdminSession | None,
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
@@ -149,7 +93,7 @@ def _back(**note: str | int) -> RedirectResponse:
     return RedirectResponse(f"/admin?{urlencode(note)}" if note else "/admin", status_code=303)
 
 
-def refused(request: Request, admin: AdminSession | None) -> HTMLResponse:
+def refused(request: Request, admin: cookie.AdminSession | None) -> HTMLResponse:
     return _render(
         request,
         "admin_message.html",
@@ -161,15 +105,7 @@ def refused(request: Request, admin: AdminSession | None) -> HTMLResponse:
     )
 
 
-def _checked(request: Request, csrf: str) -> AdminSession | None:
-    """The session, if the POST is logged in and carries that session's CSRF token."""
-    admin = current_session(request)
-    if admin is None or not hmac.compare_digest(csrf.encode(), admin.csrf.encode()):
-        return None
-    return admin
-
-
-def _failed(request: Request, admin: AdminSession, exc: OperatorError) -> HTMLResponse:
+def _failed(request: Request, admin: cookie.AdminSession, exc: OperatorError) -> HTMLResponse:
     status = 404 if isinstance(exc, NotFound) else 422 if isinstance(exc, Invalid) else 409
     return _render(request, "admin_message.html", admin, status, title="Not done", text=str(exc))
 
@@ -182,7 +118,7 @@ CsrfField = Annotated[str, Form()]
 
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request) -> Response:
-    if current_session(request) is not None:
+    if cookie.current_session(request) is not None:
         return _back()
     return _render(request, "admin_login.html", None, error=None)
 
@@ -215,13 +151,13 @@ def login(
             "directory).",
         )
     with session_scope(settings.database) as session:
-        sid = admin_sessions.start(session, timedelta(seconds=SESSION_MAX_AGE))
-    cookie = _serializer(settings).dumps({"sid": sid, "tag": _token_tag(request)})
+        sid = admin_sessions.start(session, timedelta(seconds=cookie.SESSION_MAX_AGE))
+    signed = cookie.serializer(settings).dumps({"sid": sid, "tag": cookie.token_tag(request)})
     response = _back()
     response.set_cookie(
-        COOKIE,
-        cookie,
-        max_age=SESSION_MAX_AGE,
+        cookie.COOKIE,
+        signed,
+        max_age=cookie.SESSION_MAX_AGE,
         path="/admin",
         secure=settings.base_url.startswith("https://"),
         httponly=True,
@@ -232,14 +168,14 @@ def login(
 
 @router.post("/logout", response_class=HTMLResponse)
 def logout(request: Request, settings: SettingsDep, csrf: CsrfField = "") -> Response:
-    admin = _checked(request, csrf)
+    admin = cookie.checked(request, csrf)
     if admin is None:
-        return refused(request, current_session(request))
+        return refused(request, cookie.current_session(request))
     with session_scope(settings.database) as session:
         admin_sessions.end(session, admin.sid)
     response = _to_login()
     response.delete_cookie(
-        COOKIE,
+        cookie.COOKIE,
         path="/admin",
         secure=settings.base_url.startswith("https://"),
         httponly=True,
@@ -282,7 +218,7 @@ def dashboard(
     slug: str | None = None,
     edition: int | None = None,
 ) -> Response:
-    admin = current_session(request)
+    admin = cookie.current_session(request)
     if admin is None:
         return _to_login()
     newsletters = []
@@ -342,9 +278,9 @@ def edit(
     frequency: Annotated[str, Form()] = "",
 ) -> Response:
     """Rename, change the sender or the default frequency: `PATCH /api/newsletters/{slug}`."""
-    admin = _checked(request, csrf)
+    admin = cookie.checked(request, csrf)
     if admin is None:
-        return refused(request, current_session(request))
+        return refused(request, cookie.current_session(request))
     try:
         newsletters_ops.update_newsletter(
             session,
@@ -380,9 +316,9 @@ def _lifecycle(
     change: Callable[[Session, str], object],
     note: str,
 ) -> Response:
-    admin = _checked(request, csrf)
+    admin = cookie.checked(request, csrf)
     if admin is None:
-        return refused(request, current_session(request))
+        return refused(request, cookie.current_session(request))
     try:
         change(session, slug)
     except OperatorError as exc:
@@ -399,9 +335,9 @@ def send_now(
     csrf: CsrfField = "",
     frequency: Annotated[str, Form()] = "",
 ) -> Response:
-    admin = _checked(request, csrf)
+    admin = cookie.checked(request, csrf)
     if admin is None:
-        return refused(request, current_session(request))
+        return refused(request, cookie.current_session(request))
     try:
         freq = newsletters_ops.parse_frequency(frequency) if frequency else None
         digest, new = editions_ops.send_now(session, slug, freq)
@@ -416,9 +352,9 @@ def send_now(
 
 @router.post("/editions/{digest_id}/cancel", response_class=HTMLResponse)
 def cancel(digest_id: int, request: Request, session: SessionDep, csrf: CsrfField = "") -> Response:
-    admin = _checked(request, csrf)
+    admin = cookie.checked(request, csrf)
     if admin is None:
-        return refused(request, current_session(request))
+        return refused(request, cookie.current_session(request))
     try:
         editions_ops.cancel_edition(session, digest_id)
     except OperatorError as exc:
@@ -438,7 +374,7 @@ def edition(
     status: DeliveryStatus | None = None,
     cursor: str | None = None,
 ) -> Response:
-    admin = current_session(request)
+    admin = cookie.current_session(request)
     if admin is None:
         return _to_login()
     try:
@@ -491,7 +427,7 @@ def preview_page(
     subscriber: str | None = None,
 ) -> Response:
     """The next edition's facts, and its HTML in a sandboxed frame (served below)."""
-    admin = current_session(request)
+    admin = cookie.current_session(request)
     if admin is None:
         return _to_login()
     subscriber = (subscriber or "").strip() or None
@@ -533,7 +469,7 @@ def preview_html(
     subscriber: str | None = None,
 ) -> Response:
     """The mail's HTML alone, for the frame: nothing recorded, framed by /admin only."""
-    if current_session(request) is None:
+    if cookie.current_session(request) is None:
         return Response("log in at /admin first", status_code=403, media_type="text/plain")
     try:
         found = editions_ops.preview_edition(

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from mailer.content import articles
+from mailer.content import articles, cleaner, incoming
 from mailer.operators import articles as articles_ops
 from mailer.operators.articles import ArticleDetail, ArticleOut
 from mailer.web.api.core import NOT_FOUND, OperatorRoute
@@ -52,20 +52,20 @@ class ArticleIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     newsletter: str | None = Field(None, max_length=64)
-    guid: str | None = Field(None, max_length=articles.MAX_GUID)
-    url: str = Field(min_length=1, max_length=articles.MAX_URL)
-    title: str = Field(min_length=1, max_length=articles.MAX_TITLE)
+    guid: str | None = Field(None, max_length=incoming.MAX_GUID)
+    url: str = Field(min_length=1, max_length=incoming.MAX_URL)
+    title: str = Field(min_length=1, max_length=incoming.MAX_TITLE)
     summary: str | None = Field(None, max_length=100_000)
-    content_html: str | None = Field(None, max_length=articles.MAX_CONTENT)
-    image_url: str | None = Field(None, max_length=articles.MAX_URL)
-    author: str | None = Field(None, max_length=articles.MAX_AUTHOR)
+    content_html: str | None = Field(None, max_length=cleaner.MAX_CONTENT)
+    image_url: str | None = Field(None, max_length=incoming.MAX_URL)
+    author: str | None = Field(None, max_length=incoming.MAX_AUTHOR)
     published_at: AwareDatetime | None = None
-    topics: list[Annotated[str, Field(max_length=articles.MAX_TOPIC)]] = Field(
-        default_factory=list, max_length=articles.MAX_TOPICS
+    topics: list[Annotated[str, Field(max_length=incoming.MAX_TOPIC)]] = Field(
+        default_factory=list, max_length=incoming.MAX_TOPICS
     )
 
-    def raw(self) -> articles.RawArticle:
-        return articles.RawArticle(
+    def raw(self) -> incoming.RawArticle:
+        return incoming.RawArticle(
             url=self.url,
             title=self.title,
             guid=self.guid,

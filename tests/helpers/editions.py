@@ -25,6 +25,7 @@ from mailer.models import (
     Subscription,
     utcnow,
 )
+from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
 from tests.conftest import wait_for
 
@@ -33,7 +34,7 @@ SITE = "https://news.example.org"
 
 
 def make_newsletter(session, slug: str = "news") -> Newsletter:
-    nl = subs.create_newsletter(
+    nl = newsletters.create_newsletter(
         session, slug, "The News", SENDER, default_frequency=Frequency.DAILY, site_url=SITE
     )
     # A schedule that cannot fall due during a test run (29 February, midnight),
@@ -45,7 +46,7 @@ def make_newsletter(session, slug: str = "news") -> Newsletter:
 
 def add_reader(session, nl: Newsletter, email: str, topics=(), status=Status.ACTIVE):
     for topic in topics:
-        subs.ensure_topic(session, nl, topic)
+        newsletters.ensure_topic(session, nl, topic)
     out = subs.subscribe(
         session,
         email=email,
@@ -118,7 +119,7 @@ def add_article(
         summary=summary or f"About {title}.",
         published_at=published,
     )
-    article.topics = [subs.ensure_topic(session, nl, t) for t in topics]
+    article.topics = [newsletters.ensure_topic(session, nl, t) for t in topics]
     session.add(article)
     session.flush()
     return article
@@ -186,3 +187,9 @@ def parts(message: EmailMessage) -> tuple[str, str]:
 
 def hrefs(html: str) -> list[str]:
     return re.findall(r'href="([^"]+)"', html)
+
+
+def row_for(session, sub) -> Delivery:
+    """The subscription's one delivery row, read afresh."""
+    session.expire_all()
+    return session.scalars(select(Delivery).where(Delivery.subscription_id == sub.id)).one()
