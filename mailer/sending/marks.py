@@ -38,7 +38,6 @@ from mailer.sending.claims import DELIVERY, Claimed, claimable
 log = logging.getLogger(__name__)
 
 
-HARD_BOUNCE = frozenset({550, 551, 553})
 MAX_BACKOFF = timedelta(hours=12)
 
 
