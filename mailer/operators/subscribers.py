@@ -201,7 +201,7 @@ def set_status(
         raise NotFound(f"Subscriber {ref!r} has no subscription to {newsletter_slug!r}.")
     if sub.status is status:
         return sub
-    if status is Status.ACTIVE and subs.is_suppressed(session, subscriber.email):
+    if status is Status.ACTIVE and suppressions.is_suppressed(session, subscriber.email):
         raise Conflict(f"{ref!r} is on the suppression list and cannot be made active.")
     try:
         subs.change_status(session, sub, status, source=OPERATOR, detail=detail)
@@ -338,7 +338,7 @@ def export_subscriber(session: Session, ref: str) -> SubscriberExport:
             )
             for d, window_end in deliveries
         ],
-        suppressed=subs.is_suppressed(session, subscriber.email),
+        suppressed=suppressions.is_suppressed(session, subscriber.email),
     )
 
 
@@ -362,7 +362,7 @@ def erase_subscriber(session: Session, ref: str) -> ErasureReport:
             if complained
             else suppressions.UNSUBSCRIBED_THEN_ERASED
         )
-        subs.suppress(session, email, reason=reason, source=OPERATOR)
+        suppressions.suppress(session, email, reason=reason, source=OPERATOR)
     suppressions.forget_lifts(session, email)
     count = len(subscriber.subscriptions)
     subscriber_id = subscriber.id

@@ -36,8 +36,7 @@ from mailer.readers import newsletters, suppressions
 from mailer.readers.addresses import Address, InvalidAddress, address_key, normalise
 
 # The suppression rules live in mailer.readers.suppressions; these two are used from here too.
-from mailer.readers.suppressions import is_suppressed as is_suppressed
-from mailer.readers.suppressions import suppress as suppress
+from mailer.readers.suppressions import suppress
 
 
 class InvalidTransition(newsletters.SubscriptionError):

@@ -25,7 +25,7 @@ from mailer.models import (
     Suppression,
     utcnow,
 )
-from mailer.readers import newsletters, notices
+from mailer.readers import newsletters, notices, suppressions
 from mailer.readers import subscriptions as subs
 from mailer.readers.addresses import address_hash
 from tests.conftest import configure
@@ -116,7 +116,7 @@ def test_a_hard_bounce_in_the_maildir_suppresses_the_reader_and_fails_the_delive
 
     assert (result.seen, result.applied) == (1, 1)
     assert result.outcomes[0].result == "hard-bounce"
-    assert subs.is_suppressed(session, READER)
+    assert suppressions.is_suppressed(session, READER)
     assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]
     event = session.scalars(
         select(SubscriptionEvent).where(SubscriptionEvent.new_status == "bounced")
@@ -160,7 +160,7 @@ def test_soft_bounces_suppress_only_when_they_come_in_a_row(
             expected,
         )
     assert statuses(session) == [Status.ACTIVE, Status.ACTIVE]
-    assert not subs.is_suppressed(session, READER)
+    assert not suppressions.is_suppressed(session, READER)
 
     # The server then takes a message for the reader: the count starts over.
     welcome = Notification(subscription_id=weekly_id, kind="welcome")
@@ -177,7 +177,7 @@ def test_soft_bounces_suppress_only_when_they_come_in_a_row(
         session.commit()
     assert results == ["soft-bounce", "soft-bounce", "soft-bounce-limit"]
     assert statuses(session) == [Status.BOUNCED, Status.BOUNCED]
-    assert subs.is_suppressed(session, READER)
+    assert suppressions.is_suppressed(session, READER)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.readers import subscriptions as subs
+from mailer.readers import suppressions
 from mailer.sending import loop
 from tests.conftest import configure
 from tests.helpers.editions import (
@@ -131,7 +132,7 @@ def test_unsubscribed_suppressed_bounced_and_pending_readers_get_nothing(
     add_reader(session, nl, "bounced@example.org", status=Status.BOUNCED)
     add_reader(session, nl, "unsure@example.org", status=Status.PENDING)
     add_reader(session, nl, "blocked@example.org")
-    subs.suppress(session, "Blocked@example.org", "operator")
+    suppressions.suppress(session, "Blocked@example.org", "operator")
     add_article(session, nl, "Headline")
     session.commit()
 

@@ -23,7 +23,7 @@ from mailer.models import (
     SubscriptionEvent,
     SubscriptionTopic,
 )
-from mailer.readers import newsletters
+from mailer.readers import newsletters, suppressions
 from mailer.readers import subscriptions as subs
 from mailer.readers.importer import import_csv
 from tests.conftest import configure
@@ -169,7 +169,7 @@ def test_import_never_resubscribes_a_reader_who_left_nor_a_suppressed_address(
     out = subs.subscribe(session, email="left@x.org", newsletter="weekly", confirmed=True)
     sub = session.get(Subscription, out.subscription_id)
     subs.change_status(session, sub, Status.UNSUBSCRIBED, source="test")
-    subs.suppress(session, "blocked@x.org", "complaint")
+    suppressions.suppress(session, "blocked@x.org", "complaint")
     pending = subs.subscribe(session, email="pending@x.org", newsletter="weekly")
     session.commit()
     path = write(
@@ -390,7 +390,7 @@ def test_two_writers_count_reject_and_store_exactly_what_one_writer_does(
     """Chunks written two at a time; a reader repeated in the next chunk keeps the first line."""
     from sqlalchemy import delete
 
-    subs.suppress(session, "blocked@x.org", "complaint")
+    suppressions.suppress(session, "blocked@x.org", "complaint")
     out = subs.subscribe(session, email="left@x.org", newsletter="weekly", confirmed=True)
     subs.change_status(
         session, session.get(Subscription, out.subscription_id), Status.UNSUBSCRIBED, source="test"

@@ -18,6 +18,7 @@ from mailer.cli import main
 from mailer.models import Notification, Status, Suppression, SuppressionEvent
 from mailer.operators import subscribers as subscribers_ops
 from mailer.readers import subscriptions as subs
+from mailer.readers import suppressions
 from mailer.readers.addresses import address_hash
 from mailer.readers.importer import import_csv
 from tests.helpers.editions import add_reader, make_newsletter
@@ -85,7 +86,7 @@ def test_a_bounce_or_complaint_stays_whatever_the_form_is_sent_and_says_so_to_ev
     session, settings, http, smtp_server, celery_worker, reason
 ):
     make_newsletter(session)
-    subs.suppress(session, "blocked@example.org", reason, source="bounce")
+    suppressions.suppress(session, "blocked@example.org", reason, source="bounce")
     session.commit()
 
     blocked = http.post("/subscribe", json={"email": "blocked@example.org", "newsletter": "news"})
@@ -116,7 +117,7 @@ def test_the_api_lists_entries_with_the_address_only_while_it_is_held_and_lifts_
     nl = make_newsletter(session)
     bounced = add_reader(session, nl, "Bounced@Example.org")
     subs.change_status(session, bounced, Status.BOUNCED, source="bounce")
-    subs.suppress(session, "bounced@example.org", "hard-bounce", source="smtp")
+    suppressions.suppress(session, "bounced@example.org", "hard-bounce", source="smtp")
     erased_after_unsubscribing(session, nl, BACK)
 
     page = http.get("/api/suppressions").json()
@@ -156,7 +157,7 @@ def test_the_cli_lists_and_lifts_on_record(session, settings):
     nl = make_newsletter(session)
     sub = add_reader(session, nl, "gone@example.org")
     subs.change_status(session, sub, Status.COMPLAINED, source="arf")
-    subs.suppress(session, "gone@example.org", "complaint", source="complaint")
+    suppressions.suppress(session, "gone@example.org", "complaint", source="complaint")
     session.commit()
 
     listed = CliRunner().invoke(main, ["suppression", "list"])
@@ -182,7 +183,7 @@ def test_a_complaint_about_the_confirmation_outranks_an_erased_opt_out(session, 
     erased_after_unsubscribing(session, nl, BACK)
     out = subs.subscribe(session, email=BACK, newsletter=nl.slug)
     assert out.state == "new" and len(out.notification_ids) == 1
-    subs.suppress(session, BACK, "complaint", source="complaint")
+    suppressions.suppress(session, BACK, "complaint", source="complaint")
     session.commit()
     assert entries(session) == {address_hash(BACK): "complaint"}
     again = subs.subscribe(session, email=BACK, newsletter=nl.slug)

@@ -25,6 +25,7 @@ from mailer.models import (
     utcnow,
 )
 from mailer.readers import subscriptions as subs
+from mailer.readers import suppressions
 from mailer.readers.addresses import address_hash
 from mailer.readers.newsletters import create_newsletter, ensure_topic
 from mailer.web.app import create_app
@@ -133,7 +134,7 @@ def test_api_erase_leaves_no_personal_data_and_keeps_a_hash_for_who_unsubscribed
     for model in (Subscription, Delivery, Notification):
         assert session.scalar(select(func.count()).select_from(model)) == 0
     assert session.scalar(select(Suppression.address_hash)) == address_hash(ADDRESS)
-    assert subs.is_suppressed(session, ADDRESS.upper())
+    assert suppressions.is_suppressed(session, ADDRESS.upper())
     again = subs.subscribe(session, email=ADDRESS, newsletter="weekly", confirmed=True)
     assert again.state == "suppressed"
 

@@ -23,7 +23,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
-from mailer.readers.subscriptions import is_suppressed
+from mailer.readers.suppressions import is_suppressed
 from mailer.sending import loop, sweeps
 from tests.conftest import configure, truncate_all, wait_for
 from tests.fixtures.bounces import load

@@ -15,7 +15,7 @@ from mailer.models import (
     SubscriptionEvent,
     utcnow,
 )
-from mailer.readers import newsletters
+from mailer.readers import newsletters, suppressions
 from mailer.readers import subscriptions as subs
 
 tokens = Tokens("k", confirm_max_age=3600)
@@ -187,7 +187,7 @@ def test_status_rules_refuse_impossible_transitions(session):
 
 
 def test_suppressed_address_is_not_subscribed_but_answered_alike(session):
-    subs.suppress(session, "Blocked@Example.org", reason="complaint")
+    suppressions.suppress(session, "Blocked@Example.org", reason="complaint")
     out = subs.subscribe(session, email="blocked@example.org", newsletter="weekly-news")
     assert out.state == "suppressed" and out.notification_ids == []
     assert session.scalar(select(func.count()).select_from(Subscription)) == 0
