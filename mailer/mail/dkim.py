@@ -18,7 +18,7 @@ canonicalisation (3.4.2) for the few headers signed. The key is loaded once
 into OpenSSL (`cryptography`), which hashes and signs. Its output is dkimpy's
 byte for byte for the same message, key, selector, domain, header list and
 time: PKCS#1 v1.5 signatures are deterministic, and
-tests/unit/test_dkim_signing.py holds the two equal as a property over
+tests/mail/test_dkim_signing.py holds the two equal as a property over
 random messages and over real digests, and verifies them with `dkim.verify`.
 
 It stays a function of the finished bytes, knowing nothing of templates or

@@ -46,7 +46,7 @@ def http(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
-# -- found by tests/integration/test_fuzz_api.py ------------------------------------------
+# -- found by tests/web/test_fuzz_api.py ------------------------------------------
 
 
 @pytest.mark.parametrize(
