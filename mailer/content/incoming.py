@@ -126,17 +126,31 @@ def html_to_text(value: str | None) -> str:
 
     Script and style content goes with the tags. Runs twice so that markup
     escaped once more than it should be (common in feed titles) is dropped
-    rather than shown to readers as a literal tag.
+    rather than shown to readers as a literal tag. In that second round an
+    element such as `<script>` that is never closed is a tag written as text
+    ("Why &lt;script&gt; tags are dangerous"): only the tag goes, not every
+    word after it, as the article cleaner does for bodies (`cleaner._plain`).
     """
     if not value:
         return ""
     text = value
-    for _ in range(2):
+    dropped = DROP_WITH_CONTENT
+    # What an unclosed <style> holds is raw text, so it may hold more tags: a few rounds.
+    for _ in range(4):
         spaced = _BLOCK_TAG.sub(" <", text)
-        text = html.unescape(nh3.clean(spaced, tags=set(), clean_content_tags=DROP_WITH_CONTENT))
+        text = html.unescape(nh3.clean(spaced, tags=set(), clean_content_tags=dropped))
         if not _LOOKS_LIKE_TAG.search(text):
             break
+        dropped = {tag for tag in DROP_WITH_CONTENT if _closed(text, tag)}
+    else:
+        text = text.replace("<", "")  # tags in tags in tags: built to be shown, never shown
     return WHITESPACE.sub(" ", text).strip()
+
+
+def _closed(text: str, tag: str) -> bool:
+    """Whether every `<tag` in the text has its `</tag` (linear, for any input)."""
+    lowered = text.lower()
+    return lowered.count(f"<{tag}") <= lowered.count(f"</{tag}")
 
 
 def _safe_url(value: str | None, base: str | None, schemes: set[str] = URL_SCHEMES) -> str | None:

@@ -87,6 +87,15 @@ def test_titles_are_text_with_entities_decoded_and_tags_dropped() -> None:
 
 def test_markup_escaped_twice_is_still_dropped_from_text() -> None:
     assert html_to_text("&lt;script&gt;alert(1)&lt;/script&gt;Hello") == "Hello"
+    assert html_to_text("&lt;style&gt;p{}&lt;/style&gt;&lt;b&gt;Bold&lt;/b&gt; news") == "Bold news"
+
+
+def test_a_title_about_a_tag_keeps_the_words_after_it() -> None:
+    assert html_to_text("Why &lt;script&gt; tags are dangerous") == "Why tags are dangerous"
+    assert html_to_text("Why <script> tags are dangerous") == "Why"  # real markup: code
+    assert html_to_text("Escaping &lt;STYLE&gt; and &lt;svg&gt; in 2026") == "Escaping and in 2026"
+    nested = "&amp;lt;xmp&amp;gt;" * 3 + "&lt;style&gt;&lt;xmp&gt;&lt;b&gt;x" * 3
+    assert "<" not in html_to_text(nested)
 
 
 def test_block_elements_do_not_glue_words_together() -> None:
