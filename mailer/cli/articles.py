@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from pathlib import Path
 
 import click
@@ -16,11 +15,6 @@ from mailer.migrate import NotMigrated, require_current
 from mailer.operators import articles as articles_ops
 from mailer.operators import feeds as feeds_ops
 from mailer.operators import newsletters as newsletters_ops
-
-
-def _when(value: object) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if hasattr(value, "strftime") else ""
-
 
 # -- feeds ---------------------------------------------------------------------------
 
@@ -215,12 +209,12 @@ def article_import(
         )
         console.print(
             f"{outcome.value} article {stored.id} in {nl.slug}: {stored.title}\n"
-            f"  {stored.url}\n  published {_when(stored.published_at)} UTC"
+            f"  {stored.url}\n  published {when(stored.published_at)} UTC"
             + (f"; topics {', '.join(t.name for t in stored.topics)}" if stored.topics else ""),
             highlight=False,
         )
         if budget.refused:
-            console.print(f"[yellow]{budget.describe()}[/yellow]", highlight=False)
+            console.print(budget.describe(), style="yellow", highlight=False)
 
 
 ARTICLE_COLUMNS = (
@@ -278,15 +272,13 @@ def article_include(article_id: int) -> None:
     )
 
 
-# Bidirectional overrides reorder what a terminal shows; C0/C1 controls (ESC…) drive it.
-_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _printable(text: str) -> str:
-    """Outside text made safe for a terminal: no escape sequences, no reordering."""
-    return "".join(
-        ch for ch in text if ch in "\n\t" or (unicodedata.category(ch) != "Cc" and ch not in _BIDI)
-    )
+def _in_editions(a: articles_ops.ArticleOut) -> str:
+    """What editions make of it, as `article list`'s last column says in one word."""
+    if a.excluded_at is not None:
+        return f"kept out of editions since {when(a.excluded_at)} UTC (article include {a.id})"
+    if a.due_at is None:
+        return "history: older than the backfill window when it came, never mailed"
+    return f"due to readers from {when(a.due_at)} UTC"
 
 
 @article.command("show")
@@ -300,8 +292,9 @@ def article_show(article_id: int, raw: bool) -> None:
     lines = [
         f"article {a.id} in {a.newsletter} ({a.source}): {a.title}",
         f"  {a.url}",
-        f"  published {_when(a.published_at)} UTC, stored {_when(a.fetched_at)} UTC"
+        f"  published {when(a.published_at)} UTC, stored {when(a.fetched_at)} UTC"
         + (f"; topics {', '.join(a.topics)}" if a.topics else ""),
+        f"  arrived {when(a.arrived_at)} UTC; {_in_editions(a)}",
         "summary:",
         f"  {a.summary or '(none)'}",
         f"body: {len(a.content_html):,} characters of HTML",
@@ -314,7 +307,7 @@ def article_show(article_id: int, raw: bool) -> None:
             lines += ["sent as body:", a.raw_content or "(nothing)"]
         lines.append("removed by the cleaner:")
         lines += [f"  - {line}" for line in a.removed or ["(nothing)"]]
-    console.print(_printable("\n".join(lines)), markup=False, highlight=False, soft_wrap=True)
+    console.print("\n".join(lines), highlight=False, soft_wrap=True)
 
 
 # -- topics ------------------------------------------------------------------------------

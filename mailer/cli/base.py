@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
+from rich.segment import Segment
 from sqlalchemy.orm import Session
 
 from mailer import logs
@@ -15,10 +17,35 @@ from mailer.config import ConfigError, Settings, get_settings
 from mailer.db import get_engine, session_scope
 from mailer.migrate import NotMigrated, require_current
 
-# Markup off: what the CLI prints is full of outside text (article titles, feed titles,
-# SMTP replies, bounce reasons), and rich would read `[/]` in it as a tag (a crash) or
-# `[link=...]` as a terminal hyperlink. Styles are given with `style=`, never in text.
-console = Console(markup=False)
+# What a terminal would take as an order rather than text: C0 and C1 controls (ESC starts
+# the sequences that clear the screen, retitle the window or recolour what follows) and the
+# bidirectional overrides that reorder a line ("\u202egnp.exe"). Newline and tab stay.
+_NOT_TEXT = {
+    **{c: None for c in [*range(0x00, 0x20), *range(0x7F, 0xA0)] if chr(c) not in "\n\t"},
+    **{c: None for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))},
+}
+
+
+class TextConsole(Console):
+    """A console whose printed text can never drive the terminal.
+
+    What the CLI prints is full of outside text: article and feed titles, authors,
+    topics, SMTP replies, bounce reasons, imported cells. Filtered here, at the one
+    place every `print` passes, no command has to remember it. Only the text of a
+    segment is filtered: rich's own colours and cursor moves are styles and control
+    segments, not text, so they still work on a terminal.
+    """
+
+    def render(self, renderable: RenderableType, options: ConsoleOptions | None = None) -> Any:
+        for segment in super().render(renderable, options):
+            if segment.control is None and not segment.text.isprintable():
+                segment = Segment(segment.text.translate(_NOT_TEXT), segment.style)
+            yield segment
+
+
+# Markup off: rich would read `[/]` in outside text as a tag (a crash) or `[link=...]` as
+# a terminal hyperlink. Styles are given with `style=`, never in text.
+console = TextConsole(markup=False)
 
 
 @click.group()

@@ -20,34 +20,6 @@ from mailer.operators.errors import Invalid, NotFound
 from mailer.operators.newsletters import newsletter
 
 
-class ArticleDetail(BaseModel):
-    """One stored article as readers get it and, when asked for, as its source sent it.
-
-    `raw_kept` is false for articles stored before what sources send was kept
-    (migration 0006); they were never cleaned again. `removed` lists what the
-    cleaner, as it is today, takes out of what was sent: what the stored text lacks.
-    """
-
-    id: int
-    newsletter: str
-    source: str
-    guid: str
-    url: str
-    title: str
-    summary: str
-    author: str | None
-    image_url: str | None
-    topics: list[str]
-    published_at: datetime
-    fetched_at: datetime
-    updated_at: datetime
-    content_html: str
-    raw_kept: bool
-    raw_summary: str | None = None
-    raw_content: str | None = None
-    removed: list[str] | None = None
-
-
 class ArticleOut(BaseModel):
     """One line of `mailer article list` / `GET /api/newsletters/{slug}/articles`.
 
@@ -80,6 +52,27 @@ def _article_out(article: Article, slug: str) -> ArticleOut:
         due_at=article.due_at,
         excluded_at=article.excluded_at,
     )
+
+
+class ArticleDetail(ArticleOut):
+    """One stored article as readers get it and, when asked for, as its source sent it.
+
+    `raw_kept` is false for articles stored before what sources send was kept
+    (migration 0006); they were never cleaned again. `removed` lists what the
+    cleaner, as it is today, takes out of what was sent: what the stored text lacks.
+    """
+
+    guid: str
+    summary: str
+    author: str | None
+    image_url: str | None
+    fetched_at: datetime
+    updated_at: datetime
+    content_html: str
+    raw_kept: bool
+    raw_summary: str | None = None
+    raw_content: str | None = None
+    removed: list[str] | None = None
 
 
 def list_articles(session: Session, slug: str, limit: int = 20) -> list[ArticleOut]:
@@ -130,24 +123,16 @@ def include_article(session: Session, article_id: int, now: datetime | None = No
 
 
 def show_article(session: Session, article_id: int, *, raw: bool = False) -> ArticleDetail:
-    article = session.get(Article, article_id)
-    if article is None:
-        raise NotFound(f"there is no article {article_id}")
+    article = find_article(session, article_id)
     newsletter = session.get(Newsletter, article.newsletter_id)
     assert newsletter is not None  # the FK cascades: an article never outlives it
     kept = article.raw_summary is not None or article.raw_content is not None
     detail = ArticleDetail(
-        id=article.id,
-        newsletter=newsletter.slug,
-        source=article.source,
+        **_article_out(article, newsletter.slug).model_dump(),
         guid=article.guid,
-        url=article.url,
-        title=article.title,
         summary=article.summary,
         author=article.author,
         image_url=article.image_url,
-        topics=[t.name for t in article.topics],
-        published_at=article.published_at,
         fetched_at=article.fetched_at,
         updated_at=article.updated_at,
         content_html=article.content_html,

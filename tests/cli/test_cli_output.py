@@ -3,12 +3,15 @@ stay whole at 80 columns (a pipe's width) instead of squashing values into `wiâ€
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 
 import pytest
+from rich.text import Text
 
+from mailer.cli.base import TextConsole
 from mailer.content import feeds
 from mailer.content.articles import upsert_article
 from mailer.content.incoming import RawArticle, normalise
@@ -177,3 +180,31 @@ def test_outside_text_is_printed_as_written_never_read_as_markup(settings, tmp_p
     assert imported.exit_code == 0, imported.output
     assert HOSTILE in imported.output
     assert HOSTILE in run("newsletter", "list", width=200).output
+
+
+TERMINAL_ORDERS = "Evil \x1b[2J\x1b]0;pwned\x07 title \x9b31m \u202egnp.exe"
+
+
+def test_outside_text_in_a_listing_never_drives_the_terminal(session, newsroom):
+    """A feed's title, author and topic reach `article list` as stored: the words print,
+    the escape sequences and the bidirectional override do not."""
+    nl = newsletters.get_newsletter(session, "weekly")
+    story = RawArticle(url="https://news.example.org/evil", title=TERMINAL_ORDERS, topics=["t\x1bx"])
+    upsert_article(session, nl, "api:1", normalise(story, base_url=None))
+    session.commit()
+    for args in (("article", "list", "weekly"), ("topic", "list", "weekly")):
+        output = run(*args, width=200).output
+        for control in ("\x1b", "\x07", "\x9b", "\u202e"):
+            assert control not in output, (args, output)
+    assert "Evil" in run("article", "list", "weekly", width=200).output
+
+
+def test_the_consoles_own_colours_still_reach_a_terminal() -> None:
+    """Only text is filtered: what rich itself sends a terminal (styles) still goes."""
+    out = io.StringIO()
+    TextConsole(file=out, force_terminal=True, color_system="standard", markup=False).print(
+        Text(TERMINAL_ORDERS, style="bold")
+    )
+    printed = out.getvalue()
+    assert "\x1b[1m" in printed and "Evil" in printed and "gnp.exe" in printed
+    assert "\x1b[2J" not in printed and "\x1b]0;" not in printed and "\u202e" not in printed

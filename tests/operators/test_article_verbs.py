@@ -61,9 +61,13 @@ def test_an_excluded_article_stays_out_of_editions_until_it_is_put_back(
     assert next_edition(session, settings) == {kept}
     listed = run("article", "list", "news", width=80).output
     assert "excluded" in listed
+    shown = run("article", "show", str(out)).output
+    assert "kept out of editions since" in shown and f"article include {out}" in shown
+    assert "arrived " in shown
 
     result = run("article", "include", str(out))
     assert result.exit_code == 0 and "goes in the next editions" in result.output
+    assert "due to readers from" in run("article", "show", str(out)).output
     session.expire_all()
     assert next_edition(session, settings) == {kept, out}
 
