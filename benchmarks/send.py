@@ -560,6 +560,49 @@ def cpu_per_message(used: dict[str, float], messages: int) -> dict[str, float]:
     return {group: round(value, 3) for group, value in per.items()}
 
 
+# Nothing received and no row settled for this long: the run cannot finish (a sink that
+# refuses, a worker that cannot connect), so it says why instead of waiting out --timeout.
+STALL_SECONDS = 90.0
+
+
+class Stall:
+    """Whether what is watched has stayed the same for `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.seen: object = None
+        self.since = time.monotonic()
+
+    def stuck(self, now_seen: object) -> bool:
+        if now_seen != self.seen:
+            self.seen, self.since = now_seen, time.monotonic()
+        return time.monotonic() - self.since > self.seconds
+
+
+def stalled(session: Any, digest_id: int, logs: Path) -> str:
+    """Why a run stopped moving: its rows by status and the latest SMTP reply."""
+    from sqlalchemy import func, select
+
+    from mailer.models import Delivery
+
+    rows = session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_id == digest_id)
+        .group_by(Delivery.status)
+    ).all()
+    reply = session.scalar(
+        select(Delivery.smtp_reply)
+        .where(Delivery.digest_id == digest_id, Delivery.smtp_code.is_not(None))
+        .order_by(Delivery.updated_at.desc())
+        .limit(1)
+    )
+    counts = ", ".join(f"{n} {status.value}" for status, n in rows)
+    return (
+        f"no progress for {STALL_SECONDS:.0f} s: {counts}; latest reply {reply!r}; "
+        f"worker logs in {logs}"
+    )
+
+
 def run(options: Options, url: str) -> Outcome:
     sink_port = free_port()
     expected = expected_readers(options.readers)
@@ -605,9 +648,15 @@ def run(options: Options, url: str) -> Outcome:
         at_prepared: dict[str, float] = {}
         deadline = time.monotonic() + options.timeout
         last_check = 0.0
+        stall = Stall(STALL_SECONDS)
         while True:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the edition was not sent within {options.timeout:.0f} s")
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"a worker exited with {proc.returncode}; see {bench.data_dir}/worker*.log"
+                    )
             if prepared_at is None:
                 with factory() as session:
                     status = session.scalar(select(Digest.status).where(Digest.id == digest_id))
@@ -628,6 +677,9 @@ def run(options: Options, url: str) -> Outcome:
                     )
                 if not still_open:
                     break
+                if stall.stuck((got, still_open)):
+                    with factory() as session:
+                        raise RuntimeError(stalled(session, digest_id, bench.data_dir))
             time.sleep(0.1)
         with factory() as session:
             last = session.scalar(

@@ -189,7 +189,9 @@ def test_outside_text_in_a_listing_never_drives_the_terminal(session, newsroom):
     """A feed's title, author and topic reach `article list` as stored: the words print,
     the escape sequences and the bidirectional override do not."""
     nl = newsletters.get_newsletter(session, "weekly")
-    story = RawArticle(url="https://news.example.org/evil", title=TERMINAL_ORDERS, topics=["t\x1bx"])
+    story = RawArticle(
+        url="https://news.example.org/evil", title=TERMINAL_ORDERS, topics=["t\x1bx"]
+    )
     upsert_article(session, nl, "api:1", normalise(story, base_url=None))
     session.commit()
     for args in (("article", "list", "weekly"), ("topic", "list", "weekly")):

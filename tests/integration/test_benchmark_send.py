@@ -13,13 +13,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.send import Stall, stalled
 from benchmarks.sink import SMTP_SINK
+from mailer.models import DeliveryStatus
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, service_missing
+from tests.helpers.editions import deliveries_by_email, sendable_edition
 
 ROOT = Path(__file__).resolve().parents[2]
 READERS = 2000
@@ -105,3 +109,24 @@ def test_benchmark_prepare_only_prepares_every_reader_and_sends_nothing(redis_ur
     assert result["prepare_s"] > 0 and result["peak_rss_mb"] > 0
     assert result["prepare_db_bytes_per_reader"] > 0
     assert "messages" not in result
+
+
+def test_a_run_that_stops_moving_says_why_instead_of_waiting_out_its_timeout(
+    session, settings, tmp_path
+) -> None:
+    """A relay that defers every message left the benchmark waiting its whole --timeout
+    (30 min by default); now 90 s without progress ends it with the rows' states and
+    the reply that held them."""
+    digest_id, _, _, emails = sendable_edition(session, settings, 3)
+    for delivery in deliveries_by_email(session, digest_id).values():
+        delivery.status, delivery.smtp_code = DeliveryStatus.DEFERRED, 421
+        delivery.smtp_reply = "421 4.3.2 try again later"
+    session.commit()
+
+    stall = Stall(seconds=0.05)
+    assert not stall.stuck((0, 3))
+    time.sleep(0.1)
+    assert stall.stuck((0, 3)) and not stall.stuck((1, 3))
+    said = stalled(session, digest_id, tmp_path)
+    assert f"{len(emails)} deferred" in said and "421 4.3.2 try again later" in said
+    assert str(tmp_path) in said
