@@ -49,7 +49,10 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     if check_migrations:
         require_current(engine)
 
-    app = FastAPI(title="mailer", version="0.1.0", docs_url="/docs", openapi_url="/openapi.json")
+    # /docs is ours (web/docs.py: a page with its own policy); ReDoc is not offered.
+    app = FastAPI(
+        title="mailer", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/openapi.json"
+    )
     app.state.settings = settings
     app.state.tokens = tokens_for(settings)
     app.state.api_token = settings.api_secret()
@@ -101,8 +104,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             status_code=422,
         )
 
-    from mailer.web import home, reader
+    from mailer.web import docs, home, reader
 
+    app.include_router(docs.router)
     app.include_router(home.router)
     app.include_router(reader.router)
     from mailer.web.api import core as api
