@@ -44,8 +44,10 @@ class TextConsole(Console):
 
 
 # Markup off: rich would read `[/]` in outside text as a tag (a crash) or `[link=...]` as
-# a terminal hyperlink. Styles are given with `style=`, never in text.
-console = TextConsole(markup=False)
+# a terminal hyperlink. Styles are given with `style=`, never in text. Soft wrap: a message
+# stays one line however narrow the console (a pipe counts as 80 columns), so grep finds
+# it whole; tables still fit the width (`output.show`).
+console = TextConsole(markup=False, soft_wrap=True)
 
 
 @click.group()

@@ -23,7 +23,7 @@ FREQUENCIES = click.Choice([f.value for f in Frequency])
 
 @click.group()
 def digest() -> None:
-    """Digest editions: preview, send, watch, test."""
+    """Digest editions: preview, send, status, test, cancel."""
 
 
 def _renderer() -> EmailRenderer:

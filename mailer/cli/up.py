@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -354,6 +355,22 @@ def _start_sink(settings: Settings) -> tuple[Controller, int] | None:
         return start_sink(settings.outbox_dir, settings.sink_host, port), port
 
 
+def _invocation(argv0: str | None = None) -> str:
+    """How to call this mailer again from the same shell: `mailer` when that is what the
+    PATH finds, else the path it was started by (`.venv/bin/mailer` from `make run`),
+    which a newcomer can paste as it is."""
+    started = Path(argv0 or sys.argv[0])
+    found = shutil.which("mailer")
+    if found and started.name == "mailer" and Path(found).resolve() == started.resolve():
+        return "mailer"
+    if started.name != "mailer":  # `python -m mailer.cli` and the like
+        return "mailer"
+    try:
+        return str(started.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(started.resolve())
+
+
 def _banner(settings: Settings, env: dict[str, str], sink_port: int) -> None:
     base = env["MAILER_BASE_URL"]
     token = (
@@ -376,7 +393,7 @@ def _banner(settings: Settings, env: dict[str, str], sink_port: int) -> None:
         f"  data dir      {settings.data_dir.resolve()}",
         f"  database      {_safe_url(settings.database)}",
         f"  broker        {_safe_url(settings.broker)}",
-        "  first newsletter  mailer newsletter create news --name News"
+        f"  next          {_invocation()} newsletter create news --name News"
         ' --from "News <news@example.org>"',
         "  stop with Ctrl-C",
         "",

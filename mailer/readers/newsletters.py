@@ -76,7 +76,11 @@ def parse_sender(sender: str) -> str:
     try:
         valid = normalise(addr)
     except InvalidAddress as exc:
-        raise SubscriptionError(f"The sender address is not valid: {exc}", field="sender") from exc
+        # The reader-facing wording ("That email address is not valid: ...") would stutter here.
+        reason = str(exc).removeprefix("That email address is not valid: ")
+        raise SubscriptionError(
+            f"The sender address {addr!r} is not valid: {reason}", field="sender"
+        ) from exc
     local, _, domain = valid.email.rpartition("@")
     # Every message carries the sender in From, Message-ID, List-Id and the envelope:
     # refused here if any of them could not be written, rather than failing every send.

@@ -100,6 +100,9 @@ def test_the_readme_quick_start_works_as_written(tmp_path):
     up = Up(proc, env, here, base, here / "var", log)
     with running(up), chromium() as browser:
         assert "created newsletter news" in sh(create)
+        # The banner's next step runs as printed, from the shell make run was typed in.
+        (suggested,) = re.findall(r"^  next +(\S+) newsletter create", up.log(), re.M)
+        assert "Usage:" in sh(f"{suggested} newsletter --help")
         page = browser.new_page()
 
         page.goto(f"{base}/subscribe/news")

@@ -257,6 +257,10 @@ def test_feed_verbs_in_the_cli(settings, session, newsletter):
         (("feed", "add", "weekly", "file:///etc/passwd"), "absolute http(s) URL"),
         (("newsletter", "edit", "weekly"), "nothing to change"),
         (("newsletter", "edit", "weekly", "--from", "not an address"), "sender"),
+        (
+            ("newsletter", "edit", "weekly", "--from", "no-at-sign"),
+            "The sender address 'no-at-sign' is not valid: An email address must have an @-sign.",
+        ),
         (("newsletter", "edit", "weekly", "--name", "a\nBcc: x@evil.example"), "one non-empty"),
         (("newsletter", "edit", "nope", "--name", "N"), "There is no newsletter 'nope'"),
         (("newsletter", "archive", "nope"), "There is no newsletter 'nope'"),
