@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from mailer import jsondata, tasks, throttle
 from mailer.config import Settings
+from mailer.db import session_factory
 from mailer.mail.tokens import Purpose, TokenError
 from mailer.models import Newsletter, Status, Subscription, utcnow
 from mailer.readers import newsletters, subscriptions
@@ -128,6 +129,29 @@ def subscribe_form(newsletter: str, request: Request, session: SessionDep) -> Re
     return page(request, "subscribe.html", newsletter=nl, topics=nl.topics)
 
 
+def _form_again(request: Request, settings: Settings, asked: SubscribeIn, error: str) -> Response:
+    """A mistake in our form (an address without @, say) shows the form again as the
+    reader filled it, with what is wrong above it: not a page they must go Back from."""
+    with session_factory(settings.database)() as session:
+        try:
+            nl = newsletters.open_newsletter(session, asked.newsletter)
+        except UnknownNewsletter:
+            return _error(request, 422, error)
+        topics = list(nl.topics)
+        wanted = {t.casefold() for t in asked.topics}
+        return page(
+            request,
+            "subscribe.html",
+            422,
+            newsletter=nl,
+            topics=topics,
+            error=error,
+            email=asked.email,
+            chosen=[t.id for t in topics if {t.slug.casefold(), t.name.casefold()} & wanted],
+            frequency=asked.frequency,
+        )
+
+
 @router.post(
     "/subscribe",
     status_code=202,
@@ -197,7 +221,9 @@ def _subscribe(
     except UnknownNewsletter as exc:
         return _error(request, 404, str(exc))
     except SubscriptionError as exc:
-        return _error(request, 422, str(exc), exc.field)
+        if _wants_json(request):
+            return _error(request, 422, str(exc), exc.field)
+        return _form_again(request, settings, parsed, str(exc))
     payload = {
         "email": valid.address.email,
         "newsletter": offer.slug,
