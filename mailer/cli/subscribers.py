@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from mailer.cli.base import console, domain_session
 from mailer.cli.output import Column, json_option, print_json, show
@@ -166,20 +165,24 @@ def _only_newsletter(newsletter: str | None) -> str:
 
 
 def _summary(report: ImportReport, confirmed: bool) -> None:
-    table = Table("result", "rows", title="import")
-    table.add_row("added", str(report.added))
-    if report.confirmed:
-        table.add_row("pending, now confirmed", str(report.confirmed))
-    table.add_row("already there", str(report.already))
-    table.add_row("invalid", str(report.invalid))
-    if report.suppressed:
-        table.add_row("suppressed (asked not to be mailed)", str(report.suppressed))
-    if report.ended:
-        table.add_row("unsubscribed earlier (left alone)", str(report.ended))
-    console.print(table)
+    counts = [
+        ("added", report.added),
+        ("pending, now confirmed", report.confirmed),
+        ("already there", report.already),
+        ("invalid", report.invalid),
+        ("suppressed (asked not to be mailed)", report.suppressed),
+        ("unsubscribed earlier (left alone)", report.ended),
+    ]
+    always = {"added", "already there", "invalid"}
+    show(
+        [(what, n) for what, n in counts if n or what in always],
+        (Column("result", lambda r: r[0]), Column("rows", lambda r: f"{r[1]:,}")),
+    )
     if report.invalid_lines:
-        more = "…" if report.invalid > len(report.invalid_lines) else ""
-        console.print("invalid lines: " + ", ".join(map(str, report.invalid_lines)) + more)
+        more = ", …" if report.invalid > len(report.invalid_lines) else ""
+        lines = ", ".join(map(str, report.invalid_lines))
+        label = "line" if len(report.invalid_lines) == 1 and not more else "lines"
+        console.print(f"the invalid rows are at {label} {lines}{more} of the file")
     if report.rejects_path:
         console.print(f"rejected rows, with the reason, are in {report.rejects_path}")
     if report.added and not confirmed:

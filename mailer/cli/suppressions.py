@@ -9,15 +9,28 @@ subscriber row exists for it); after an erasure only the hash is left, and
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
 from mailer.cli.base import console, domain_session
+from mailer.cli.output import Column, show, when
 from mailer.operators import suppressions as suppressions_ops
 
 
 @click.group("suppression")
 def suppression() -> None:
     """The suppression list: addresses never mailed (bounces, complaints, erased opt-outs)."""
+
+
+SUPPRESSION_COLUMNS = (
+    Column("hash", lambda i: i.hash[:16]),
+    Column("address", lambda i: i.address or "(not known: only the hash is kept)"),
+    Column("reason", lambda i: i.reason),
+    Column("source", lambda i: i.source or ""),
+    Column("since (UTC)", lambda i: when(i.created_at)),
+    Column(
+        "lifted by",
+        lambda i: "its owner's new opt-in, or an operator" if i.lifted_by_opt_in else "an operator",
+    ),
+)
 
 
 @suppression.command("list")
@@ -30,19 +43,11 @@ def list_(reason: str | None, limit: int, cursor: str | None) -> None:
         page = suppressions_ops.list_suppressions(
             session, reason=reason, cursor=cursor, limit=limit
         )
-    table = Table("hash", "address", "reason", "source", "since (UTC)", "lifted by")
-    for item in page.items:
-        table.add_row(
-            item.hash[:16],
-            item.address or "(not known: only the hash is kept)",
-            item.reason,
-            item.source or "",
-            f"{item.created_at:%Y-%m-%d %H:%M}",
-            "its owner's new opt-in, or an operator" if item.lifted_by_opt_in else "an operator",
-        )
-    console.print(table)
-    if not page.items:
-        console.print("the suppression list is empty" + (f" for {reason!r}" if reason else ""))
+    show(
+        page.items,
+        SUPPRESSION_COLUMNS,
+        empty="the suppression list is empty" + (f" for {reason!r}" if reason else ""),
+    )
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
 

@@ -233,7 +233,9 @@ def test_cli_import_prints_a_summary_and_refuses_a_file_without_email_column(
     good = write(tmp_path / "good.csv", [["a@example.org", "A", "", ""], ["oops", "", "", ""]])
     result = CliRunner().invoke(main, ["subscribers", "import", str(good), "--confirmed"])
     assert result.exit_code == 0, result.output
-    assert "added" in result.output and "invalid lines: 3" in result.output
+    assert (
+        "added" in result.output and "the invalid rows are at line 3 of the file" in result.output
+    )
     assert "good.rejects.csv" in result.output
 
     bad = write(tmp_path / "bad.csv", [["a@example.org"]], header=("mail",))
