@@ -137,13 +137,17 @@ def erase(address: str, yes: bool) -> None:
     console.print(f"erased {address}: {report.subscriptions} subscription(s){kept}")
 
 
-@subscribers.command("set-status")
+@subscribers.command(
+    "set-status",
+    # STATUS stands for the choices in the usage line, which broke mid-word at 80 columns.
+    help="Change a reader's status, recorded in the audit trail as done by an operator.\n\n"
+    f"STATUS is one of: {', '.join(STATUSES.choices)}.",
+)
 @click.argument("address")
-@click.argument("status", type=STATUSES)
+@click.argument("status", type=STATUSES, metavar="STATUS")
 @click.option("--newsletter", required=True, help="The newsletter (slug).")
 @click.option("--reason", help="Why, for the audit record.")
 def set_status(address: str, status: str, newsletter: str, reason: str | None) -> None:
-    """Change a reader's status, recorded in the audit trail as done by an operator."""
     with domain_session() as session:
         sub = subscribers_ops.set_status(
             session, address, newsletter, Status(status), detail=reason

@@ -290,7 +290,10 @@ def confirm(
     if not outcome.changed:
         return message_page(request, "Already confirmed", f"You are subscribed to {name}.")
     return message_page(
-        request, "You're subscribed", f"Thanks for confirming: {name} is on its way."
+        request,
+        "You're subscribed",
+        f"Thanks for confirming. {name} comes with its next edition; a welcome mail is on "
+        "its way now.",
     )
 
 

@@ -123,6 +123,8 @@ def test_the_readme_quick_start_works_as_written(tmp_path):
         page.get_by_role("button", name="Confirm").click()
         page.wait_for_load_state()
         assert "You're subscribed" in page.content(), page.content()
+        # Nothing but the welcome arrives until the next edition: the page says so.
+        assert "News comes with its next edition" in page.content()
 
         for command in commands(push):
             if "digest send" in command:
