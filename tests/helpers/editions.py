@@ -144,6 +144,24 @@ def prepared_edition(session, settings, emails):
     return edition.id, prepared.ranges, subs_by_email
 
 
+def send_edition_now(session, settings, nl: Newsletter) -> int:
+    """Make, prepare and send the newsletter's edition ending now, as the tick and the
+    worker would one after the other; its id."""
+    from mailer.editions import prepare, schedule
+    from mailer.mail.rendering import EmailRenderer
+    from mailer.models import Frequency
+    from mailer.sending import loop
+
+    edition = schedule.create_now(session, nl, Frequency.DAILY)
+    prepared = prepare.prepare(
+        session, settings, EmailRenderer(settings.email_templates), edition.id
+    )
+    session.commit()
+    for lo, hi in prepared.ranges:
+        loop.send_range(session, settings, edition.id, lo, hi)
+    return edition.id
+
+
 def sendable_edition(session, settings, readers: int):
     """A prepared edition of `readers` readers (r000@example.org, ...): its id, the
     first and last delivery id of its whole range, and the addresses."""

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import dkim
 
-from mailer.editions import prepare, schedule
 from mailer.mail import verp
 from mailer.mail.dkim import generate_private_key, txt_record_value
-from mailer.mail.rendering import EmailRenderer
-from mailer.models import Delivery, Frequency, Subscription
-from mailer.sending import loop
+from mailer.models import Delivery, Subscription
 from tests.conftest import configure
-from tests.helpers.editions import add_article, add_reader, make_newsletter
+from tests.helpers.editions import add_article, add_reader, make_newsletter, send_edition_now
 
 
 def send_edition(session, settings, soft_bounces=0):
@@ -21,12 +18,7 @@ def send_edition(session, settings, soft_bounces=0):
     reader.soft_bounces = soft_bounces
     add_article(session, nl, "Story", hours_ago=1)
     session.commit()
-    edition = schedule.create_now(session, nl, Frequency.DAILY)
-    prepared = prepare.prepare(
-        session, settings, EmailRenderer(settings.email_templates), edition.id
-    )
-    session.commit()
-    loop.send_range(session, settings, edition.id, *prepared.ranges[0])
+    send_edition_now(session, settings, nl)
     return reader
 
 

@@ -6,16 +6,14 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from mailer.editions import prepare, schedule
-from mailer.mail.rendering import EmailRenderer
-from mailer.models import DigestVariant, Frequency
-from mailer.sending import loop
+from mailer.models import DigestVariant
 from tests.helpers.editions import (
     add_article,
     add_reader,
     hrefs,
     make_newsletter,
     parts,
+    send_edition_now,
 )
 
 
@@ -27,13 +25,7 @@ def sent_edition(session, settings, smtp_server):
     add_article(session, nl, "Python news", topics=["Python"])
     add_article(session, nl, "General news", hours_ago=2)
     session.commit()
-    edition = schedule.create_now(session, nl, Frequency.DAILY)
-    prepared = prepare.prepare(
-        session, settings, EmailRenderer(settings.email_templates), edition.id
-    )
-    session.commit()
-    loop.send_range(session, settings, edition.id, *prepared.ranges[0])
-    return edition.id
+    return send_edition_now(session, settings, nl)
 
 
 def test_view_in_browser_link_shows_that_readers_variant_without_their_details(
