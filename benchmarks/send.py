@@ -28,6 +28,13 @@ one) is verified with dkimpy against the run's public key.
 send tasks it fans out go to a queue no worker reads, and are purged.
 
 The last line printed is one JSON object (see README, "Performance").
+
+Its parts live beside it: `population` (the readers and articles), `workers`
+(the Celery workers and the stall check), `raw` (the raw limit), `meter` (CPU
+per process group) and `sink` (the counting servers). What stays here is one
+run in order, its two modes (`run`, `prepare_only`), and the command line
+with `--repeat`: a sequence read top to bottom, which splitting would only
+scatter.
 """
 
 from __future__ import annotations
@@ -35,409 +42,47 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import random
 import secrets
 import shutil
-import signal
-import smtplib
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from benchmarks.meter import (
+    CpuMeter,
+    cpu_per_message,
+    machine_seconds,
+    machine_since,
+    pids_named,
+    postgres_pids,
+    rss_peak_mb,
+)
+from benchmarks.population import email, has_articles, populate
+from benchmarks.raw import raw_messages, raw_rate
 from benchmarks.sink import SINKS, Sink, start_sink
+from benchmarks.workers import (
+    STALL_SECONDS,
+    Stall,
+    stalled,
+    start_workers,
+    stop_workers,
+    wait_ready,
+)
 from mailer.mail.sink import free_port
 
 ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-DOMAIN = "bench.example.org"
-SENDER = "The Bench <news@news.example.org>"
 DKIM_SELECTOR = "bench"
 DKIM_RECORD_NAME = b"bench._domainkey.news.example.org"
-# Topic sets readers cycle through. Articles carry topics a..d only, so the
-# readers who chose just "e" have nothing new: they get a `skipped` row and
-# no mail, which is what makes "messages == readers who had articles" a check.
-TOPIC_SETS: tuple[tuple[str, ...], ...] = ((), ("a",), ("b", "c"), ("d",), ("e",), ("a", "d"))
-ARTICLE_TOPICS: tuple[tuple[str, ...], ...] = (("a",), ("b",), ("c",), ("d",), ("a", "b"))
-
-
-def email(i: int) -> str:
-    return f"reader{i:06d}@{DOMAIN}"
-
-
-def has_articles(i: int) -> bool:
-    return TOPIC_SETS[i % len(TOPIC_SETS)] != ("e",)
-
-
-def rss_peak_mb(pid: int) -> float:
-    """The process's high-water RSS (VmHWM): a peak, whenever it happened."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def run_delay(pid: int) -> float:
-    """Seconds the process spent runnable but waiting for a CPU (/proc/PID/schedstat)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def machine_seconds() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine so far, summed over its CPUs.
-
-    Steal is time the hypervisor gave this VM's CPUs to someone else: on a
-    shared host it is the part of a slow run that no process here caused.
-    """
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (user + nice + system + irq + softirq) / tick, steal / tick
-
-
-def machine_since(before: tuple[float, float]) -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since `before` = machine_seconds()."""
-    busy, steal = machine_seconds()
-    return busy - before[0], steal - before[1]
-
-
-def postgres_pids(url: str) -> list[int]:
-    """The PostgreSQL processes working for this run: the backends of its database
-    (the workers', autovacuum's) and the server's own background processes (WAL
-    writer, checkpointer...), not the backends of other databases on the server."""
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return list(
-                conn.scalars(
-                    text(
-                        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                        "AND (datname = current_database() OR datname IS NULL)"
-                    )
-                )
-            )
-    finally:
-        engine.dispose()
-
-
-def pids_named(name: str) -> list[int]:
-    """Every process whose command is `name` (postgres backends, redis-server)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == name:
-                    out.append(int(entry.name))
-            except OSError:
-                continue
-    return out
-
-
-class CpuMeter:
-    """CPU used by each part of the machine between start() and stop().
-
-    Groups are looked up again at stop(): PostgreSQL backends that the workers
-    opened during the run count from zero.
-    """
-
-    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
-        self.groups = groups
-        self.before: dict[int, float] = {}
-
-    def start(self) -> None:
-        pids = [p for find in self.groups.values() for p in find()]
-        self.before = {p: cpu_seconds(p) for p in pids}
-        self.waited_before = {p: run_delay(p) for p in pids}
-
-    def stop(self) -> dict[str, float]:
-        """Seconds of CPU each group used since start() (it may be asked again later)."""
-        return {
-            group: sum(cpu_seconds(p) - self.before.get(p, 0.0) for p in find())
-            for group, find in self.groups.items()
-        }
-
-    def waited(self) -> dict[str, float]:
-        """Seconds each group spent runnable but without a CPU since start()."""
-        return {
-            group: sum(run_delay(p) - self.waited_before.get(p, 0.0) for p in find())
-            for group, find in self.groups.items()
-        }
-
-
-# -- the data -------------------------------------------------------------------------
-
-
-def populate(url: str, readers: int, articles: int) -> tuple[int, int]:
-    """Newsletter, topics, readers and articles; returns (newsletter id, edition id).
-
-    Readers are written with INSERT … SELECT generate_series: the benchmark
-    is about sending, and 100,000 ORM subscribes would take longer than it.
-    """
-    from mailer import db
-    from mailer.editions import schedule
-    from mailer.models import Frequency, Newsletter, Schedule
-    from mailer.readers import newsletters
-
-    session = db.session_factory(url)()
-    nl = newsletters.create_newsletter(
-        session,
-        "bench",
-        "The Bench",
-        SENDER,
-        default_frequency=Frequency.DAILY,
-        site_url="https://news.example.org",
-    )
-    # A schedule that never falls due, so nothing but the benchmark makes editions.
-    session.add(Schedule(newsletter_id=nl.id, frequency=Frequency.DAILY, cron="0 0 29 2 *"))
-    topic_ids = {t: newsletters.ensure_topic(session, nl, t).id for t in "abcde"}
-    session.flush()
-    params = {"nl": nl.id, "n": readers, "domain": DOMAIN}
-    session.execute(
-        text(
-            "INSERT INTO subscriber (email, email_key, created_at) "
-            "SELECT e, e, now() FROM (SELECT 'reader' || lpad(i::text, 6, '0') || '@' || :domain "
-            "AS e FROM generate_series(0, :n - 1) i) s"
-        ),
-        params,
-    )
-    session.execute(
-        text(
-            "INSERT INTO subscription (subscriber_id, newsletter_id, status, frequency, "
-            "generation, created_at, status_changed_at, confirmed_at, soft_bounces) "
-            "SELECT id, :nl, 'active', 'daily', 1, now(), now(), now(), 0 FROM subscriber "
-            "WHERE email_key LIKE '%@' || :domain ORDER BY email_key"
-        ),
-        params,
-    )
-    for index, names in enumerate(TOPIC_SETS):
-        for name in names:
-            session.execute(
-                text(
-                    "INSERT INTO subscription_topic (subscription_id, topic_id) "
-                    "SELECT s.id, :topic FROM subscription s JOIN subscriber r "
-                    "ON r.id = s.subscriber_id WHERE s.newsletter_id = :nl "
-                    "AND substring(r.email_key from 7 for 6)::int % :sets = :index"
-                ),
-                params | {"topic": topic_ids[name], "sets": len(TOPIC_SETS), "index": index},
-            )
-    from mailer.models import Article, utcnow
-
-    now = utcnow()
-    for i in range(articles):
-        url = f"https://news.example.org/2024/story-{i}"
-        article = Article(
-            newsletter_id=nl.id,
-            source="bench",
-            guid=url,
-            url=url,
-            title=f"Story {i}: what happened in the {i}th hour",
-            summary=(f"A summary of story {i}, long enough to look like one. " * 6).strip(),
-            author="A. Writer",
-            published_at=now - timedelta(hours=23 - i * 23 / max(1, articles)),
-        )
-        article.arrived_at = article.due_at = article.published_at
-        article.topics = [
-            newsletters.ensure_topic(session, nl, t)
-            for t in ARTICLE_TOPICS[i % len(ARTICLE_TOPICS)]
-        ]
-        session.add(article)
-    session.flush()
-    newsletter = session.get_one(Newsletter, nl.id)
-    edition = schedule.create_now(session, newsletter, Frequency.DAILY)
-    session.commit()
-    session.execute(text("ANALYZE"))
-    session.commit()
-    out = (nl.id, edition.id)
-    session.close()
-    return out
-
-
-# -- workers --------------------------------------------------------------------------
-
-
-def start_workers(count: int, queue: str, logdir: Path) -> list[subprocess.Popen[bytes]]:
-    procs = []
-    for i in range(count):
-        log = (logdir / f"worker{i}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "mailer.celery_app:app",
-                    "worker",
-                    "--pool=solo",
-                    "-Q",
-                    queue,
-                    "-n",
-                    f"bench{i}-{queue}@%h",
-                    "--loglevel=" + os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"),
-                    "--without-mingle",
-                    "--without-gossip",
-                    "--without-heartbeat",
-                ],
-                env=dict(os.environ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-    return procs
-
-
-def wait_ready(app: Any, count: int, procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"a worker exited with {proc.returncode} before it was ready")
-        answers = app.control.ping(timeout=0.5)
-        if len(answers) >= count:
-            return
-    raise RuntimeError("the workers did not answer a ping within 60 s")
-
-
-def stop_workers(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-# -- the raw limit ----------------------------------------------------------------------
-
-
-def _raw_sender(
-    host: str,
-    port: int,
-    sender: str,
-    recipients: list[tuple[str, int]],
-    bodies: list[bytes],
-    go: Event,
-    done: Any,
-) -> None:
-    conn = smtplib.SMTP(host, port, timeout=60)
-    conn.ehlo()
-    done.put("connected")
-    go.wait()
-    for rcpt, body in recipients:
-        conn.sendmail(sender, [rcpt], bodies[body])
-    conn.quit()
-    done.put(time.perf_counter())
-
-
-def raw_rate(
-    host: str,
-    port: int,
-    sender: str,
-    recipients: list[tuple[str, int]],
-    bodies: list[bytes],
-    conns: int,
-) -> float:
-    """Messages/s of plain smtplib over `conns` connections, one process each."""
-    ctx = mp.get_context("spawn")
-    go = ctx.Event()
-    done = ctx.Queue()
-    shares = [recipients[i::conns] for i in range(conns)]
-    procs = [
-        ctx.Process(target=_raw_sender, args=(host, port, sender, share, bodies, go, done))
-        for share in shares
-    ]
-    for p in procs:
-        p.start()
-    for _ in procs:
-        done.get(timeout=60)
-    started = time.perf_counter()
-    go.set()
-    ends = [done.get(timeout=3600) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    return len(recipients) / (max(ends) - started)
-
-
-def raw_messages(url: str, digest_id: int) -> tuple[list[tuple[str, int]], list[bytes]]:
-    """Each recipient with the index of its variant's bytes: one real personalised
-    digest per variant, so the raw loop sends the pipeline's mix of sizes."""
-    from sqlalchemy import func, select
-
-    from mailer import db
-    from mailer.config import get_settings
-    from mailer.mail.links import Links
-    from mailer.models import (
-        Delivery,
-        DeliveryStatus,
-        Digest,
-        DigestVariant,
-        Newsletter,
-        Subscriber,
-        Subscription,
-    )
-    from mailer.sending.outgoing import personalise, variant_template
-
-    settings = get_settings()
-    links = Links.from_settings(settings)
-    with db.session_scope(url) as session:
-        digest = session.get_one(Digest, digest_id)
-        nl = session.get_one(Newsletter, digest.newsletter_id)
-        bodies: list[bytes] = []
-        index: dict[int, int] = {}
-        for vid, sub_id in session.execute(
-            select(Delivery.variant_id, func.min(Delivery.subscription_id))
-            .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT)
-            .group_by(Delivery.variant_id)
-        ):
-            assert vid is not None  # a sent row always has its variant
-            variant = session.get_one(DigestVariant, vid)
-            sub = session.get_one(Subscription, sub_id)
-            template = variant_template(settings, nl, variant)
-            index[vid] = len(bodies)
-            parts = personalise(template, links, sub, sub.subscriber.email, "<raw@bench>")
-            bodies.append(b"".join(parts))
-        recipients = [
-            (address, index[vid or 0])
-            for address, vid in session.execute(
-                select(Subscriber.email, Delivery.variant_id)
-                .join(Subscription, Subscription.id == Delivery.subscription_id)
-                .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-                .where(Delivery.digest_id == digest_id, Delivery.status == DeliveryStatus.SENT)
-                .order_by(Delivery.id)
-            )
-        ]
-    return recipients, bodies
-
-
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -551,56 +196,6 @@ def to_verify(expected: set[str], options: Options) -> set[str]:
     if options.verify is None:
         return set(expected)
     return set(random.Random(0).sample(sorted(expected), min(options.verify, len(expected))))
-
-
-def cpu_per_message(used: dict[str, float], messages: int) -> dict[str, float]:
-    """Milliseconds of CPU a message for each part, and `ours` (workers, PostgreSQL, Redis)."""
-    per = {group: 1000 * seconds / max(1, messages) for group, seconds in used.items()}
-    per["ours"] = per["workers"] + per["postgres"] + per["redis"]
-    return {group: round(value, 3) for group, value in per.items()}
-
-
-# Nothing received and no row settled for this long: the run cannot finish (a sink that
-# refuses, a worker that cannot connect), so it says why instead of waiting out --timeout.
-STALL_SECONDS = 90.0
-
-
-class Stall:
-    """Whether what is watched has stayed the same for `seconds`."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.seen: object = None
-        self.since = time.monotonic()
-
-    def stuck(self, now_seen: object) -> bool:
-        if now_seen != self.seen:
-            self.seen, self.since = now_seen, time.monotonic()
-        return time.monotonic() - self.since > self.seconds
-
-
-def stalled(session: Any, digest_id: int, logs: Path) -> str:
-    """Why a run stopped moving: its rows by status and the latest SMTP reply."""
-    from sqlalchemy import func, select
-
-    from mailer.models import Delivery
-
-    rows = session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_id == digest_id)
-        .group_by(Delivery.status)
-    ).all()
-    reply = session.scalar(
-        select(Delivery.smtp_reply)
-        .where(Delivery.digest_id == digest_id, Delivery.smtp_code.is_not(None))
-        .order_by(Delivery.updated_at.desc())
-        .limit(1)
-    )
-    counts = ", ".join(f"{n} {status.value}" for status, n in rows)
-    return (
-        f"no progress for {STALL_SECONDS:.0f} s: {counts}; latest reply {reply!r}; "
-        f"worker logs in {logs}"
-    )
 
 
 def run(options: Options, url: str) -> Outcome:

@@ -271,7 +271,7 @@ def test_unknown_edition_is_a_clear_error(session, settings, renderer):
 def test_a_big_edition_leaves_the_planner_fresh_statistics_for_its_claims(pg_url, monkeypatch):
     """Claims filter on `digest_id = N`: with statistics from before the rows were
     written, PostgreSQL read the whole edition's index entries in every claim."""
-    from benchmarks.send import populate
+    from benchmarks.population import populate
     from mailer import config, db
 
     configure(monkeypatch, database_url=pg_url)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.send import Stall, stalled
 from benchmarks.sink import SMTP_SINK
+from benchmarks.workers import Stall, stalled
 from mailer.models import DeliveryStatus
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, service_missing
 from tests.helpers.editions import deliveries_by_email, sendable_edition
@@ -51,7 +51,7 @@ def run_benchmark(*flags: str) -> dict[str, Any]:
 
 
 def expected_messages() -> int:
-    from benchmarks.send import has_articles
+    from benchmarks.population import has_articles
 
     expected = sum(1 for i in range(READERS) if has_articles(i))
     assert 0 < expected < READERS  # some readers have nothing new: the count means something
