@@ -180,7 +180,7 @@ def test_a_csv_line_over_the_field_limit_is_refused_on_record_and_the_rest_impor
     result = CliRunner().invoke(main, ["subscribers", "import", str(path), "--confirmed"])
 
     assert result.exit_code == 0, result.output
-    assert "invalid lines: 3" in result.output
+    assert "the invalid rows are at line 3 of the file" in result.output
     emails = set(session.scalars(select(Subscriber.email)))
     assert emails == {"first@example.org", "last@example.org"}
     rejected = (tmp_path / "huge.rejects.csv").read_text()
