@@ -10,10 +10,10 @@ from mailer.mail import verp
 from mailer.models import Status, Subscription, Suppression
 from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
+from tests.conftest import API_TOKEN as TOKEN
 from tests.fixtures.bounces import load
 
 READER = "gone@example.com"
-TOKEN = {"Authorization": "Bearer test-api-token"}
 
 
 @pytest.fixture

@@ -26,16 +26,9 @@ from mailer.models import (
 )
 from mailer.sending import claims, loop, marks
 from mailer.web.app import create_app
+from tests.conftest import API_TOKEN as TOKEN
 from tests.conftest import configure, wait_for
 from tests.helpers.editions import add_article, add_reader, make_newsletter
-
-TOKEN = {"Authorization": "Bearer test-api-token"}
-
-
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.fixture

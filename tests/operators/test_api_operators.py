@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from mailer.models import Newsletter, Status, Subscription, SubscriptionEvent
 from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
-from mailer.web.app import create_app
-
-TOKEN = {"Authorization": "Bearer test-api-token"}
-
-
-@pytest.fixture
-def api(settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
+from tests.conftest import API_TOKEN as TOKEN
 
 
 @pytest.fixture

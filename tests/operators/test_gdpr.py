@@ -29,10 +29,10 @@ from mailer.readers import suppressions
 from mailer.readers.addresses import address_hash
 from mailer.readers.newsletters import create_newsletter, ensure_topic
 from mailer.web.app import create_app
+from tests.conftest import API_TOKEN as TOKEN
 
 LOCAL, DOMAIN = "zelda.quux", "erase-me.example"
 ADDRESS = f"Zelda.Quux@{DOMAIN}"
-TOKEN = {"Authorization": "Bearer test-api-token"}
 
 
 @pytest.fixture
