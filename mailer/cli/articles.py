@@ -224,11 +224,7 @@ ARTICLE_COLUMNS = (
     Column("source", lambda a: a.source),
     Column("topics", lambda a: ", ".join(a.topics)),
     Column("arrived", lambda a: when(a.arrived_at)),
-    # Due to readers from then on; "history" never goes out, "excluded" is kept out.
-    Column(
-        "editions",
-        lambda a: "excluded" if a.excluded_at else ("history" if a.due_at is None else "due"),
-    ),
+    Column("editions", lambda a: a.in_editions),
 )
 
 
@@ -273,10 +269,10 @@ def article_include(article_id: int) -> None:
 
 
 def _in_editions(a: articles_ops.ArticleOut) -> str:
-    """What editions make of it, as `article list`'s last column says in one word."""
-    if a.excluded_at is not None:
+    """`article list`'s last column (`ArticleOut.in_editions`), said in full."""
+    if a.in_editions == "excluded":
         return f"kept out of editions since {when(a.excluded_at)} UTC (article include {a.id})"
-    if a.due_at is None:
+    if a.in_editions == "history":
         return "history: older than the backfill window when it came, never mailed"
     return f"due to readers from {when(a.due_at)} UTC"
 

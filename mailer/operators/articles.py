@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -37,6 +38,14 @@ class ArticleOut(BaseModel):
     arrived_at: datetime
     due_at: datetime | None
     excluded_at: datetime | None
+
+    @property
+    def in_editions(self) -> Literal["excluded", "history", "due"]:
+        """What editions make of it, in one word: kept out by an operator, history
+        (older than the backfill window when it came: never mailed), or due."""
+        if self.excluded_at is not None:
+            return "excluded"
+        return "history" if self.due_at is None else "due"
 
 
 def _article_out(article: Article, slug: str) -> ArticleOut:

@@ -138,7 +138,11 @@ def _form_again(request: Request, settings: Settings, asked: SubscribeIn, error:
         except UnknownNewsletter:
             return _error(request, 422, error)
         topics = list(nl.topics)
-        wanted = {t.casefold() for t in asked.topics}
+        # By slug or name, as the request is judged (`newsletters.pick_topics`).
+        keys = newsletters.topic_keys(topics)
+        chosen = {
+            keys[w.strip().casefold()].id for w in asked.topics if w.strip().casefold() in keys
+        }
         return page(
             request,
             "subscribe.html",
@@ -147,7 +151,7 @@ def _form_again(request: Request, settings: Settings, asked: SubscribeIn, error:
             topics=topics,
             error=error,
             email=asked.email,
-            chosen=[t.id for t in topics if {t.slug.casefold(), t.name.casefold()} & wanted],
+            chosen=chosen,
             frequency=asked.frequency,
         )
 
