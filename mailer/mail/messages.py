@@ -203,13 +203,6 @@ def _crlf(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
 
 
-def _qp(text: str) -> bytes:
-    data = _crlf(text).encode("utf-8")
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
-
-
 SOFT_BREAK = b"=\r\n"
 
 

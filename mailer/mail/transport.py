@@ -49,10 +49,6 @@ class Reply:
         return 400 <= self.code < 500
 
     @property
-    def permanent(self) -> bool:
-        return self.code >= 500
-
-    @property
     def condemns_address(self) -> bool:
         """The one test, for digests and notices alike, of a reply that ends the
         address as a bounce report would; never one our relay made up."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from sqlalchemy import case, select, update
+from sqlalchemy import case, update
 from sqlalchemy.engine import Engine
 
 from mailer.config import Settings
@@ -115,14 +115,6 @@ class DatabaseLimiter(_Base):
                 .returning(SendWindow.updated)
             ).scalar_one()
         return max(0.0, float(new_next) - self.interval - now)
-
-    def peek(self) -> float:
-        with self.engine.connect() as conn:
-            return float(
-                conn.execute(
-                    select(SendWindow.updated).where(SendWindow.name == self.name)
-                ).scalar_one()
-            )
 
 
 _cache: dict[tuple[str, str, float, str], Limiter] = {}
