@@ -11,6 +11,7 @@ import smtplib
 from collections.abc import Callable
 from datetime import timedelta
 from email.utils import parseaddr
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -43,23 +44,57 @@ def unsubscribe_mailto(newsletter: Newsletter, settings: Settings) -> str:
     return settings.unsubscribe_mailto or parseaddr(newsletter.sender)[1]
 
 
+NoticeContext = Callable[[Settings, Links, Newsletter, Subscription], dict[str, Any]]
+# What each kind's templates see (templates/email/<kind>/), one builder per kind, as
+# warehouse keeps its email kinds; the digest's is `editions.render.context_for`.
+CONTEXTS: dict[str, NoticeContext] = {}
+
+
+def _kind(name: str) -> Callable[[NoticeContext], NoticeContext]:
+    def register(build: NoticeContext) -> NoticeContext:
+        CONTEXTS[name] = build
+        return build
+
+    return register
+
+
+@_kind("confirm")
+def confirm_context(
+    settings: Settings, links: Links, nl: Newsletter, sub: Subscription
+) -> dict[str, Any]:
+    """The link that activates the subscription, and how long it stays good."""
+    return {
+        "newsletter_name": nl.name,
+        "email_placeholder": sub.subscriber.email,
+        "confirm_url": links.confirm(sub),
+        "confirm_days": max(1, settings.confirm_max_age // 86400),
+    }
+
+
+@_kind("welcome")
+def welcome_context(
+    settings: Settings, links: Links, nl: Newsletter, sub: Subscription
+) -> dict[str, Any]:
+    """What the reader chose, and where to change it or leave."""
+    return {
+        "newsletter_name": nl.name,
+        "email_placeholder": sub.subscriber.email,
+        "preferences_url": links.preferences(sub),
+        "unsubscribe_url": links.unsubscribe(sub),
+        "frequency": sub.frequency.value,
+        "topics": [t.name for t in sub.topics],
+    }
+
+
 def build_notice(
     session: Session, settings: Settings, renderer: EmailRenderer, note: Notification
 ) -> tuple[Subscription, bytes, str]:
     sub = session.get_one(Subscription, note.subscription_id)
     nl = session.get_one(Newsletter, sub.newsletter_id)
     links = Links.from_settings(settings)
-    unsubscribe = links.unsubscribe(sub)
-    context = {
-        "newsletter_name": nl.name,
-        "email_placeholder": sub.subscriber.email,
-        "confirm_url": links.confirm(sub),
-        "confirm_days": max(1, settings.confirm_max_age // 86400),
-        "preferences_url": links.preferences(sub),
-        "unsubscribe_url": unsubscribe,
-        "frequency": sub.frequency.value,
-        "topics": [t.name for t in sub.topics],
-    }
+    context = CONTEXTS[note.kind](settings, links, nl, sub)
+    # One token for the body's link and the header's (a timed token can differ by the second).
+    unsubscribe = context.get("unsubscribe_url") or links.unsubscribe(sub)
     rendered = renderer.render(note.kind, context)
     template = MessageTemplate(
         sender=nl.sender,

@@ -121,3 +121,19 @@ def test_lost_notice_is_found_by_the_sweep(session, settings):
     note.created_at -= timedelta(minutes=5)
     session.commit()
     assert notices.due_notices(session, older_than=120, max_attempts=6) == [note_id]
+
+
+def test_every_notice_kind_has_its_own_context_and_its_templates_render_with_it(
+    session, settings, renderer
+):
+    """One builder per kind (warehouse's model); the templates are strict, so a key a
+    kind's template wants and its builder lacks fails here, not in a reader's inbox."""
+    assert set(notices.CONTEXTS) == set(notices.VALID_FOR)
+    note = session.get(Notification, queue_confirm(session, "reader@example.org"))
+    for kind in notices.CONTEXTS:
+        note.kind = kind
+        _, data, _ = notices.build_notice(session, settings, renderer, note)
+        text = data.decode("utf-8", "replace")
+        assert "reader@example.org" in text
+        assert ("/confirm/" in text) is (kind == "confirm")
+        assert "List-Unsubscribe: <" in text
