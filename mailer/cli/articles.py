@@ -103,7 +103,7 @@ def feed_list(newsletter: str | None, as_json: bool) -> None:
 def feed_edit(
     feed_id: int, interval: int | None, topics: tuple[str, ...], clear_topics: bool
 ) -> None:
-    """Change a feed's interval or topics (for articles from its next poll on)."""
+    """Change a feed's interval or topics, from its next poll on."""
     if topics and clear_topics:
         raise click.UsageError("--topic and --clear-topics contradict each other")
     if interval is None and not topics and not clear_topics:
@@ -172,7 +172,9 @@ def feed_poll(every_feed: bool) -> None:
 
 @click.group()
 def article() -> None:
-    """Articles: import a page, list what a newsletter has, show one as stored and as sent."""
+    """Articles: import, list, show, exclude, include.
+
+    Import a page, list what a newsletter has, show one as stored and as sent."""
 
 
 @article.command("import")
@@ -233,7 +235,9 @@ ARTICLE_COLUMNS = (
 @click.option("--limit", type=int, default=20, show_default=True)
 @json_option
 def article_list(newsletter: str, limit: int, as_json: bool) -> None:
-    """The newsletter's newest articles: when each arrived and whether editions carry it."""
+    """A newsletter's newest articles and what editions make of them.
+
+    When each arrived and whether editions carry it."""
     with domain_session() as session:
         rows = articles_ops.list_articles(session, newsletter, limit)
     if as_json:
@@ -258,7 +262,9 @@ def article_exclude(article_id: int) -> None:
 @article.command("include")
 @click.argument("article_id", type=int)
 def article_include(article_id: int) -> None:
-    """Put an excluded article back: the next editions carry it to readers who lack it."""
+    """Put an excluded article back in the next editions.
+
+    They carry it to the readers who lack it."""
     with domain_session() as session:
         a = articles_ops.include_article(session, article_id)
     console.print(
@@ -281,8 +287,9 @@ def _in_editions(a: articles_ops.ArticleOut) -> str:
 @click.argument("article_id", type=int)
 @click.option("--raw", is_flag=True, help="Also what the source sent, and what was removed.")
 def article_show(article_id: int, raw: bool) -> None:
-    """Show stored article ARTICLE_ID: its summary as readers get it and, with --raw, what
-    its source sent and what the cleaner removed from it."""
+    """Show stored article ARTICLE_ID as readers get it.
+
+    With --raw, also what its source sent and what the cleaner removed from it."""
     with domain_session() as session:
         a = articles_ops.show_article(session, article_id, raw=raw)
     lines = [
@@ -311,14 +318,16 @@ def article_show(article_id: int, raw: bool) -> None:
 
 @click.group()
 def topic() -> None:
-    """A newsletter's topics: created from feed categories, renamed by you."""
+    """A newsletter's topics: from feed categories, or yours."""
 
 
 @topic.command("list")
 @click.argument("newsletter")
 @json_option
 def topic_list(newsletter: str, as_json: bool) -> None:
-    """Topics of NEWSLETTER: slug (stable, used in links) and name (shown to readers)."""
+    """Topics of NEWSLETTER: the slug and the name of each.
+
+    The slug is stable and used in links; the name is what readers see."""
     with domain_session() as session:
         rows = [
             newsletters_ops.TopicOut.model_validate(t)
@@ -339,7 +348,9 @@ def topic_list(newsletter: str, as_json: bool) -> None:
 @click.argument("slug")
 @click.argument("new_name")
 def topic_rename(newsletter: str, slug: str, new_name: str) -> None:
-    """Show topic SLUG as NEW_NAME; the slug stays, so readers' choices keep working."""
+    """Show topic SLUG as NEW_NAME. The slug stays.
+
+    Readers' choices and links keep working."""
     with domain_session() as session:
         renamed = newsletters_ops.rename_topic(session, newsletter, slug, new_name)
         console.print(f"topic {renamed.slug} is now called {renamed.name!r}", highlight=False)

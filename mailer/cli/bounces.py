@@ -31,7 +31,9 @@ def bounces_group() -> None:
     help="JSON Lines: one object per report on stdout as it is read; the summary on stderr.",
 )
 def poll(as_json: bool) -> None:
-    """Read the bounce mailbox (MAILER_BOUNCE_MAILDIR, MAILER_BOUNCE_IMAP_URL) once."""
+    """Read the bounce mailbox once.
+
+    The mailbox is MAILER_BOUNCE_MAILDIR or MAILER_BOUNCE_IMAP_URL."""
     settings = settings_or_exit()
     if not mailboxes.mailbox_configured(settings):
         raise click.ClickException(
@@ -59,7 +61,9 @@ def poll(as_json: bool) -> None:
 @bounces_group.command()
 @click.argument("message", type=click.File("rb"), default="-")
 def process(message: BinaryIO) -> None:
-    """Handle one raw report (a file, or stdin); prints the outcome as JSON."""
+    """Handle one raw report from a file or stdin.
+
+    The outcome is printed as JSON."""
     raw = message.read()
     settings = settings_or_exit()
     verp = return_paths(settings)

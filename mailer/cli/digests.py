@@ -36,7 +36,9 @@ def _renderer() -> EmailRenderer:
 @click.option("--frequency", type=FREQUENCIES, default=None, help="Default: the reader's.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def preview(newsletter: str, email: str | None, frequency: str | None, out: Path | None) -> None:
-    """Write the HTML of the next edition as a reader would get it (nothing is recorded)."""
+    """Write the next edition's HTML as a reader would get it.
+
+    Nothing is recorded."""
     settings = settings_or_exit()
     with domain_session() as session:
         found = editions_ops.preview_edition(
@@ -194,7 +196,9 @@ def status(digest_id: int | None, newsletter: str | None, limit: int, as_json: b
 @digest.command()
 @click.argument("digest_id", type=int)
 def cancel(digest_id: int) -> None:
-    """Stop an edition: waiting mail is not sent; mail already going out finishes."""
+    """Stop an edition: its waiting mail is not sent.
+
+    Mail already going out finishes."""
     with domain_session() as session:
         report = editions_ops.cancel_edition(session, digest_id)
     console.print(
@@ -208,7 +212,9 @@ def cancel(digest_id: int) -> None:
 @click.argument("newsletter")
 @click.option("--to", "to", required=True, help="Send the test to this address only.")
 def test(newsletter: str, to: str) -> None:
-    """Send the next edition's mail to one address as [TEST]; nothing is recorded."""
+    """Send the next edition to one address, marked [TEST].
+
+    Nothing is recorded."""
     settings = settings_or_exit()
     with domain_session() as session:
         nl = newsletters_ops.newsletter(session, newsletter)

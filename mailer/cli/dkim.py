@@ -36,7 +36,9 @@ def _default_domain() -> str:
 )
 @click.option("--bits", type=click.IntRange(1024, 4096), default=2048, show_default=True)
 def keygen(selector: str | None, domain: str | None, out: Path | None, bits: int) -> None:
-    """Write a new private key (mode 0600) and print the DNS TXT record to publish."""
+    """Write a new private key and print its DNS record.
+
+    The key file gets mode 0600; the TXT record is printed for you to publish."""
     settings = get_settings()
     selector = selector or settings.dkim_selector or "mailer"
     domain = (domain or _default_domain()).strip().rstrip(".").lower()

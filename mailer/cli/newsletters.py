@@ -76,7 +76,7 @@ def list_(as_json: bool) -> None:
 def edit(
     slug: str, name: str | None, sender: str | None, frequency: str | None, site_url: str | None
 ) -> None:
-    """Rename a newsletter, change its sender or default frequency (the slug stays)."""
+    """Rename a newsletter or change its sender or frequency. The slug stays."""
     if name is None and sender is None and frequency is None and site_url is None:
         raise click.UsageError("nothing to change: give --name, --from, --frequency or --site-url")
     with domain_session() as session:
@@ -97,7 +97,9 @@ def edit(
 @newsletter.command("archive")
 @click.argument("slug")
 def archive(slug: str) -> None:
-    """No more subscriptions or editions; readers, articles and history are kept."""
+    """Close a newsletter: no more subscriptions or editions.
+
+    Its readers, articles and history are kept."""
     with domain_session() as session:
         newsletters_ops.archive_newsletter(session, slug)
     console.print(

@@ -126,7 +126,7 @@ def web(host: str, port: int) -> None:
     "--concurrency", default=1, show_default=True, help="1 = solo pool; more = threads pool."
 )
 def worker(concurrency: int) -> None:
-    """Run a Celery worker on MAILER_QUEUE (same as `celery -A worker worker`)."""
+    """Run a Celery worker on MAILER_QUEUE. The same as `celery -A worker worker`."""
     settings = settings_or_exit()
     argv = celery_worker_argv(settings, concurrency)
     os.execv(argv[0], argv)
@@ -134,7 +134,7 @@ def worker(concurrency: int) -> None:
 
 @click.command()
 def beat() -> None:
-    """Run Celery beat, the once-a-minute tick (same as `celery -A worker beat`).
+    """Run Celery beat, the once-a-minute tick. The same as `celery -A worker beat`.
 
     Refused while another beat runs on the same MAILER_DATA_DIR: it holds the
     data directory's beat lock for as long as it lives (see mailer.lifeline).

@@ -68,7 +68,9 @@ def list_(newsletter: str | None, as_json: bool) -> None:
 @schedule.command("pause")
 @click.argument("newsletter")
 def pause(newsletter: str) -> None:
-    """Stop making editions for a newsletter; readers and schedules are kept."""
+    """Stop making editions for a newsletter.
+
+    Its readers and schedules are kept."""
     with domain_session() as session:
         newsletters_ops.update_newsletter(session, newsletter, paused=True)
     console.print(f"{newsletter}: paused")

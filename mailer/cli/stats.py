@@ -17,7 +17,10 @@ EDITION_COLUMNS = ("sent", "deferred", "failed", "skipped")
 @click.option("--editions", default=5, show_default=True, help="How many recent editions.")
 @json_option
 def stats(newsletter: str | None, editions: int, as_json: bool) -> None:
-    """Readers by status per newsletter, new readers in 7/30 days, last editions."""
+    """Readers by status, new readers, the last editions.
+
+    Per newsletter: readers by status, new readers in 7 and 30 days, and the
+    last editions."""
     with domain_session() as session:
         rows = stats_ops.stats(session, newsletter, editions=editions)
     if as_json:  # like the API: one newsletter's stats an object, everyone's an array

@@ -59,7 +59,9 @@ def list_(
     cursor: str | None,
     as_json: bool,
 ) -> None:
-    """List readers in id order, a page at a time (the next page's cursor goes to stderr)."""
+    """List readers in id order, a page at a time.
+
+    The next page's cursor goes to stderr."""
     with domain_session() as session:
         page = subscribers_ops.list_subscribers(
             session, _filter(newsletter, status, contains), cursor=cursor, limit=limit
@@ -84,7 +86,9 @@ def list_(
 def export(
     address: str | None, newsletter: str | None, status: str | None, output: Path | None
 ) -> None:
-    """With ADDRESS: everything held about that reader, as JSON (GDPR access).
+    """Export one reader as JSON, or everyone as CSV.
+
+    With ADDRESS: everything held about that reader, as JSON (GDPR access).
 
     Without: every subscription as CSV (email, newsletter, status, frequency,
     topics, consent), in the columns `subscribers import` reads back.
@@ -124,7 +128,9 @@ def export(
 @click.argument("address")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def erase(address: str, yes: bool) -> None:
-    """Delete everything about a reader (GDPR erasure); cannot be undone.
+    """Delete everything about a reader. It cannot be undone.
+
+    This is the GDPR erasure.
 
     If they had unsubscribed or complained, a hash of the address stays on the
     suppression list so no later import mails them again.
@@ -140,7 +146,8 @@ def erase(address: str, yes: bool) -> None:
 @subscribers.command(
     "set-status",
     # STATUS stands for the choices in the usage line, which broke mid-word at 80 columns.
-    help="Change a reader's status, recorded in the audit trail as done by an operator.\n\n"
+    help="Change a reader's status.\n\n"
+    "The change is recorded in the audit trail as done by an operator. "
     f"STATUS is one of: {', '.join(STATUSES.choices)}.",
 )
 @click.argument("address")
@@ -203,7 +210,9 @@ def _summary(report: ImportReport, confirmed: bool) -> None:
 )
 @click.option("--chunk-size", default=2000, show_default=True, type=int, hidden=True)
 def import_(file: Path, newsletter: str | None, confirmed: bool, chunk_size: int) -> None:
-    """Import readers from a CSV with an `email` column (optional: topics, frequency, name).
+    """Import readers from a CSV with an `email` column.
+
+    Optional columns: topics, frequency, name.
 
     Topics are separated by ';' or '|'. Safe to run again: readers already
     there are counted, not duplicated. Without --confirmed each new reader

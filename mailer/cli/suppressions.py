@@ -17,7 +17,9 @@ from mailer.operators import suppressions as suppressions_ops
 
 @click.group("suppression")
 def suppression() -> None:
-    """The suppression list: addresses never mailed (bounces, complaints, erased opt-outs)."""
+    """The suppression list: addresses never mailed.
+
+    They come from bounces, complaints and erased opt-outs."""
 
 
 SUPPRESSION_COLUMNS = (
@@ -38,7 +40,9 @@ SUPPRESSION_COLUMNS = (
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--cursor", help="Continue from the cursor the previous page printed.")
 def list_(reason: str | None, limit: int, cursor: str | None) -> None:
-    """List suppressed addresses, oldest first: hash, address if known, reason, source, date."""
+    """List suppressed addresses, oldest first.
+
+    Each with its hash, the address if known, the reason, source and date."""
     with domain_session() as session:
         page = suppressions_ops.list_suppressions(
             session, reason=reason, cursor=cursor, limit=limit
@@ -57,7 +61,9 @@ def list_(reason: str | None, limit: int, cursor: str | None) -> None:
 @click.option("--reason", "detail", help="Why, for the audit record.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def lift(address: str, detail: str | None, yes: bool) -> None:
-    """Take ADDRESS (or a hash `list` showed) off the list; the lift is recorded.
+    """Take ADDRESS (or a hash `list` showed) off the list.
+
+    The lift is recorded.
 
     The reader's subscriptions keep their status: they are mailed again once
     active (their own new opt-in, or `mailer subscribers set-status`).

@@ -417,7 +417,7 @@ def _safe_url(url: str) -> str:
 @click.option("--port", default=8000, show_default=True)
 @click.option("--concurrency", default=1, show_default=True, help="Worker concurrency.")
 def up(host: str, port: int, concurrency: int) -> None:
-    """Run web, worker, beat and the SMTP sink together (Ctrl-C stops all)."""
+    """Run web, worker, beat and the SMTP sink together. Ctrl-C stops all."""
     from mailer.mail.sink import port_answers
 
     settings = settings_or_exit()
