@@ -102,7 +102,7 @@ def list_articles(session: Session, slug: str, limit: int = 20) -> list[ArticleO
 def find_article(session: Session, article_id: int) -> Article:
     found = session.get(Article, article_id) if 0 < article_id <= MAX_ID else None
     if found is None:
-        raise NotFound(f"there is no article {article_id}")
+        raise NotFound(f"There is no article {article_id}.")
     return found
 
 

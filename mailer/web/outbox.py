@@ -64,7 +64,7 @@ def _outbox(settings: SettingsDep) -> Outbox:
 def _item(settings: SettingsDep, key: str) -> OutboxItem:
     item = _outbox(settings).get(key) if KEY.match(key) else None
     if item is None:
-        raise HTTPException(status_code=404, detail="no such mail in the outbox")
+        raise HTTPException(status_code=404, detail="There is no such mail in the outbox.")
     return item
 
 

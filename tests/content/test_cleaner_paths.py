@@ -164,7 +164,7 @@ def test_article_show_says_when_the_source_was_not_kept(
 
 def test_article_show_of_an_unknown_article_is_a_clear_error(newsletter: str) -> None:
     result = run("article", "show", "999")
-    assert result.exit_code == 1 and "there is no article 999" in result.output
+    assert result.exit_code == 1 and "There is no article 999." in result.output
 
 
 def test_article_show_never_passes_escape_sequences_to_the_terminal(
