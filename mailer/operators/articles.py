@@ -40,12 +40,14 @@ class ArticleOut(BaseModel):
     excluded_at: datetime | None
 
     @property
-    def in_editions(self) -> Literal["excluded", "history", "due"]:
+    def in_editions(self) -> Literal["excluded", "history", "carried"]:
         """What editions make of it, in one word: kept out by an operator, history
-        (older than the backfill window when it came: never mailed), or due."""
+        (older than the backfill window when it came: never mailed), or carried to
+        each reader who lacks it. Not "due", which a newcomer read as "not sent yet"
+        beside an article every reader already had."""
         if self.excluded_at is not None:
             return "excluded"
-        return "history" if self.due_at is None else "due"
+        return "history" if self.due_at is None else "carried"
 
 
 def _article_out(article: Article, slug: str) -> ArticleOut:

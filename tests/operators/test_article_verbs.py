@@ -68,6 +68,9 @@ def test_an_excluded_article_stays_out_of_editions_until_it_is_put_back(
     result = run("article", "include", str(out))
     assert result.exit_code == 0 and "goes in the next editions" in result.output
     assert "due to readers from" in run("article", "show", str(out)).output
+    # The list's word for it says editions carry it, not "due" (read as "not sent yet").
+    listed = run("article", "list", "news", width=80).output
+    assert "excluded" not in listed and listed.count("carried") == 2
     session.expire_all()
     assert next_edition(session, settings) == {kept, out}
 
