@@ -1,4 +1,4 @@
-# make run   - create .venv if needed, install, run web + worker + beat + SMTP sink
+# make run   - create .venv if needed, install the package, run web + worker + beat + SMTP sink
 # make test  - install (the Python packages, and as root the system packages in
 #              .ci/system-packages.txt), then the whole test suite (PostgreSQL and
 #              Redis tests skip unless those answer; under CI=true they fail instead)
@@ -11,7 +11,12 @@ PORT   ?= 8000
 PYTEST_ARGS ?=
 
 # Re-install only when the dependencies change, not on every `make test`.
+# `make run` needs the package alone; the tests and linters add the dev tools.
+# pip is asked for errors only (-qq): a newcomer's first command is not a page of
+# warnings about this machine's package index or setuptools' editable installs.
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check
 
 .PHONY: run test lint install system-packages clean
 
@@ -20,12 +25,16 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) --upgrade pip
+	$(PIP) -e .
 	@touch $@
 
-run: install
+$(STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[dev]'
+	@touch $@
+
+run: $(RUN_STAMP)
 	$(BIN)/mailer up --host $(HOST) --port $(PORT)
 
 test: system-packages install
