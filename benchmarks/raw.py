@@ -6,9 +6,9 @@ same number of connections, nothing signed or recorded.
 
 With `sign`, each message is signed with mailer's own `DKIMSigner` just
 before it goes, from the parts it is joined from as the workers sign it, and
-nothing else is added: the most any sender that signs can reach on this
-machine. Its rate over the unsigned loop's is the ceiling of the pipeline's
-ratio with DKIM on.
+nothing else is added: the raw limit once every message must be signed. Its
+rate over the unsigned loop's says how much of the pipeline's ratio with
+DKIM on the signature alone takes.
 """
 
 from __future__ import annotations
