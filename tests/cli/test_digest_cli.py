@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer.cli import main
 from mailer.models import Delivery, Digest
+from tests.helpers.cli import run
 from tests.helpers.editions import add_article, add_reader, make_newsletter
 
 
@@ -20,10 +19,6 @@ def newsletter(session, settings):
     add_article(session, nl, "Weather report", hours_ago=3)
     session.commit()
     return nl
-
-
-def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def editions(session) -> tuple[int, int]:

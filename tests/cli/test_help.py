@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from mailer.cli import main
+from tests.helpers.cli import run
 
 
 def every_command(
@@ -32,7 +32,7 @@ GROUPS = [path for path, command in COMMANDS if isinstance(command, click.Group)
 
 
 def help_at_80_columns(path: tuple[str, ...]) -> str:
-    result = CliRunner().invoke(main, [*path, "--help"], terminal_width=80, prog_name="mailer")
+    result = run(*path, "--help", width=80)
     assert result.exit_code == 0, result.output
     return result.output
 

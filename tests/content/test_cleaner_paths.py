@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from click.testing import CliRunner, Result
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from mailer.cli import main
 from mailer.config import Settings
 from mailer.content import feeds
 from mailer.db import session_scope
@@ -25,6 +23,7 @@ from mailer.models import Article, utcnow
 from mailer.readers.newsletters import get_newsletter
 from mailer.web.app import create_app
 from tests.fixtures.feedserver import FeedServer
+from tests.helpers.cli import run
 from tests.helpers.editions import add_article, add_reader, make_newsletter, parts
 from tests.helpers.seed import (
     SEED_FURNITURE,
@@ -60,10 +59,6 @@ def newsletter(settings: Settings) -> str:
         nl = make_newsletter(session)
         add_reader(session, nl, READER)
         return nl.slug
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def arrive_by_feed(settings: Settings, slug: str, server: FeedServer) -> None:

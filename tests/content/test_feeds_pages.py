@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
-from mailer.cli import main
 from mailer.config import Settings
 from mailer.db import session_scope
 from mailer.models import Article, Feed, Topic
 from mailer.readers.newsletters import create_newsletter
 from tests.fixtures.feedserver import FIXTURES, FeedServer, fixture
+from tests.helpers.cli import run
 
 # The test servers are on 127.0.0.1: these fetches are allowed to go there.
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("allow_private_fetch")]
@@ -22,10 +21,6 @@ def newsletter(settings: Settings) -> str:
     with session_scope(settings.database) as session:
         create_newsletter(session, "news", "News", "News <news@example.com>")
     return "news"
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def count(settings: Settings, model: type) -> int:

@@ -12,12 +12,17 @@ from mailer.cli.base import console
 
 
 def run(*args: str, width: int | None = None) -> Result:
-    """The command's result; `width` is the columns rich sees (a pipe gives it 80)."""
+    """The command's result, as `mailer ARGS` prints it. `width` is the terminal's
+    columns, for rich's tables and click's help alike (a pipe gives 80). An
+    exception the command did not turn into an error message fails the test with
+    its traceback instead of becoming exit code 1."""
     before = console.width
     if width is not None:
         console.width = width
     try:
-        return CliRunner().invoke(main, list(args))
+        return CliRunner().invoke(
+            main, list(args), prog_name="mailer", terminal_width=width, catch_exceptions=False
+        )
     finally:
         console.width = before
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from mailer.cli import main
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -23,7 +21,7 @@ from mailer.models import (
 )
 from mailer.readers import newsletters
 from mailer.readers import subscriptions as subs
-from tests.helpers.cli import run_json
+from tests.helpers.cli import run, run_json
 
 
 @pytest.fixture
@@ -31,10 +29,6 @@ def newsletter(session):
     nl = newsletters.create_newsletter(session, "weekly", "Weekly", "Weekly <news@example.org>")
     session.commit()
     return nl
-
-
-def run(*args):
-    return CliRunner().invoke(main, list(args))
 
 
 def schedules(session):
@@ -136,7 +130,7 @@ def test_stats_show_readers_growth_and_the_last_edition(settings, session, newsl
         "pending": 1, "active": 4, "unsubscribed": 0, "bounced": 0, "complained": 0
     }  # fmt: skip
     assert (row["new_active_7d"], row["new_active_30d"]) == (3, 4)
-    result = CliRunner().invoke(main, ["stats"], terminal_width=200)
+    result = run("stats", width=200)
     assert result.exit_code == 0, result.output
     readers_line = next(line for line in result.output.splitlines() if "pending" in line)
     assert readers_line.split() == ["weekly", "1", "pending", "3", "4"]
